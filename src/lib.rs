@@ -1,0 +1,8 @@
+//! trueup: keeps plain Linux servers true to a Git branch.
+//!
+//! One run goes source → render → desired state → observe → plan → apply →
+//! report. The pure core (spec parsing, rendering, diffing, planning, report
+//! formats) does no I/O; everything that touches the machine sits in
+//! `resource`, `source`, `apply` and `agent`.
+
+pub mod resource;

@@ -1,0 +1,1 @@
+//! Parser for the installed-package database (dpkg).

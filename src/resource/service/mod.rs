@@ -1,0 +1,3 @@
+//! Service resources, driven through systemd.
+
+pub mod systemctl;

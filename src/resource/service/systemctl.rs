@@ -1,0 +1,1 @@
+//! Wraps `systemctl show` and parses its output.
