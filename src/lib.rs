@@ -5,4 +5,9 @@
 //! formats) does no I/O; everything that touches the machine sits in
 //! `resource`, `source`, `apply` and `agent`.
 
+pub mod desired;
+pub mod facts;
 pub mod resource;
+pub mod safe_fs;
+pub mod source;
+pub mod spec;

@@ -1,0 +1,501 @@
+//! File system access that never follows a symlink and never leaves a file
+//! half-written.
+//!
+//! Every managed path is reached by walking from the root one component at a
+//! time with `openat(O_NOFOLLOW | O_DIRECTORY)`, so a symlink anywhere in the
+//! parent chain (even one swapped in during a run) stops the walk instead of
+//! redirecting it. The final component is then inspected, read or replaced
+//! relative to the parent's descriptor. Replacing a file writes a temporary
+//! file in the same directory (mode 0600 while it is written), sets owner and
+//! mode on it, fsyncs it, renames it over the destination and fsyncs the
+//! directory: a reader sees the old file or the new one, never a mix.
+
+use std::ffi::{OsStr, OsString};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{Mode, SFlag};
+use nix::unistd::{Gid, Uid, UnlinkatFlags};
+
+/// What went wrong, on which path, while doing what.
+#[derive(Debug, thiserror::Error)]
+pub enum SafeFsError {
+    #[error("{path}: refusing to follow the symlink at {at}")]
+    Symlink { path: PathBuf, at: PathBuf },
+    #[error("{path}: {at} is not a directory")]
+    NotADirectory { path: PathBuf, at: PathBuf },
+    #[error("{path}: path must be absolute and must not contain '..'")]
+    BadPath { path: PathBuf },
+    #[error("{path}: {what}: {errno}")]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        errno: Errno,
+    },
+    #[error("{path}: {what}")]
+    Refused { path: PathBuf, what: String },
+}
+
+type Result<T> = std::result::Result<T, SafeFsError>;
+
+/// The kind and metadata of a node, read without following symlinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeStat {
+    pub kind: NodeKind,
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits, including setuid, setgid and sticky.
+    pub mode: u32,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    File,
+    Directory,
+    Symlink,
+    Other,
+}
+
+impl NodeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeKind::File => "file",
+            NodeKind::Directory => "directory",
+            NodeKind::Symlink => "symlink",
+            NodeKind::Other => "special file",
+        }
+    }
+}
+
+/// The normal components of an absolute path; `..` is refused.
+pub fn components(path: &Path) -> Result<Vec<&OsStr>> {
+    if !path.is_absolute() {
+        return Err(SafeFsError::BadPath { path: path.into() });
+    }
+    let mut out = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(name) => out.push(name),
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(SafeFsError::BadPath { path: path.into() });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The parent directory of a managed path, opened without following any
+/// symlink, and the name of the path inside it.
+#[derive(Debug)]
+pub struct Entry {
+    dir: OwnedFd,
+    name: OsString,
+    /// The full host path (root prefix included), for messages.
+    shown: PathBuf,
+}
+
+fn io<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(Errno) -> SafeFsError + 'a {
+    move |errno| SafeFsError::Io {
+        path: path.into(),
+        what,
+        errno,
+    }
+}
+
+fn open_dir_at(dir: &OwnedFd, name: &OsStr) -> std::result::Result<OwnedFd, Errno> {
+    nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Opens `root` itself (the operator's `--root`, trusted and followed).
+pub fn open_root(root: &Path) -> Result<OwnedFd> {
+    nix::fcntl::open(
+        root,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io(root, "opening the root directory"))
+}
+
+impl Entry {
+    /// Walks to the parent of `path` (absolute, without `..`) beneath `root`.
+    ///
+    /// Returns `None` when a parent is missing and `create` is false. With
+    /// `create`, missing parents are made with mode 0755.
+    pub fn open(root: &Path, path: &Path, create: bool) -> Result<Option<Entry>> {
+        let parts = components(path)?;
+        let Some((name, parents)) = parts.split_last() else {
+            return Err(SafeFsError::Refused {
+                path: path.into(),
+                what: "the root directory itself cannot be managed".into(),
+            });
+        };
+        let shown = join_root(root, path);
+        let mut dir = open_root(root)?;
+        let mut at = root.to_path_buf();
+        for part in parents {
+            at.push(part);
+            dir = match open_dir_at(&dir, part) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) if create => {
+                    match nix::sys::stat::mkdirat(&dir, *part, Mode::from_bits_truncate(0o755)) {
+                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Err(e) => return Err(io(&at, "creating a parent directory")(e)),
+                    }
+                    open_dir_at(&dir, part).map_err(|e| classify(&dir, part, &shown, &at, e))?
+                }
+                Err(Errno::ENOENT) => return Ok(None),
+                Err(e) => return Err(classify(&dir, part, &shown, &at, e)),
+            };
+        }
+        Ok(Some(Entry {
+            dir,
+            name: name.to_os_string(),
+            shown,
+        }))
+    }
+
+    /// The path as shown in messages (root prefix included).
+    pub fn shown(&self) -> &Path {
+        &self.shown
+    }
+
+    /// Metadata of the entry itself, `None` when it does not exist.
+    pub fn stat(&self) -> Result<Option<NodeStat>> {
+        match nix::sys::stat::fstatat(
+            &self.dir,
+            self.name.as_os_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) => Ok(Some(node_stat(&st))),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(io(&self.shown, "reading metadata")(e)),
+        }
+    }
+
+    /// Opens the entry for reading, refusing symlinks and anything that is
+    /// not a regular file (a FIFO would block, a device would never end).
+    fn open_regular(&self) -> Result<(std::fs::File, NodeStat)> {
+        let fd = nix::fcntl::openat(
+            &self.dir,
+            self.name.as_os_str(),
+            OFlag::O_RDONLY
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_NONBLOCK
+                | OFlag::O_CLOEXEC
+                | OFlag::O_NOCTTY,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::ELOOP => SafeFsError::Symlink {
+                path: self.shown.clone(),
+                at: self.shown.clone(),
+            },
+            e => io(&self.shown, "opening")(e),
+        })?;
+        let st =
+            node_stat(&nix::sys::stat::fstat(&fd).map_err(io(&self.shown, "reading metadata"))?);
+        if st.kind != NodeKind::File {
+            return Err(SafeFsError::Refused {
+                path: self.shown.clone(),
+                what: format!("is a {}, not a regular file", st.kind.as_str()),
+            });
+        }
+        Ok((std::fs::File::from(fd), st))
+    }
+
+    /// Reads a regular file's content, at most `limit` bytes.
+    pub fn read(&self, limit: u64) -> Result<Vec<u8>> {
+        let (file, st) = self.open_regular()?;
+        if st.size > limit {
+            return Err(SafeFsError::Refused {
+                path: self.shown.clone(),
+                what: format!("is larger than the limit of {limit} bytes"),
+            });
+        }
+        let mut buf = Vec::with_capacity(st.size as usize);
+        file.take(limit + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| io(&self.shown, "reading")(errno_of(&e)))?;
+        if buf.len() as u64 > limit {
+            return Err(SafeFsError::Refused {
+                path: self.shown.clone(),
+                what: format!("is larger than the limit of {limit} bytes"),
+            });
+        }
+        Ok(buf)
+    }
+
+    /// The target of a symlink.
+    pub fn read_link(&self) -> Result<PathBuf> {
+        nix::fcntl::readlinkat(&self.dir, self.name.as_os_str())
+            .map(PathBuf::from)
+            .map_err(io(&self.shown, "reading the link"))
+    }
+
+    /// Replaces the entry with a regular file holding `content`, atomically.
+    pub fn write_atomic(
+        &self,
+        content: &[u8],
+        uid: Option<u32>,
+        gid: Option<u32>,
+        mode: u32,
+    ) -> Result<()> {
+        let tmp = self.temp_name();
+        let fd = nix::fcntl::openat(
+            &self.dir,
+            tmp.as_os_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(io(&self.shown, "creating a temporary file"))?;
+        let result = (|| {
+            let mut file = std::fs::File::from(fd);
+            file.write_all(content)
+                .map_err(|e| io(&self.shown, "writing a temporary file")(errno_of(&e)))?;
+            if uid.is_some() || gid.is_some() {
+                nix::unistd::fchown(file.as_fd(), uid.map(Uid::from_raw), gid.map(Gid::from_raw))
+                    .map_err(io(&self.shown, "setting the owner"))?;
+            }
+            // After fchown: changing the owner clears setuid/setgid bits.
+            nix::sys::stat::fchmod(file.as_fd(), Mode::from_bits_truncate(mode))
+                .map_err(io(&self.shown, "setting the mode"))?;
+            file.sync_all()
+                .map_err(|e| io(&self.shown, "syncing a temporary file")(errno_of(&e)))?;
+            nix::fcntl::renameat(&self.dir, tmp.as_os_str(), &self.dir, self.name.as_os_str())
+                .map_err(io(&self.shown, "renaming into place"))
+        })();
+        if result.is_err() {
+            let _ = nix::unistd::unlinkat(&self.dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+            return result;
+        }
+        self.sync_dir()
+    }
+
+    /// Sets owner and mode of an existing file or directory in place.
+    pub fn set_metadata(
+        &self,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        mode: Option<u32>,
+    ) -> Result<()> {
+        let fd = nix::fcntl::openat(
+            &self.dir,
+            self.name.as_os_str(),
+            OFlag::O_RDONLY
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_NONBLOCK
+                | OFlag::O_CLOEXEC
+                | OFlag::O_NOCTTY,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::ELOOP => SafeFsError::Symlink {
+                path: self.shown.clone(),
+                at: self.shown.clone(),
+            },
+            e => io(&self.shown, "opening")(e),
+        })?;
+        if uid.is_some() || gid.is_some() {
+            nix::unistd::fchown(&fd, uid.map(Uid::from_raw), gid.map(Gid::from_raw))
+                .map_err(io(&self.shown, "setting the owner"))?;
+        }
+        if let Some(mode) = mode {
+            nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(mode))
+                .map_err(io(&self.shown, "setting the mode"))?;
+        }
+        nix::unistd::fsync(&fd).map_err(io(&self.shown, "syncing"))
+    }
+
+    /// Creates the entry as a directory.
+    pub fn mkdir(&self, mode: u32) -> Result<()> {
+        nix::sys::stat::mkdirat(
+            &self.dir,
+            self.name.as_os_str(),
+            Mode::from_bits_truncate(mode),
+        )
+        .map_err(io(&self.shown, "creating the directory"))?;
+        // mkdir is subject to the umask; set the mode exactly.
+        self.set_metadata(None, None, Some(mode))?;
+        self.sync_dir()
+    }
+
+    /// Replaces the entry with a symlink to `target`, atomically.
+    pub fn symlink_atomic(&self, target: &Path) -> Result<()> {
+        let tmp = self.temp_name();
+        nix::unistd::symlinkat(target, &self.dir, tmp.as_os_str())
+            .map_err(io(&self.shown, "creating a temporary symlink"))?;
+        if let Err(e) =
+            nix::fcntl::renameat(&self.dir, tmp.as_os_str(), &self.dir, self.name.as_os_str())
+        {
+            let _ = nix::unistd::unlinkat(&self.dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+            return Err(io(&self.shown, "renaming into place")(e));
+        }
+        self.sync_dir()
+    }
+
+    /// Removes a file or symlink (not a directory).
+    pub fn remove(&self) -> Result<()> {
+        nix::unistd::unlinkat(&self.dir, self.name.as_os_str(), UnlinkatFlags::NoRemoveDir)
+            .map_err(io(&self.shown, "removing"))?;
+        self.sync_dir()
+    }
+
+    /// Removes an empty directory.
+    pub fn remove_dir(&self) -> Result<()> {
+        nix::unistd::unlinkat(&self.dir, self.name.as_os_str(), UnlinkatFlags::RemoveDir)
+            .map_err(io(&self.shown, "removing the directory"))?;
+        self.sync_dir()
+    }
+
+    fn sync_dir(&self) -> Result<()> {
+        nix::unistd::fsync(&self.dir).map_err(io(&self.shown, "syncing the directory"))
+    }
+
+    fn temp_name(&self) -> OsString {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mut name = OsString::from(".");
+        // Keep the temporary name within NAME_MAX even for long names.
+        let base = self.name.as_bytes();
+        name.push(OsStr::from_bytes(&base[..base.len().min(200)]));
+        name.push(format!(".trueup-{}-{n}", std::process::id()));
+        name
+    }
+}
+
+/// `root` joined with an absolute `path`.
+pub fn join_root(root: &Path, path: &Path) -> PathBuf {
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    root.join(rel)
+}
+
+fn classify(dir: &OwnedFd, name: &OsStr, path: &Path, at: &Path, e: Errno) -> SafeFsError {
+    // O_DIRECTORY | O_NOFOLLOW on a symlink fails with ENOTDIR, not ELOOP.
+    let is_link = nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+        .map(|st| node_stat(&st).kind == NodeKind::Symlink)
+        .unwrap_or(false);
+    match e {
+        Errno::ELOOP | Errno::ENOTDIR if is_link => SafeFsError::Symlink {
+            path: path.into(),
+            at: at.into(),
+        },
+        Errno::ENOTDIR => SafeFsError::NotADirectory {
+            path: path.into(),
+            at: at.into(),
+        },
+        e => SafeFsError::Io {
+            path: path.into(),
+            what: "opening a parent directory",
+            errno: e,
+        },
+    }
+}
+
+fn node_stat(st: &nix::sys::stat::FileStat) -> NodeStat {
+    let fmt = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+    let kind = if fmt == SFlag::S_IFREG {
+        NodeKind::File
+    } else if fmt == SFlag::S_IFDIR {
+        NodeKind::Directory
+    } else if fmt == SFlag::S_IFLNK {
+        NodeKind::Symlink
+    } else {
+        NodeKind::Other
+    };
+    NodeStat {
+        kind,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mode: st.st_mode & 0o7777,
+        size: u64::try_from(st.st_size).unwrap_or(0),
+    }
+}
+
+fn errno_of(e: &std::io::Error) -> Errno {
+    e.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO)
+}
+
+/// Writes a file of trueup's own (state, reports, backups) atomically and
+/// durably, creating its directory. These live under the state directory,
+/// which the operator chose, so only the final component is protected.
+pub fn write_own_file(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".trueup-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .tempfile_in(dir)?;
+    tmp.write_all(content)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotdot_is_refused() {
+        assert!(components(Path::new("/etc/../shadow")).is_err());
+        assert!(components(Path::new("etc/motd")).is_err());
+        assert_eq!(
+            components(Path::new("/etc//motd")).unwrap(),
+            vec!["etc", "motd"]
+        );
+    }
+
+    #[test]
+    fn write_read_and_replace() {
+        let root = tempfile::tempdir().unwrap();
+        let e = Entry::open(root.path(), Path::new("/a/b/c.txt"), true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.stat().unwrap(), None);
+        e.write_atomic(b"one", None, None, 0o640).unwrap();
+        let st = e.stat().unwrap().unwrap();
+        assert_eq!((st.kind, st.mode, st.size), (NodeKind::File, 0o640, 3));
+        e.write_atomic(b"two", None, None, 0o600).unwrap();
+        assert_eq!(e.read(10).unwrap(), b"two");
+        assert!(e.read(2).is_err());
+        let leftovers: Vec<_> = std::fs::read_dir(root.path().join("a/b"))
+            .unwrap()
+            .collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+    }
+
+    #[test]
+    fn symlinked_parent_is_not_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("etc")).unwrap();
+        let err = Entry::open(root.path(), Path::new("/etc/motd"), true).unwrap_err();
+        assert!(matches!(err, SafeFsError::Symlink { .. }), "{err}");
+    }
+
+    #[test]
+    fn symlink_destination_is_not_read_through() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("motd")).unwrap();
+        let e = Entry::open(root.path(), Path::new("/motd"), false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.stat().unwrap().unwrap().kind, NodeKind::Symlink);
+        assert!(e.read(100).is_err());
+        assert!(e.set_metadata(None, None, Some(0o600)).is_err());
+    }
+}

@@ -1,0 +1,759 @@
+//! A host branch's state files → the rendered, validated `DesiredState`.
+//!
+//! `trueup.yaml` at the tree's root is read first; its `include:` list names
+//! more files (paths relative to the tree's root), loaded depth-first and
+//! merged in order, with the including file last: later wins per resource
+//! and per top-level var. Everything is parsed, rendered and checked here,
+//! before anything on the host is touched, and every error names the file,
+//! line and column it comes from.
+
+pub mod render;
+pub mod schema;
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_saphyr::Spanned;
+
+use crate::desired::{
+    DesiredState, DirectorySpec, FileContent, FileSpec, PackageSpec, ServiceSpec, SymlinkSpec,
+};
+use crate::facts::Facts;
+use crate::source::{RepoPath, Tree, TreeError};
+use render::{Renderer, TemplateFailure};
+use schema::{
+    IdName, RawDirectory, RawDocument, RawFile, RawPackage, RawPresence, RawService, RawSymlink,
+};
+
+/// The file every host branch starts from.
+pub const ENTRY_FILE: &str = "trueup.yaml";
+
+/// Deepest include chain accepted.
+const MAX_INCLUDE_DEPTH: usize = 32;
+
+/// One problem in a branch, where it is and what it concerns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpecError {
+    pub file: String,
+    /// 1-based; 0 when unknown.
+    pub line: u64,
+    pub column: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for SpecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file)?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        if let Some(r) = &self.resource {
+            write!(f, ": {r}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Every problem found in a branch (at least one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+impl std::fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SpecErrors {}
+
+/// A one-line message for a YAML error, without its position or snippet.
+pub fn yaml_error_message(e: &serde_saphyr::Error) -> String {
+    let text = e.without_snippet().to_string();
+    let first = text.lines().next().unwrap_or("invalid YAML").trim();
+    // The position is reported separately as file:line:column.
+    let first = match first.rfind(" at line ") {
+        Some(i) => &first[..i],
+        None => first,
+    };
+    first.to_string()
+}
+
+fn at<T>(
+    file: &Arc<str>,
+    spanned: &Spanned<T>,
+    resource: Option<&str>,
+    message: String,
+) -> SpecError {
+    SpecError {
+        file: file.to_string(),
+        line: spanned.referenced.line(),
+        column: spanned.referenced.column(),
+        resource: resource.map(str::to_string),
+        message,
+    }
+}
+
+/// A value and the file it was declared in.
+struct Located<T> {
+    file: Arc<str>,
+    value: Spanned<T>,
+}
+
+/// All documents of a branch merged, before rendering.
+#[derive(Default)]
+struct Merged {
+    vars: serde_json::Map<String, serde_json::Value>,
+    files: BTreeMap<String, Located<RawFile>>,
+    directories: BTreeMap<String, Located<RawDirectory>>,
+    symlinks: BTreeMap<String, Located<RawSymlink>>,
+    packages: BTreeMap<String, Located<RawPackage>>,
+    services: BTreeMap<String, Located<RawService>>,
+}
+
+/// Parses one YAML document. An empty file is an empty document.
+pub fn parse_document(file: &str, bytes: &[u8]) -> Result<RawDocument, SpecError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let line = bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count() as u64
+            + 1;
+        SpecError {
+            file: file.to_string(),
+            line,
+            column: 1,
+            resource: None,
+            message: "the file is not valid UTF-8".into(),
+        }
+    })?;
+    if text.contains('\0') {
+        return Err(SpecError {
+            file: file.to_string(),
+            line: 0,
+            column: 0,
+            resource: None,
+            message: "the file contains a NUL byte".into(),
+        });
+    }
+    let parsed: Result<Option<RawDocument>, _> = serde_saphyr::from_str(text);
+    match parsed {
+        Ok(doc) => Ok(doc.unwrap_or_default()),
+        Err(e) => {
+            let loc = e.location();
+            Err(SpecError {
+                file: file.to_string(),
+                line: loc.map(|l| l.line()).unwrap_or(0),
+                column: loc.map(|l| l.column()).unwrap_or(0),
+                resource: None,
+                message: yaml_error_message(&e),
+            })
+        }
+    }
+}
+
+/// Loads `path` and its includes, depth-first, into `merged`.
+fn load_into(
+    tree: &dyn Tree,
+    path: &RepoPath,
+    stack: &mut Vec<RepoPath>,
+    merged: &mut Merged,
+) -> Result<(), SpecError> {
+    let name: Arc<str> = Arc::from(path.as_str());
+    let bytes = tree.read(path).map_err(|e| SpecError {
+        file: name.to_string(),
+        line: 0,
+        column: 0,
+        resource: None,
+        message: tree_error_reason(&e),
+    })?;
+    let doc = parse_document(&name, &bytes)?;
+    stack.push(path.clone());
+    for inc in &doc.include {
+        let target = RepoPath::parse(&inc.value)
+            .map_err(|m| at(&name, inc, None, format!("include: {m}")))?;
+        if let Some(pos) = stack.iter().position(|p| p == &target) {
+            let mut chain: Vec<&str> = stack[pos..].iter().map(RepoPath::as_str).collect();
+            chain.push(target.as_str());
+            return Err(at(
+                &name,
+                inc,
+                None,
+                format!("include cycle: {}", chain.join(" → ")),
+            ));
+        }
+        if stack.len() >= MAX_INCLUDE_DEPTH {
+            return Err(at(
+                &name,
+                inc,
+                None,
+                format!("includes nest deeper than {MAX_INCLUDE_DEPTH}"),
+            ));
+        }
+        match tree.read(&target) {
+            Err(TreeError::NotFound(..)) => {
+                return Err(at(
+                    &name,
+                    inc,
+                    None,
+                    format!("include '{target}' does not exist"),
+                ));
+            }
+            Err(e) => {
+                return Err(at(
+                    &name,
+                    inc,
+                    None,
+                    format!("include '{target}': {}", tree_error_reason(&e)),
+                ));
+            }
+            Ok(_) => {}
+        }
+        load_into(tree, &target, stack, merged)?;
+    }
+    stack.pop();
+    for (k, v) in doc.vars {
+        merged.vars.insert(k, v);
+    }
+    let located = |value| Located {
+        file: name.clone(),
+        value,
+    };
+    merged.files.extend(
+        doc.files
+            .into_iter()
+            .map(|(k, v)| (k, located_file(&name, v))),
+    );
+    merged
+        .directories
+        .extend(doc.directories.into_iter().map(|(k, v)| {
+            (
+                k,
+                Located {
+                    file: name.clone(),
+                    value: v,
+                },
+            )
+        }));
+    merged
+        .symlinks
+        .extend(doc.symlinks.into_iter().map(|(k, v)| {
+            (
+                k,
+                Located {
+                    file: name.clone(),
+                    value: v,
+                },
+            )
+        }));
+    merged
+        .packages
+        .extend(doc.packages.into_iter().map(|(k, v)| {
+            (
+                k,
+                Located {
+                    file: name.clone(),
+                    value: v,
+                },
+            )
+        }));
+    merged
+        .services
+        .extend(doc.services.into_iter().map(|(k, v)| (k, located(v))));
+    Ok(())
+}
+
+fn located_file(name: &Arc<str>, value: Spanned<RawFile>) -> Located<RawFile> {
+    Located {
+        file: name.clone(),
+        value,
+    }
+}
+
+fn tree_error_reason(e: &TreeError) -> String {
+    match e {
+        TreeError::NotFound(_, _) => "no such file".into(),
+        TreeError::Refused(_, why) | TreeError::Io(_, why) => why.clone(),
+    }
+}
+
+/// Reads, merges, renders and validates a branch into its desired state.
+pub fn load(tree: &dyn Tree, facts: &Facts) -> Result<DesiredState, SpecErrors> {
+    let mut merged = Merged::default();
+    let entry = RepoPath::parse(ENTRY_FILE).map_err(|m| {
+        SpecErrors(vec![SpecError {
+            file: ENTRY_FILE.into(),
+            line: 0,
+            column: 0,
+            resource: None,
+            message: m,
+        }])
+    })?;
+    load_into(tree, &entry, &mut Vec::new(), &mut merged).map_err(|e| SpecErrors(vec![e]))?;
+    let context = serde_json::json!({ "facts": facts, "vars": merged.vars });
+    let mut b = Builder {
+        tree,
+        renderer: Renderer::new(context),
+        errors: Vec::new(),
+    };
+    let state = b.build(merged);
+    if b.errors.is_empty() {
+        Ok(state)
+    } else {
+        Err(SpecErrors(b.errors))
+    }
+}
+
+/// Turns merged raw documents into a desired state, collecting every error.
+struct Builder<'t> {
+    tree: &'t dyn Tree,
+    renderer: Renderer,
+    errors: Vec<SpecError>,
+}
+
+impl Builder<'_> {
+    fn build(&mut self, merged: Merged) -> DesiredState {
+        let mut state = DesiredState::default();
+        let mut kinds: BTreeMap<PathBuf, &'static str> = BTreeMap::new();
+        for (path, loc) in merged.files {
+            let id = format!("file {path}");
+            if let Some(p) = self.host_path(&loc, &path, &id, &mut kinds, "file") {
+                if let Some(spec) = self.file(&loc, &id) {
+                    state.files.insert(p, spec);
+                }
+            }
+        }
+        for (path, loc) in merged.directories {
+            let id = format!("directory {path}");
+            if let Some(p) = self.host_path(&loc, &path, &id, &mut kinds, "directory") {
+                if let Some(spec) = self.directory(&loc, &id) {
+                    state.directories.insert(p, spec);
+                }
+            }
+        }
+        for (path, loc) in merged.symlinks {
+            let id = format!("symlink {path}");
+            if let Some(p) = self.host_path(&loc, &path, &id, &mut kinds, "symlink") {
+                if let Some(spec) = self.symlink(&loc, &id) {
+                    state.symlinks.insert(p, spec);
+                }
+            }
+        }
+        for (name, loc) in merged.packages {
+            let id = format!("package {name}");
+            if let Some(spec) = self.package(&loc, &name, &id) {
+                state.packages.insert(name, spec);
+            }
+        }
+        for (name, loc) in merged.services {
+            let id = format!("service {name}");
+            if let Some(spec) = self.service(&loc, &name, &id) {
+                state.services.insert(name, spec);
+            }
+        }
+        for (path, file) in &state.files {
+            for unit in &file.notify {
+                if !state.services.contains_key(unit) {
+                    self.errors.push(SpecError {
+                        file: ENTRY_FILE.into(),
+                        line: 0,
+                        column: 0,
+                        resource: Some(format!("file {}", path.display())),
+                        message: format!("notify names '{unit}', which is not a declared service"),
+                    });
+                }
+            }
+        }
+        state
+    }
+
+    fn error<T>(&mut self, loc: &Located<T>, id: &str, message: String) {
+        self.errors
+            .push(at(&loc.file, &loc.value, Some(id), message));
+    }
+
+    fn error_at<T, U>(&mut self, loc: &Located<T>, value: &Spanned<U>, id: &str, message: String) {
+        self.errors.push(at(&loc.file, value, Some(id), message));
+    }
+
+    /// Validates a managed path: absolute, normalized, no `..`, declared once.
+    fn host_path<T>(
+        &mut self,
+        loc: &Located<T>,
+        raw: &str,
+        id: &str,
+        kinds: &mut BTreeMap<PathBuf, &'static str>,
+        kind: &'static str,
+    ) -> Option<PathBuf> {
+        match normalize_host_path(raw) {
+            Ok(p) => {
+                if let Some(other) = kinds.insert(p.clone(), kind) {
+                    self.error(loc, id, format!("the path is also declared as a {other}"));
+                    return None;
+                }
+                Some(p)
+            }
+            Err(m) => {
+                self.error(loc, id, m);
+                None
+            }
+        }
+    }
+
+    fn render_string(
+        &mut self,
+        loc_file: &Arc<str>,
+        value: &Spanned<String>,
+        id: &str,
+        field: &str,
+    ) -> Option<String> {
+        match self.renderer.render_inline(&value.value) {
+            Ok(s) => Some(s),
+            Err(f) => {
+                self.errors.push(at(
+                    loc_file,
+                    value,
+                    Some(id),
+                    format!("{field}: template {f}"),
+                ));
+                None
+            }
+        }
+    }
+
+    fn owner(
+        &mut self,
+        file: &Arc<str>,
+        v: &Option<Spanned<IdName>>,
+        id: &str,
+        field: &str,
+    ) -> Result<Option<String>, ()> {
+        let Some(v) = v else { return Ok(None) };
+        let as_string = Spanned::new(v.value.0.clone(), v.referenced, v.defined);
+        let rendered = self.render_string(file, &as_string, id, field).ok_or(())?;
+        if rendered.is_empty() || rendered.contains(['\n', ':', '\0']) {
+            self.errors.push(at(
+                file,
+                v,
+                Some(id),
+                format!("{field}: '{rendered}' is not a valid name"),
+            ));
+            return Err(());
+        }
+        Ok(Some(rendered))
+    }
+
+    fn mode(
+        &mut self,
+        file: &Arc<str>,
+        v: &Option<Spanned<String>>,
+        id: &str,
+    ) -> Result<Option<u32>, ()> {
+        let Some(v) = v else { return Ok(None) };
+        match parse_mode(&v.value) {
+            Ok(m) => Ok(Some(m)),
+            Err(m) => {
+                self.errors.push(at(file, v, Some(id), m));
+                Err(())
+            }
+        }
+    }
+
+    fn file(&mut self, loc: &Located<RawFile>, id: &str) -> Option<FileSpec> {
+        let raw = &loc.value.value;
+        let f = &loc.file;
+        let absent = raw.state == Some(RawPresence::Absent);
+        let sources = [
+            raw.content.is_some(),
+            raw.template.is_some(),
+            raw.source.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        let owner = self.owner(f, &raw.owner, id, "owner");
+        let group = self.owner(f, &raw.group, id, "group");
+        let mode = self.mode(f, &raw.mode, id);
+        if absent {
+            if sources > 0 {
+                self.error(
+                    loc,
+                    id,
+                    "a file with state: absent takes no content, template or source".into(),
+                );
+                return None;
+            }
+        } else if sources != 1 {
+            self.error(
+                loc,
+                id,
+                "a file needs exactly one of content, template or source (or state: absent)".into(),
+            );
+            return None;
+        }
+        let content = if absent {
+            None
+        } else {
+            Some(self.content(loc, raw, id)?)
+        };
+        Some(FileSpec {
+            content,
+            owner: owner.ok()?,
+            group: group.ok()?,
+            mode: mode.ok()?,
+            notify: raw.notify.clone().unwrap_or_default(),
+            notify_action: raw.notify_action.unwrap_or_default(),
+            secret: raw.secret.unwrap_or(false),
+        })
+    }
+
+    fn content(&mut self, loc: &Located<RawFile>, raw: &RawFile, id: &str) -> Option<FileContent> {
+        let f = loc.file.clone();
+        if let Some(text) = &raw.content {
+            let bytes = self.render_string(&f, text, id, "content")?.into_bytes();
+            return Some(FileContent {
+                bytes,
+                origin: "content".into(),
+            });
+        }
+        let (spanned, is_template) = match (&raw.template, &raw.source) {
+            (Some(t), _) => (t, true),
+            (None, Some(s)) => (s, false),
+            (None, None) => return None,
+        };
+        let field = if is_template { "template" } else { "source" };
+        let path = match RepoPath::parse(&spanned.value) {
+            Ok(p) => p,
+            Err(m) => {
+                self.error_at(loc, spanned, id, format!("{field}: {m}"));
+                return None;
+            }
+        };
+        let bytes = match self.tree.read(&path) {
+            Ok(b) => b,
+            Err(TreeError::NotFound(..)) => {
+                self.error_at(loc, spanned, id, format!("{field} '{path}' does not exist"));
+                return None;
+            }
+            Err(e) => {
+                self.error_at(
+                    loc,
+                    spanned,
+                    id,
+                    format!("{field} '{path}': {}", tree_error_reason(&e)),
+                );
+                return None;
+            }
+        };
+        if !is_template {
+            return Some(FileContent {
+                bytes,
+                origin: format!("source:{path}"),
+            });
+        }
+        let Ok(text) = String::from_utf8(bytes) else {
+            self.error_at(
+                loc,
+                spanned,
+                id,
+                format!("template '{path}' is not valid UTF-8"),
+            );
+            return None;
+        };
+        match self.renderer.render_file(path.as_str(), &text) {
+            Ok(out) => Some(FileContent {
+                bytes: out.as_bytes().to_vec(),
+                origin: format!("template:{path}"),
+            }),
+            Err(fail) => {
+                self.errors.push(template_error(&path, &fail, id));
+                None
+            }
+        }
+    }
+
+    fn directory(&mut self, loc: &Located<RawDirectory>, id: &str) -> Option<DirectorySpec> {
+        let raw = &loc.value.value;
+        let f = &loc.file;
+        let owner = self.owner(f, &raw.owner, id, "owner");
+        let group = self.owner(f, &raw.group, id, "group");
+        let mode = self.mode(f, &raw.mode, id);
+        Some(DirectorySpec {
+            present: raw.state != Some(RawPresence::Absent),
+            owner: owner.ok()?,
+            group: group.ok()?,
+            mode: mode.ok()?,
+        })
+    }
+
+    fn symlink(&mut self, loc: &Located<RawSymlink>, id: &str) -> Option<SymlinkSpec> {
+        let raw = &loc.value.value;
+        let absent = raw.state == Some(RawPresence::Absent);
+        match (&raw.target, absent) {
+            (Some(_), true) => {
+                self.error(
+                    loc,
+                    id,
+                    "a symlink with state: absent takes no target".into(),
+                );
+                None
+            }
+            (None, true) => Some(SymlinkSpec { target: None }),
+            (None, false) => {
+                self.error(
+                    loc,
+                    id,
+                    "a symlink needs a target (or state: absent)".into(),
+                );
+                None
+            }
+            (Some(t), false) => {
+                let target = self.render_string(&loc.file, t, id, "target")?;
+                if target.is_empty() || target.contains('\0') {
+                    self.error_at(loc, t, id, "target is empty or holds a NUL byte".into());
+                    return None;
+                }
+                Some(SymlinkSpec {
+                    target: Some(PathBuf::from(target)),
+                })
+            }
+        }
+    }
+
+    fn package(&mut self, loc: &Located<RawPackage>, name: &str, id: &str) -> Option<PackageSpec> {
+        let raw = &loc.value.value;
+        if !valid_package_name(name) {
+            self.error(loc, id, format!("'{name}' is not a valid package name"));
+            return None;
+        }
+        let present = raw.state != Some(RawPresence::Absent);
+        if !present && raw.version.is_some() {
+            self.error(
+                loc,
+                id,
+                "a package with state: absent takes no version".into(),
+            );
+            return None;
+        }
+        if let Some(v) = &raw.version {
+            if v.value.is_empty() || v.value.contains(char::is_whitespace) {
+                self.error_at(
+                    loc,
+                    v,
+                    id,
+                    format!("version '{}' is not a valid version or pin", v.value),
+                );
+                return None;
+            }
+        }
+        Some(PackageSpec {
+            present,
+            version: raw.version.as_ref().map(|v| v.value.clone()),
+        })
+    }
+
+    fn service(&mut self, loc: &Located<RawService>, name: &str, id: &str) -> Option<ServiceSpec> {
+        let raw = &loc.value.value;
+        if !valid_unit_name(name) {
+            self.error(
+                loc,
+                id,
+                format!("'{name}' is not a systemd unit name (such as nginx.service)"),
+            );
+            return None;
+        }
+        if raw.masked == Some(true)
+            && (raw.enabled == Some(true)
+                || raw.state == Some(crate::desired::ServiceRunState::Running))
+        {
+            self.error(loc, id, "a masked unit cannot be enabled or running".into());
+            return None;
+        }
+        Some(ServiceSpec {
+            enabled: raw.enabled,
+            state: raw.state,
+            masked: raw.masked,
+        })
+    }
+}
+
+fn template_error(path: &RepoPath, fail: &TemplateFailure, id: &str) -> SpecError {
+    SpecError {
+        file: path.to_string(),
+        line: fail.line.map(|l| l as u64).unwrap_or(0),
+        column: fail.column.map(|c| c as u64).unwrap_or(0),
+        resource: Some(id.to_string()),
+        message: fail.reason.clone(),
+    }
+}
+
+/// Validates a managed path: absolute, without `..` or `.`, normalized.
+pub fn normalize_host_path(raw: &str) -> Result<PathBuf, String> {
+    if !raw.starts_with('/') {
+        return Err(format!("'{raw}' is not an absolute path"));
+    }
+    if raw.contains('\0') {
+        return Err("the path contains a NUL byte".into());
+    }
+    let mut out = PathBuf::from("/");
+    for c in Path::new(raw).components() {
+        match c {
+            Component::RootDir => {}
+            Component::Normal(n) => out.push(n),
+            Component::CurDir | Component::ParentDir | Component::Prefix(_) => {
+                return Err(format!("'{raw}' contains '.' or '..'"));
+            }
+        }
+    }
+    if out == Path::new("/") {
+        return Err("'/' itself cannot be managed".into());
+    }
+    Ok(out)
+}
+
+/// Parses an octal permission mode written as a string: "0644", "755".
+pub fn parse_mode(raw: &str) -> Result<u32, String> {
+    let digits = raw.strip_prefix("0o").unwrap_or(raw);
+    if !(3..=4).contains(&digits.len()) || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(format!(
+            "mode '{raw}' is not an octal mode such as \"0644\""
+        ));
+    }
+    u32::from_str_radix(digits, 8)
+        .map_err(|_| format!("mode '{raw}' is not an octal mode such as \"0644\""))
+}
+
+fn valid_package_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-._:".contains(&b))
+        && !name.starts_with('-')
+}
+
+fn valid_unit_name(name: &str) -> bool {
+    const SUFFIXES: &[&str] = &[
+        ".service", ".socket", ".timer", ".path", ".mount", ".target",
+    ];
+    SUFFIXES
+        .iter()
+        .any(|s| name.ends_with(s) && name.len() > s.len())
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"@-_.:\\".contains(&b))
+}
+
+#[cfg(test)]
+mod tests;

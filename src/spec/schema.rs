@@ -1,0 +1,116 @@
+//! The raw YAML schema of a state file, exactly as written.
+//!
+//! Every field is optional here and unknown keys are refused; `spec` turns
+//! these into the validated, rendered `DesiredState`. Values keep their
+//! position (`Spanned`) so a later error can still name line and column.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::desired::{NotifyAction, ServiceRunState};
+
+/// One YAML file: `trueup.yaml` or an included one.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDocument {
+    #[serde(default)]
+    pub include: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub vars: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub files: BTreeMap<String, Spanned<RawFile>>,
+    #[serde(default)]
+    pub directories: BTreeMap<String, Spanned<RawDirectory>>,
+    #[serde(default)]
+    pub symlinks: BTreeMap<String, Spanned<RawSymlink>>,
+    #[serde(default)]
+    pub packages: BTreeMap<String, Spanned<RawPackage>>,
+    #[serde(default)]
+    pub services: BTreeMap<String, Spanned<RawService>>,
+}
+
+/// `state:` of files, directories, symlinks and packages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawPresence {
+    Present,
+    Absent,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFile {
+    pub content: Option<Spanned<String>>,
+    pub template: Option<Spanned<String>>,
+    pub source: Option<Spanned<String>>,
+    pub owner: Option<Spanned<IdName>>,
+    pub group: Option<Spanned<IdName>>,
+    pub mode: Option<Spanned<String>>,
+    pub state: Option<RawPresence>,
+    pub notify: Option<Vec<String>>,
+    pub notify_action: Option<NotifyAction>,
+    pub secret: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDirectory {
+    pub owner: Option<Spanned<IdName>>,
+    pub group: Option<Spanned<IdName>>,
+    pub mode: Option<Spanned<String>>,
+    pub state: Option<RawPresence>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSymlink {
+    pub target: Option<Spanned<String>>,
+    pub state: Option<RawPresence>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPackage {
+    pub version: Option<Spanned<String>>,
+    pub state: Option<RawPresence>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub enabled: Option<bool>,
+    pub state: Option<ServiceRunState>,
+    pub masked: Option<bool>,
+}
+
+/// A user or group: a name, or a numeric id written with or without quotes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdName(pub String);
+
+impl<'de> Deserialize<'de> for IdName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = IdName;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a user or group name, or a numeric id")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IdName, E> {
+                Ok(IdName(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<IdName, E> {
+                u32::try_from(v)
+                    .map(|id| IdName(id.to_string()))
+                    .map_err(|_| E::custom("id out of range"))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<IdName, E> {
+                u32::try_from(v)
+                    .map(|id| IdName(id.to_string()))
+                    .map_err(|_| E::custom("id out of range"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

@@ -1,0 +1,313 @@
+//! Unit tests of parsing, merging and rendering, over an in-memory tree.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::*;
+use crate::facts::OsFacts;
+
+/// A tree held in memory, for unit tests of the pure core.
+struct MemTree(BTreeMap<String, Vec<u8>>);
+
+impl MemTree {
+    fn new(files: &[(&str, &str)]) -> MemTree {
+        MemTree(
+            files
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+        )
+    }
+}
+
+impl Tree for MemTree {
+    fn read(&self, path: &RepoPath) -> Result<Vec<u8>, TreeError> {
+        self.0
+            .get(path.as_str())
+            .cloned()
+            .ok_or_else(|| TreeError::NotFound(path.clone(), "memory".into()))
+    }
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+}
+
+fn facts() -> Facts {
+    Facts {
+        hostname: "web1".into(),
+        fqdn: "web1.example.com".into(),
+        os: OsFacts {
+            id: "debian".into(),
+            id_like: vec![],
+            version_id: "12".into(),
+            name: "Debian".into(),
+        },
+        arch: "x86_64".into(),
+        cpus: 2,
+        memory_mb: 1024,
+        ipv4: vec!["10.0.0.5".into()],
+        ipv6: vec![],
+        machine_id: "abc".into(),
+        user: "root".into(),
+    }
+}
+
+fn load_files(files: &[(&str, &str)]) -> Result<DesiredState, SpecErrors> {
+    load(&MemTree::new(files), &facts())
+}
+
+fn one_error(files: &[(&str, &str)]) -> SpecError {
+    let errs = load_files(files).expect_err("expected an error");
+    assert_eq!(errs.0.len(), 1, "{errs}");
+    errs.0.into_iter().next().unwrap()
+}
+
+#[test]
+fn full_example_renders() {
+    let state = load_files(&[
+        (
+            "trueup.yaml",
+            "include: [roles/base.yaml]\nvars:\n  port: 8080\nfiles:\n  /etc/app.conf:\n    template: templates/app.hbs\n    mode: \"0640\"\n    owner: root\n  /etc/motd:\n    content: \"hello {{facts.hostname}}\\n\"\n  /etc/old:\n    state: absent\ndirectories:\n  /srv/app: { mode: \"0750\" }\nsymlinks:\n  /etc/link: { target: /etc/motd }\n",
+        ),
+        ("roles/base.yaml", "files:\n  /etc/issue:\n    source: files/issue\n"),
+        ("templates/app.hbs", "listen {{vars.port}} on {{facts.fqdn}}\n"),
+        ("files/issue", "verbatim {{not rendered}}\n"),
+    ])
+    .unwrap();
+    let f = |p: &str| state.files.get(Path::new(p)).unwrap();
+    assert_eq!(
+        f("/etc/app.conf").content.as_ref().unwrap().bytes,
+        b"listen 8080 on web1.example.com\n"
+    );
+    assert_eq!(f("/etc/app.conf").mode, Some(0o640));
+    assert_eq!(f("/etc/app.conf").owner.as_deref(), Some("root"));
+    assert_eq!(
+        f("/etc/motd").content.as_ref().unwrap().bytes,
+        b"hello web1\n"
+    );
+    assert_eq!(
+        f("/etc/issue").content.as_ref().unwrap().bytes,
+        b"verbatim {{not rendered}}\n"
+    );
+    assert!(f("/etc/old").content.is_none());
+    assert_eq!(state.directories[Path::new("/srv/app")].mode, Some(0o750));
+    assert_eq!(
+        state.symlinks[Path::new("/etc/link")].target.as_deref(),
+        Some(Path::new("/etc/motd"))
+    );
+}
+
+#[test]
+fn later_include_and_including_file_win() {
+    let state = load_files(&[
+        (
+            "trueup.yaml",
+            "include: [a.yaml, b.yaml]\nvars: { who: main }\nfiles:\n  /x: { content: \"{{vars.who}} {{vars.only_a}}\" }\n",
+        ),
+        ("a.yaml", "vars: { who: a, only_a: A }\nfiles:\n  /y: { content: a }\n"),
+        ("b.yaml", "files:\n  /y: { content: b }\n"),
+    ])
+    .unwrap();
+    assert_eq!(
+        state.files[Path::new("/x")].content.as_ref().unwrap().bytes,
+        b"main A"
+    );
+    assert_eq!(
+        state.files[Path::new("/y")].content.as_ref().unwrap().bytes,
+        b"b"
+    );
+}
+
+#[test]
+fn unknown_key_names_file_line_column() {
+    let e = one_error(&[("trueup.yaml", "files:\n  /etc/motd:\n    contnet: hi\n")]);
+    assert_eq!((e.file.as_str(), e.line), ("trueup.yaml", 3), "{e}");
+    assert!(e.column > 0);
+    assert!(e.message.contains("contnet"), "{e}");
+}
+
+#[test]
+fn unknown_top_level_key_is_an_error() {
+    let e = one_error(&[("trueup.yaml", "fiels: {}\n")]);
+    assert_eq!(e.line, 1, "{e}");
+    assert!(e.message.contains("fiels"), "{e}");
+}
+
+#[test]
+fn yaml_syntax_error_has_position() {
+    let e = one_error(&[("trueup.yaml", "files:\n  /a: { content: x\n  /b: [\n")]);
+    assert!(e.line >= 2, "{e}");
+}
+
+#[test]
+fn wrong_type_is_an_error() {
+    let e = one_error(&[(
+        "trueup.yaml",
+        "files:\n  /a:\n    content: x\n    secret: maybe\n",
+    )]);
+    assert_eq!(e.line, 4, "{e}");
+}
+
+#[test]
+fn duplicate_key_is_an_error() {
+    let e = one_error(&[(
+        "trueup.yaml",
+        "files:\n  /a: { content: x }\n  /a: { content: y }\n",
+    )]);
+    assert_eq!(e.line, 3, "{e}");
+}
+
+#[test]
+fn include_cycle_is_an_error() {
+    let e = one_error(&[
+        ("trueup.yaml", "include: [a.yaml]\n"),
+        ("a.yaml", "include:\n  - b.yaml\n"),
+        ("b.yaml", "include: [a.yaml]\n"),
+    ]);
+    assert_eq!(e.file, "b.yaml");
+    assert_eq!(e.line, 1);
+    assert!(e.message.contains("cycle"), "{e}");
+    assert!(e.message.contains("a.yaml → b.yaml → a.yaml"), "{e}");
+}
+
+#[test]
+fn missing_include_is_an_error_at_the_include() {
+    let e = one_error(&[("trueup.yaml", "vars: {}\ninclude:\n  - roles/nope.yaml\n")]);
+    assert_eq!((e.line, e.column), (3, 5), "{e}");
+    assert!(e.message.contains("roles/nope.yaml"), "{e}");
+}
+
+#[test]
+fn include_escaping_the_tree_is_refused() {
+    let e = one_error(&[("trueup.yaml", "include: [../../etc/passwd]\n")]);
+    assert!(e.message.contains(".."), "{e}");
+    let e = one_error(&[("trueup.yaml", "include: [/etc/passwd]\n")]);
+    assert!(e.message.contains("absolute"), "{e}");
+}
+
+#[test]
+fn missing_template_variable_names_template_and_line() {
+    let e = one_error(&[
+        ("trueup.yaml", "files:\n  /a: { template: t.hbs }\n"),
+        ("t.hbs", "line one\nport {{vars.port}}\n"),
+    ]);
+    assert_eq!((e.file.as_str(), e.line), ("t.hbs", 2), "{e}");
+    assert!(e.message.contains("vars.port"), "{e}");
+    assert_eq!(e.resource.as_deref(), Some("file /a"));
+}
+
+#[test]
+fn missing_variable_in_inline_content() {
+    let e = one_error(&[(
+        "trueup.yaml",
+        "files:\n  /a:\n    content: \"{{vars.nope}}\"\n",
+    )]);
+    assert_eq!(e.line, 3, "{e}");
+    assert!(e.message.contains("vars.nope"), "{e}");
+}
+
+#[test]
+fn missing_source_file_is_an_error_at_the_source_key() {
+    let e = one_error(&[("trueup.yaml", "files:\n  /a:\n    source: files/nope\n")]);
+    assert_eq!(e.line, 3, "{e}");
+    assert!(e.message.contains("files/nope"), "{e}");
+}
+
+#[test]
+fn source_escaping_the_tree_is_refused() {
+    let e = one_error(&[("trueup.yaml", "files:\n  /a:\n    source: ../secret\n")]);
+    assert!(e.message.contains(".."), "{e}");
+}
+
+#[test]
+fn bad_modes_are_refused() {
+    for m in ["9999", "644x", "12", "077777", ""] {
+        let e = one_error(&[(
+            "trueup.yaml",
+            &format!("files:\n  /a:\n    content: x\n    mode: \"{m}\"\n"),
+        )]);
+        assert_eq!(e.line, 4, "{m}: {e}");
+    }
+    assert_eq!(parse_mode("0644"), Ok(0o644));
+    assert_eq!(parse_mode("4755"), Ok(0o4755));
+}
+
+#[test]
+fn relative_and_dotdot_destinations_are_refused() {
+    for p in ["etc/motd", "/etc/../shadow", "/"] {
+        let e = one_error(&[(
+            "trueup.yaml",
+            &format!("files:\n  \"{p}\": {{ content: x }}\n"),
+        )]);
+        assert!(e.resource.is_some(), "{p}: {e}");
+    }
+}
+
+#[test]
+fn content_and_template_together_are_refused() {
+    let e = one_error(&[("trueup.yaml", "files:\n  /a: { content: x, source: y }\n")]);
+    assert!(e.message.contains("exactly one"), "{e}");
+}
+
+#[test]
+fn same_path_as_file_and_directory_is_refused() {
+    let e = one_error(&[(
+        "trueup.yaml",
+        "files:\n  /a: { content: x }\ndirectories:\n  /a: {}\n",
+    )]);
+    assert!(e.message.contains("also declared"), "{e}");
+}
+
+#[test]
+fn every_error_is_reported_not_just_the_first() {
+    let errs = load_files(&[(
+        "trueup.yaml",
+        "files:\n  /a: { content: \"{{vars.x}}\" }\n  /b: { content: y, mode: \"888\" }\n",
+    )])
+    .unwrap_err();
+    assert_eq!(errs.0.len(), 2, "{errs}");
+}
+
+#[test]
+fn empty_document_is_empty_state() {
+    assert!(
+        load_files(&[("trueup.yaml", "# nothing yet\n")])
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn non_utf8_and_nul_are_errors() {
+    let tree = MemTree(BTreeMap::from([(
+        "trueup.yaml".to_string(),
+        b"files:\n  /a: \xff\n".to_vec(),
+    )]));
+    let e = load(&tree, &facts()).unwrap_err();
+    assert_eq!(e.0[0].line, 2, "{e}");
+    let e = one_error(&[("trueup.yaml", "files:\n  /a: { content: \"a\0b\" }\n")]);
+    assert!(e.message.contains("NUL"), "{e}");
+}
+
+#[test]
+fn owner_may_be_numeric_or_templated() {
+    let state = load_files(&[(
+        "trueup.yaml",
+        "files:\n  /a: { content: x, owner: 0, group: \"{{facts.user}}\" }\n",
+    )])
+    .unwrap();
+    let f = &state.files[Path::new("/a")];
+    assert_eq!(
+        (f.owner.as_deref(), f.group.as_deref()),
+        (Some("0"), Some("root"))
+    );
+}
+
+#[test]
+fn notify_must_name_a_declared_service() {
+    let e = one_error(&[(
+        "trueup.yaml",
+        "files:\n  /a: { content: x, notify: [nginx.service] }\n",
+    )]);
+    assert!(e.message.contains("nginx.service"), "{e}");
+}
