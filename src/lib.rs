@@ -5,9 +5,14 @@
 //! formats) does no I/O; everything that touches the machine sits in
 //! `resource`, `source`, `apply` and `agent`.
 
+pub mod apply;
+pub mod commands;
 pub mod desired;
 pub mod facts;
+pub mod plan;
+pub mod report;
 pub mod resource;
+pub mod run;
 pub mod safe_fs;
 pub mod source;
 pub mod spec;

@@ -1,4 +1,158 @@
-//! Resources: what trueup manages on a host, how each is observed and changed.
+//! Resources: what trueup manages on a host, how each is observed and
+//! compared with its desired state.
+//!
+//! Each kind pairs an `observe` that reads the machine with a pure `diff`
+//! that turns (desired, observed) into drift and the action that repairs it,
+//! so the comparison is tested with plain values.
 
+pub mod accounts;
+pub mod directory;
+pub mod file;
+pub mod node;
 pub mod package;
 pub mod service;
+pub mod symlink;
+
+use serde::{Deserialize, Serialize};
+
+/// The kinds of resource a branch can declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    File,
+    Directory,
+    Symlink,
+    Package,
+    Service,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Directory => "directory",
+            Kind::Symlink => "symlink",
+            Kind::Package => "package",
+            Kind::Service => "service",
+        }
+    }
+}
+
+/// A resource's identity: its kind and its key (a path, a package or a unit).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ResourceId {
+    pub kind: Kind,
+    pub name: String,
+}
+
+impl ResourceId {
+    pub fn new(kind: Kind, name: impl Into<String>) -> ResourceId {
+        ResourceId {
+            kind,
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ResourceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind.as_str(), self.name)
+    }
+}
+
+/// One attribute of one resource that differs from the desired state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drift {
+    pub attribute: Attribute,
+    pub expected: String,
+    pub actual: String,
+    /// Unified diff from the actual to the expected content, for files whose
+    /// content is text and not secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+}
+
+impl Drift {
+    pub fn new(
+        attribute: Attribute,
+        expected: impl Into<String>,
+        actual: impl Into<String>,
+    ) -> Drift {
+        Drift {
+            attribute,
+            expected: expected.into(),
+            actual: actual.into(),
+            diff: None,
+        }
+    }
+}
+
+/// Which attribute drifted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attribute {
+    /// Present or absent, or the wrong kind of node (a symlink for a file).
+    Presence,
+    Content,
+    Owner,
+    Group,
+    Mode,
+    Target,
+    Version,
+    Enabled,
+    State,
+    Masked,
+}
+
+impl Attribute {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Attribute::Presence => "presence",
+            Attribute::Content => "content",
+            Attribute::Owner => "owner",
+            Attribute::Group => "group",
+            Attribute::Mode => "mode",
+            Attribute::Target => "target",
+            Attribute::Version => "version",
+            Attribute::Enabled => "enabled",
+            Attribute::State => "state",
+            Attribute::Masked => "masked",
+        }
+    }
+}
+
+/// Compares owner, group and mode with what is declared.
+pub(crate) fn meta_drift(
+    want: &accounts::WantedMeta,
+    have: &node::Meta,
+    accounts: &dyn accounts::Accounts,
+    out: &mut Vec<Drift>,
+) {
+    if let Some((name, uid)) = &want.owner {
+        if *uid != have.uid {
+            out.push(Drift::new(
+                Attribute::Owner,
+                name.clone(),
+                accounts.user_name(have.uid),
+            ));
+        }
+    }
+    if let Some((name, gid)) = &want.group {
+        if *gid != have.gid {
+            out.push(Drift::new(
+                Attribute::Group,
+                name.clone(),
+                accounts.group_name(have.gid),
+            ));
+        }
+    }
+    if let Some(mode) = want.mode {
+        if mode != have.mode {
+            out.push(Drift::new(
+                Attribute::Mode,
+                crate::desired::format_mode(mode),
+                crate::desired::format_mode(have.mode),
+            ));
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! The one-shot commands behind the CLI: each takes parsed options, prints
+//! its result and returns the process exit code.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::facts::Facts;
+use crate::report::{Mode, RunReport, RunStatus, SourceInfo};
+use crate::run::{RunOptions, run};
+use crate::source::{DirTree, Tree};
+use crate::spec;
+
+/// Text for people or JSON for scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Options every command shares.
+#[derive(Debug, Clone)]
+pub struct Common {
+    pub source: Option<String>,
+    pub root: PathBuf,
+    pub state_dir: PathBuf,
+    pub format: Format,
+    pub facts_file: Option<PathBuf>,
+}
+
+/// Exit codes of `check`.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const ERROR: i32 = 1;
+    pub const DRIFT: i32 = 2;
+    /// `apply --detailed-exitcodes`: changes made.
+    pub const CHANGED: i32 = 2;
+    /// `apply --detailed-exitcodes`: failures (added to CHANGED: 6).
+    pub const FAILED: i32 = 4;
+}
+
+/// The facts a run sees: the machine's, or a facts file's.
+pub fn facts(common: &Common) -> Result<Facts> {
+    match &common.facts_file {
+        Some(p) => Ok(Facts::from_file(p)?),
+        None => Ok(Facts::gather()),
+    }
+}
+
+fn open_source(common: &Common) -> Result<(Box<dyn Tree>, SourceInfo)> {
+    let Some(src) = &common.source else {
+        bail!("no source: give --source DIR");
+    };
+    let path = Path::new(src);
+    if !path.is_dir() {
+        bail!("source {src}: not a directory");
+    }
+    let info = SourceInfo {
+        location: path.display().to_string(),
+        branch: None,
+        commit: None,
+    };
+    Ok((Box::new(DirTree::new(path)), info))
+}
+
+/// Prints a report in the chosen format.
+pub fn print_report(report: &RunReport, format: Format) -> Result<()> {
+    match format {
+        Format::Json => {
+            let mut out = std::io::stdout().lock();
+            serde_json::to_writer_pretty(&mut out, report)?;
+            writeln!(out)?;
+        }
+        Format::Text => {
+            let mut out = anstream::stdout().lock();
+            write!(out, "{}", crate::report::text::render(report))?;
+        }
+    }
+    Ok(())
+}
+
+fn save(report: &RunReport, state_dir: &Path) {
+    if let Err(e) = report.write_last_run(state_dir) {
+        tracing::warn!(error = %e, state_dir = %state_dir.display(), "could not write last-run.json");
+    }
+}
+
+/// `trueup check`: exit 0 in sync, 2 drift, 1 error.
+pub fn check(common: &Common) -> Result<i32> {
+    let report = one_run(common, Mode::Check, false)?;
+    Ok(match report.status {
+        RunStatus::InSync => exit::OK,
+        RunStatus::Drift => exit::DRIFT,
+        _ => exit::ERROR,
+    })
+}
+
+/// `trueup apply`: exit 0, or 1 on any error; with `detailed`, 2 for
+/// changes, 4 for failures, 6 for both, 1 for an error before any change.
+pub fn apply(common: &Common, dry_run: bool, detailed: bool) -> Result<i32> {
+    let report = one_run(common, Mode::Apply, dry_run)?;
+    let s = &report.summary;
+    if matches!(report.status, RunStatus::Error | RunStatus::Refused) {
+        return Ok(exit::ERROR);
+    }
+    let failed = s.failed + s.skipped > 0;
+    let changed = s.changed > 0 || (dry_run && s.drift > 0);
+    Ok(if detailed {
+        (if changed { exit::CHANGED } else { 0 }) | (if failed { exit::FAILED } else { 0 })
+    } else if failed {
+        exit::ERROR
+    } else {
+        exit::OK
+    })
+}
+
+fn one_run(common: &Common, mode: Mode, dry_run: bool) -> Result<RunReport> {
+    let facts = facts(common)?;
+    let (tree, info) = open_source(common)?;
+    let opts = RunOptions {
+        root: common.root.clone(),
+        state_dir: common.state_dir.clone(),
+        mode,
+        dry_run,
+    };
+    let report = run(tree.as_ref(), info, &facts, &opts, &|| false);
+    save(&report, &common.state_dir);
+    print_report(&report, common.format)?;
+    Ok(report)
+}
+
+/// `trueup validate DIR`: parse and render, change nothing.
+pub fn validate(common: &Common, dir: &Path) -> Result<i32> {
+    let facts = facts(common)?;
+    let tree = DirTree::new(dir);
+    let result = spec::load(&tree, &facts);
+    match common.format {
+        Format::Json => {
+            let value = match &result {
+                Ok(d) => serde_json::json!({ "valid": true, "resources": d.len(), "errors": [] }),
+                Err(e) => serde_json::json!({ "valid": false, "resources": 0, "errors": e }),
+            };
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        }
+        Format::Text => match &result {
+            Ok(d) => println!("{}: valid, {} resources", dir.display(), d.len()),
+            Err(e) => eprintln!("{e}"),
+        },
+    }
+    Ok(if result.is_ok() {
+        exit::OK
+    } else {
+        exit::ERROR
+    })
+}
+
+/// `trueup render DIR`: the rendered desired state (secret content hidden).
+pub fn render(common: &Common, dir: &Path) -> Result<i32> {
+    let facts = facts(common)?;
+    let tree = DirTree::new(dir);
+    let desired = match spec::load(&tree, &facts) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(exit::ERROR);
+        }
+    };
+    let mut value = serde_json::to_value(&desired)?;
+    // Content is skipped by the model's serializer; show it here as text.
+    if let Some(files) = value.get_mut("files").and_then(|f| f.as_object_mut()) {
+        for (path, spec) in &desired.files {
+            let Some(entry) = files.get_mut(&path.display().to_string()) else {
+                continue;
+            };
+            if let (Some(c), Some(obj)) = (&spec.content, entry.as_object_mut()) {
+                let shown = if spec.secret {
+                    "(secret)".to_string()
+                } else {
+                    match std::str::from_utf8(&c.bytes) {
+                        Ok(s) => s.to_string(),
+                        Err(_) => format!("(binary, {})", crate::resource::file::summary(&c.bytes)),
+                    }
+                };
+                obj.insert(
+                    "content".into(),
+                    serde_json::json!({ "origin": c.origin, "text": shown }),
+                );
+            }
+        }
+    }
+    match common.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&value)?),
+        Format::Text => print!(
+            "{}",
+            serde_saphyr::to_string(&value).context("printing the state as YAML")?
+        ),
+    }
+    Ok(exit::OK)
+}
+
+/// `trueup facts`.
+pub fn print_facts(common: &Common) -> Result<i32> {
+    let facts = facts(common)?;
+    match common.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&facts)?),
+        Format::Text => {
+            for (k, v) in facts.to_lines() {
+                println!("{k:<14} {v}");
+            }
+        }
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,252 @@
+//! `RunReport`: what one run found and did, in one stable shape.
+//!
+//! The same report is printed (text for people, JSON for scripts), written
+//! to `last-run.json`, and attached to the applied commit as a Git note. Its
+//! JSON form is documented in `docs/report.schema.json`; `schema` is bumped
+//! on any incompatible change.
+
+pub mod text;
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::apply::{Outcome, Status};
+
+/// Version of the JSON shape.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Check reports drift; apply converges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Check,
+    Apply,
+}
+
+/// The outcome of a whole run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Nothing differed.
+    InSync,
+    /// Drift found and left (check, dry run, disabled host).
+    Drift,
+    /// Drift repaired, no failure.
+    Converged,
+    /// Some resources failed (others may have changed).
+    Failed,
+    /// Nothing was attempted: the branch or the source is broken.
+    Error,
+    /// The commit was not trusted; nothing was applied.
+    Refused,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::InSync => "in sync",
+            RunStatus::Drift => "drift",
+            RunStatus::Converged => "converged",
+            RunStatus::Failed => "failed",
+            RunStatus::Error => "error",
+            RunStatus::Refused => "refused",
+        }
+    }
+}
+
+/// Where the desired state came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    /// A directory path or a repository URL (credentials never included).
+    pub location: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+}
+
+/// Counts per outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub resources: usize,
+    pub in_sync: usize,
+    pub drift: usize,
+    pub changed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+}
+
+impl Summary {
+    pub fn of(outcomes: &[Outcome]) -> Summary {
+        let mut s = Summary {
+            resources: outcomes.len(),
+            ..Summary::default()
+        };
+        for o in outcomes {
+            match o.status {
+                Status::InSync => s.in_sync += 1,
+                Status::Drift => s.drift += 1,
+                Status::Changed => s.changed += 1,
+                Status::Failed => s.failed += 1,
+                Status::Skipped => s.skipped += 1,
+            }
+        }
+        s
+    }
+}
+
+/// One run, end to end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunReport {
+    pub schema: u32,
+    pub trueup_version: String,
+    pub host: String,
+    pub mode: Mode,
+    pub dry_run: bool,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    pub duration_ms: u64,
+    pub source: SourceInfo,
+    pub status: RunStatus,
+    pub summary: Summary,
+    /// Every resource that is not in sync (in-sync ones are only counted).
+    pub resources: Vec<ReportedResource>,
+    /// Errors that stopped the run before any change, one per line.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// A resource as it appears in a report (the `Outcome` of one step).
+pub type ReportedResource = Outcome;
+
+impl RunReport {
+    /// A report of a run that stopped before touching anything.
+    pub fn failed_early(
+        host: &str,
+        mode: Mode,
+        dry_run: bool,
+        started: std::time::SystemTime,
+        source: SourceInfo,
+        status: RunStatus,
+        errors: Vec<String>,
+    ) -> RunReport {
+        RunReport {
+            schema: SCHEMA_VERSION,
+            trueup_version: env!("CARGO_PKG_VERSION").to_string(),
+            host: host.to_string(),
+            mode,
+            dry_run,
+            started_at: rfc3339(started),
+            duration_ms: elapsed_ms(started),
+            source,
+            status,
+            summary: Summary::default(),
+            resources: vec![],
+            errors,
+        }
+    }
+
+    /// A report of a run that planned (and maybe applied) its resources.
+    pub fn from_outcomes(
+        host: &str,
+        mode: Mode,
+        dry_run: bool,
+        started: std::time::SystemTime,
+        source: SourceInfo,
+        outcomes: Vec<Outcome>,
+    ) -> RunReport {
+        let summary = Summary::of(&outcomes);
+        let status = if summary.failed > 0 || summary.skipped > 0 {
+            RunStatus::Failed
+        } else if summary.changed > 0 {
+            RunStatus::Converged
+        } else if summary.drift > 0 {
+            RunStatus::Drift
+        } else {
+            RunStatus::InSync
+        };
+        RunReport {
+            schema: SCHEMA_VERSION,
+            trueup_version: env!("CARGO_PKG_VERSION").to_string(),
+            host: host.to_string(),
+            mode,
+            dry_run,
+            started_at: rfc3339(started),
+            duration_ms: elapsed_ms(started),
+            source,
+            status,
+            summary,
+            resources: outcomes
+                .into_iter()
+                .filter(|o| o.status != Status::InSync)
+                .collect(),
+            errors: vec![],
+        }
+    }
+
+    /// The one-line summary people read first (and the note's first line).
+    pub fn headline(&self) -> String {
+        let commit = self
+            .source
+            .commit
+            .as_deref()
+            .map(|c| format!(" {}", &c[..c.len().min(12)]))
+            .unwrap_or_default();
+        let s = &self.summary;
+        match self.status {
+            RunStatus::Error | RunStatus::Refused => format!(
+                "trueup {} {}{commit}: {}",
+                mode_word(self.mode),
+                self.status.as_str(),
+                self.errors.first().map(String::as_str).unwrap_or("")
+            ),
+            _ => format!(
+                "trueup {} {}{commit}: {} resources, {} drift, {} changed, {} failed",
+                mode_word(self.mode),
+                self.status.as_str(),
+                s.resources,
+                s.drift + s.changed + s.failed + s.skipped,
+                s.changed,
+                s.failed + s.skipped
+            ),
+        }
+    }
+
+    /// Writes the report as `last-run.json` in the state directory.
+    pub fn write_last_run(&self, state_dir: &Path) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        crate::safe_fs::write_own_file(&state_dir.join("last-run.json"), &json, 0o644)
+    }
+
+    /// Reads `last-run.json`, if there is one.
+    pub fn read_last_run(state_dir: &Path) -> Result<Option<RunReport>, String> {
+        let path = state_dir.join("last-run.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+}
+
+fn mode_word(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Check => "check",
+        Mode::Apply => "apply",
+    }
+}
+
+/// RFC 3339 in UTC, to the second.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn elapsed_ms(started: std::time::SystemTime) -> u64 {
+    started
+        .elapsed()
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

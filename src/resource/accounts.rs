@@ -1,0 +1,160 @@
+//! Users and groups: names in the spec, ids on disk.
+//!
+//! Lookups go through the host's NSS (`getpwnam`, `getgrnam`) once per name
+//! and are cached, so ten thousand files owned by `root` cost one lookup.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+/// Resolves user and group names and ids.
+pub trait Accounts {
+    fn uid(&self, name: &str) -> Option<u32>;
+    fn gid(&self, name: &str) -> Option<u32>;
+    /// A user's name, or the id as text when it has none.
+    fn user_name(&self, uid: u32) -> String;
+    fn group_name(&self, gid: u32) -> String;
+}
+
+/// Owner, group and mode as declared, with names resolved to ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WantedMeta {
+    pub owner: Option<(String, u32)>,
+    pub group: Option<(String, u32)>,
+    pub mode: Option<u32>,
+}
+
+impl WantedMeta {
+    /// Resolves declared names; an unknown user or group is an error.
+    pub fn resolve(
+        owner: Option<&str>,
+        group: Option<&str>,
+        mode: Option<u32>,
+        accounts: &dyn Accounts,
+    ) -> Result<WantedMeta, String> {
+        let owner = match owner {
+            Some(name) => Some((
+                name.to_string(),
+                numeric_or(name, |n| accounts.uid(n))
+                    .ok_or_else(|| format!("owner '{name}' does not exist"))?,
+            )),
+            None => None,
+        };
+        let group = match group {
+            Some(name) => Some((
+                name.to_string(),
+                numeric_or(name, |n| accounts.gid(n))
+                    .ok_or_else(|| format!("group '{name}' does not exist"))?,
+            )),
+            None => None,
+        };
+        Ok(WantedMeta { owner, group, mode })
+    }
+
+    pub fn uid(&self) -> Option<u32> {
+        self.owner.as_ref().map(|o| o.1)
+    }
+
+    pub fn gid(&self) -> Option<u32> {
+        self.group.as_ref().map(|g| g.1)
+    }
+}
+
+fn numeric_or(name: &str, lookup: impl Fn(&str) -> Option<u32>) -> Option<u32> {
+    if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) {
+        return name.parse().ok();
+    }
+    lookup(name)
+}
+
+/// The host's users and groups, cached.
+#[derive(Default)]
+pub struct SystemAccounts {
+    users: RefCell<HashMap<String, Option<u32>>>,
+    groups: RefCell<HashMap<String, Option<u32>>>,
+    user_names: RefCell<HashMap<u32, String>>,
+    group_names: RefCell<HashMap<u32, String>>,
+}
+
+impl Accounts for SystemAccounts {
+    fn uid(&self, name: &str) -> Option<u32> {
+        *self
+            .users
+            .borrow_mut()
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                nix::unistd::User::from_name(name)
+                    .ok()
+                    .flatten()
+                    .map(|u| u.uid.as_raw())
+            })
+    }
+
+    fn gid(&self, name: &str) -> Option<u32> {
+        *self
+            .groups
+            .borrow_mut()
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                nix::unistd::Group::from_name(name)
+                    .ok()
+                    .flatten()
+                    .map(|g| g.gid.as_raw())
+            })
+    }
+
+    fn user_name(&self, uid: u32) -> String {
+        self.user_names
+            .borrow_mut()
+            .entry(uid)
+            .or_insert_with(|| {
+                nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+                    .unwrap_or_else(|| uid.to_string())
+            })
+            .clone()
+    }
+
+    fn group_name(&self, gid: u32) -> String {
+        self.group_names
+            .borrow_mut()
+            .entry(gid)
+            .or_insert_with(|| {
+                nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+                    .ok()
+                    .flatten()
+                    .map(|g| g.name)
+                    .unwrap_or_else(|| gid.to_string())
+            })
+            .clone()
+    }
+}
+
+/// Fixed users and groups, for unit tests of the pure core.
+#[cfg(test)]
+pub struct FakeAccounts;
+
+#[cfg(test)]
+impl Accounts for FakeAccounts {
+    fn uid(&self, name: &str) -> Option<u32> {
+        match name {
+            "root" => Some(0),
+            "app" => Some(1000),
+            _ => None,
+        }
+    }
+    fn gid(&self, name: &str) -> Option<u32> {
+        self.uid(name)
+    }
+    fn user_name(&self, uid: u32) -> String {
+        match uid {
+            0 => "root".into(),
+            1000 => "app".into(),
+            n => n.to_string(),
+        }
+    }
+    fn group_name(&self, gid: u32) -> String {
+        self.user_name(gid)
+    }
+}

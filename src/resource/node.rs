@@ -1,0 +1,203 @@
+//! Nodes on disk (files, directories, symlinks): observing them without
+//! following symlinks, and the actions that converge them.
+
+use std::path::{Path, PathBuf};
+
+use crate::safe_fs::{Entry, NodeKind, SafeFsError};
+
+/// A node on disk, read without following symlinks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeObservation {
+    Missing,
+    File {
+        meta: Meta,
+        /// `None` when the content was not needed or was too large to read.
+        content: Option<Vec<u8>>,
+    },
+    Directory {
+        meta: Meta,
+    },
+    Symlink {
+        target: PathBuf,
+    },
+    Other,
+}
+
+impl NodeObservation {
+    /// What is there, in words: "missing", "file", "symlink to /x"...
+    pub fn describe(&self) -> String {
+        match self {
+            NodeObservation::Missing => "absent".into(),
+            NodeObservation::File { .. } => "file".into(),
+            NodeObservation::Directory { .. } => "directory".into(),
+            NodeObservation::Symlink { target } => format!("symlink to {}", target.display()),
+            NodeObservation::Other => "special file".into(),
+        }
+    }
+}
+
+/// Owner, group and permission bits of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+/// Largest existing file read for comparison and backup.
+pub const MAX_OBSERVED_FILE: u64 = 256 * 1024 * 1024;
+
+/// Reads a managed node under `root` without following any symlink.
+///
+/// `want_content` reads a regular file's content (to compare and to back up).
+pub fn observe_node(
+    root: &Path,
+    path: &Path,
+    want_content: bool,
+) -> Result<NodeObservation, SafeFsError> {
+    let Some(entry) = Entry::open(root, path, false)? else {
+        return Ok(NodeObservation::Missing);
+    };
+    let Some(st) = entry.stat()? else {
+        return Ok(NodeObservation::Missing);
+    };
+    let meta = Meta {
+        uid: st.uid,
+        gid: st.gid,
+        mode: st.mode,
+    };
+    Ok(match st.kind {
+        NodeKind::File => NodeObservation::File {
+            meta,
+            content: if want_content {
+                Some(entry.read(MAX_OBSERVED_FILE)?)
+            } else {
+                None
+            },
+        },
+        NodeKind::Directory => NodeObservation::Directory { meta },
+        NodeKind::Symlink => NodeObservation::Symlink {
+            target: entry.read_link()?,
+        },
+        NodeKind::Other => NodeObservation::Other,
+    })
+}
+
+/// What was at a path before trueup replaced or removed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Previous {
+    Content(Vec<u8>),
+    Link(PathBuf),
+}
+
+impl Previous {
+    /// Takes what a node held, for the backup kept before replacing it.
+    pub fn of(obs: NodeObservation) -> Option<Previous> {
+        match obs {
+            NodeObservation::File {
+                content: Some(c), ..
+            } => Some(Previous::Content(c)),
+            NodeObservation::Symlink { target } => Some(Previous::Link(target)),
+            _ => None,
+        }
+    }
+}
+
+/// What converging one node takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeAction {
+    /// Replace whatever is there with the declared content, atomically.
+    WriteFile {
+        uid: Option<u32>,
+        gid: Option<u32>,
+        mode: u32,
+        previous: Option<Previous>,
+    },
+    /// Fix owner, group or mode in place.
+    SetMetadata {
+        uid: Option<u32>,
+        gid: Option<u32>,
+        mode: Option<u32>,
+    },
+    /// Remove a file or symlink.
+    Remove { previous: Option<Previous> },
+    CreateDirectory {
+        uid: Option<u32>,
+        gid: Option<u32>,
+        mode: u32,
+    },
+    /// Remove an empty directory.
+    RemoveDirectory,
+    /// Make the path a symlink to `target`, atomically.
+    Link {
+        target: PathBuf,
+        previous: Option<Previous>,
+    },
+    /// Drift trueup will not repair by itself, and why.
+    Refuse(String),
+}
+
+impl NodeAction {
+    /// A short verb for reports: "write", "chmod/chown", "remove"...
+    pub fn verb(&self) -> &'static str {
+        match self {
+            NodeAction::WriteFile { .. } => "write",
+            NodeAction::SetMetadata { .. } => "set owner/group/mode",
+            NodeAction::Remove { .. } => "remove",
+            NodeAction::CreateDirectory { .. } => "create directory",
+            NodeAction::RemoveDirectory => "remove directory",
+            NodeAction::Link { .. } => "link",
+            NodeAction::Refuse(_) => "refuse",
+        }
+    }
+
+    /// The content or link replaced, if any.
+    pub fn previous(&self) -> Option<&Previous> {
+        match self {
+            NodeAction::WriteFile { previous, .. }
+            | NodeAction::Remove { previous }
+            | NodeAction::Link { previous, .. } => previous.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// Carries out a node action under `root`. `content` is the declared
+/// content for `WriteFile`. Parents are created as needed, never through a
+/// symlink.
+pub fn execute(
+    root: &Path,
+    path: &Path,
+    action: &NodeAction,
+    content: Option<&[u8]>,
+) -> Result<(), String> {
+    let create = matches!(
+        action,
+        NodeAction::WriteFile { .. } | NodeAction::CreateDirectory { .. } | NodeAction::Link { .. }
+    );
+    let entry = match Entry::open(root, path, create) {
+        Ok(Some(e)) => e,
+        Ok(None) => return Ok(()), // nothing to remove or chmod: the parent is gone
+        Err(e) => return Err(e.to_string()),
+    };
+    let r = match action {
+        NodeAction::WriteFile { uid, gid, mode, .. } => {
+            let content =
+                content.ok_or_else(|| format!("{}: no content to write", path.display()))?;
+            entry.write_atomic(content, *uid, *gid, *mode)
+        }
+        NodeAction::SetMetadata { uid, gid, mode } => entry.set_metadata(*uid, *gid, *mode),
+        NodeAction::Remove { .. } => entry.remove(),
+        NodeAction::CreateDirectory { uid, gid, mode } => entry.mkdir(*mode).and_then(|()| {
+            if uid.is_some() || gid.is_some() {
+                entry.set_metadata(*uid, *gid, Some(*mode))
+            } else {
+                Ok(())
+            }
+        }),
+        NodeAction::RemoveDirectory => entry.remove_dir(),
+        NodeAction::Link { target, .. } => entry.symlink_atomic(target),
+        NodeAction::Refuse(why) => return Err(why.clone()),
+    };
+    r.map_err(|e| e.to_string())
+}

@@ -1,0 +1,116 @@
+//! One run, end to end: render the tree, observe the machine, plan, and
+//! (in apply mode) converge. Every error before the plan leaves the host
+//! untouched; the result is always a `RunReport`.
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use tracing::{info, info_span, warn};
+
+use crate::apply::{self, ApplyOptions};
+use crate::facts::Facts;
+use crate::plan;
+use crate::report::{Mode, RunReport, RunStatus, SourceInfo};
+use crate::resource::accounts::SystemAccounts;
+use crate::source::Tree;
+use crate::spec;
+
+/// How a run is carried out.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Prefix of every managed path (`/` on a real host).
+    pub root: PathBuf,
+    /// Where backups and reports go.
+    pub state_dir: PathBuf,
+    pub mode: Mode,
+    /// Apply mode, but change nothing.
+    pub dry_run: bool,
+}
+
+/// Renders `tree` with `facts` and checks or converges the machine.
+///
+/// `stop` is polled between resource changes; when it returns true the
+/// change in hand is finished and the rest are skipped.
+pub fn run(
+    tree: &dyn Tree,
+    source: SourceInfo,
+    facts: &Facts,
+    opts: &RunOptions,
+    stop: &dyn Fn() -> bool,
+) -> RunReport {
+    let started = SystemTime::now();
+    let span = info_span!("run", source = %source.location, commit = source.commit.as_deref().unwrap_or(""));
+    let _guard = span.enter();
+    let early = |status, errors| {
+        RunReport::failed_early(
+            &facts.hostname,
+            opts.mode,
+            opts.dry_run,
+            started,
+            source.clone(),
+            status,
+            errors,
+        )
+    };
+
+    let desired = match spec::load(tree, facts) {
+        Ok(d) => d,
+        Err(errs) => {
+            for e in &errs.0 {
+                warn!(file = %e.file, line = e.line, column = e.column, error = %e.message, "branch does not render");
+            }
+            return early(
+                RunStatus::Error,
+                errs.0.iter().map(ToString::to_string).collect(),
+            );
+        }
+    };
+    let observed = plan::observe(&opts.root, &desired);
+    let plan = match plan::plan(&desired, observed, &SystemAccounts::default()) {
+        Ok(p) => p,
+        Err(errs) => {
+            return early(
+                RunStatus::Error,
+                errs.iter().map(ToString::to_string).collect(),
+            );
+        }
+    };
+    let outcomes = if opts.mode == Mode::Check || opts.dry_run {
+        apply::check(&plan)
+    } else {
+        let backup_dir = opts.state_dir.join("backup").join(run_id(started));
+        let outcomes = apply::apply(
+            &plan,
+            &desired,
+            &ApplyOptions {
+                root: &opts.root,
+                backup_dir,
+                stop,
+            },
+        );
+        for o in outcomes
+            .iter()
+            .filter(|o| o.status != apply::Status::InSync)
+        {
+            info!(resource = %o.resource, kind = o.kind.as_str(), status = ?o.status, change = o.action.as_deref().unwrap_or(""), error = o.error.as_deref().unwrap_or(""), "resource");
+        }
+        outcomes
+    };
+    RunReport::from_outcomes(
+        &facts.hostname,
+        opts.mode,
+        opts.dry_run,
+        started,
+        source,
+        outcomes,
+    )
+}
+
+/// A name for one run's backup directory: its start time, sortable.
+fn run_id(started: SystemTime) -> String {
+    let ts: String = crate::report::rfc3339(started)
+        .chars()
+        .filter(|c| !matches!(c, '-' | ':'))
+        .collect();
+    format!("{ts}-{}", std::process::id())
+}
