@@ -88,10 +88,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr, at `warn` unless `TRUEUP_LOG` says otherwise.
+/// Logs to stderr. One-shot commands print their own results, so only
+/// errors are logged unless `TRUEUP_LOG` asks for more.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRUEUP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -128,31 +128,31 @@ pub(crate) fn meta_drift(
     accounts: &dyn accounts::Accounts,
     out: &mut Vec<Drift>,
 ) {
-    if let Some((name, uid)) = &want.owner {
-        if *uid != have.uid {
-            out.push(Drift::new(
-                Attribute::Owner,
-                name.clone(),
-                accounts.user_name(have.uid),
-            ));
-        }
+    if let Some((name, uid)) = &want.owner
+        && *uid != have.uid
+    {
+        out.push(Drift::new(
+            Attribute::Owner,
+            name.clone(),
+            accounts.user_name(have.uid),
+        ));
     }
-    if let Some((name, gid)) = &want.group {
-        if *gid != have.gid {
-            out.push(Drift::new(
-                Attribute::Group,
-                name.clone(),
-                accounts.group_name(have.gid),
-            ));
-        }
+    if let Some((name, gid)) = &want.group
+        && *gid != have.gid
+    {
+        out.push(Drift::new(
+            Attribute::Group,
+            name.clone(),
+            accounts.group_name(have.gid),
+        ));
     }
-    if let Some(mode) = want.mode {
-        if mode != have.mode {
-            out.push(Drift::new(
-                Attribute::Mode,
-                crate::desired::format_mode(mode),
-                crate::desired::format_mode(have.mode),
-            ));
-        }
+    if let Some(mode) = want.mode
+        && mode != have.mode
+    {
+        out.push(Drift::new(
+            Attribute::Mode,
+            crate::desired::format_mode(mode),
+            crate::desired::format_mode(have.mode),
+        ));
     }
 }

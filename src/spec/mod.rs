@@ -327,26 +327,26 @@ impl Builder<'_> {
         let mut kinds: BTreeMap<PathBuf, &'static str> = BTreeMap::new();
         for (path, loc) in merged.files {
             let id = format!("file {path}");
-            if let Some(p) = self.host_path(&loc, &path, &id, &mut kinds, "file") {
-                if let Some(spec) = self.file(&loc, &id) {
-                    state.files.insert(p, spec);
-                }
+            if let Some(p) = self.host_path(&loc, &path, &id, &mut kinds, "file")
+                && let Some(spec) = self.file(&loc, &id)
+            {
+                state.files.insert(p, spec);
             }
         }
         for (path, loc) in merged.directories {
             let id = format!("directory {path}");
-            if let Some(p) = self.host_path(&loc, &path, &id, &mut kinds, "directory") {
-                if let Some(spec) = self.directory(&loc, &id) {
-                    state.directories.insert(p, spec);
-                }
+            if let Some(p) = self.host_path(&loc, &path, &id, &mut kinds, "directory")
+                && let Some(spec) = self.directory(&loc, &id)
+            {
+                state.directories.insert(p, spec);
             }
         }
         for (path, loc) in merged.symlinks {
             let id = format!("symlink {path}");
-            if let Some(p) = self.host_path(&loc, &path, &id, &mut kinds, "symlink") {
-                if let Some(spec) = self.symlink(&loc, &id) {
-                    state.symlinks.insert(p, spec);
-                }
+            if let Some(p) = self.host_path(&loc, &path, &id, &mut kinds, "symlink")
+                && let Some(spec) = self.symlink(&loc, &id)
+            {
+                state.symlinks.insert(p, spec);
             }
         }
         for (name, loc) in merged.packages {
@@ -645,16 +645,16 @@ impl Builder<'_> {
             );
             return None;
         }
-        if let Some(v) = &raw.version {
-            if v.value.is_empty() || v.value.contains(char::is_whitespace) {
-                self.error_at(
-                    loc,
-                    v,
-                    id,
-                    format!("version '{}' is not a valid version or pin", v.value),
-                );
-                return None;
-            }
+        if let Some(v) = &raw.version
+            && (v.value.is_empty() || v.value.contains(char::is_whitespace))
+        {
+            self.error_at(
+                loc,
+                v,
+                id,
+                format!("version '{}' is not a valid version or pin", v.value),
+            );
+            return None;
         }
         Some(PackageSpec {
             present,
