@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod commands;
+pub mod config;
 pub mod desired;
 pub mod facts;
 pub mod plan;
@@ -16,3 +17,4 @@ pub mod run;
 pub mod safe_fs;
 pub mod source;
 pub mod spec;
+pub mod state;

@@ -1,0 +1,461 @@
+//! The agent's configuration: `/etc/trueup/agent.yaml`, then every
+//! `agent.d/*.yaml` beside it in name order (cloud-init drops one there).
+//!
+//! Three stages, as in zincati: raw fragments where every field is optional
+//! and unknown keys are errors; fragments merged field by field, later wins;
+//! then validated `Settings` whose types rule out bad states (durations are
+//! `Duration`, the mode is an enum, paths are absolute). Every error names
+//! the file, line and column.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::facts::Facts;
+
+/// Default location of the main configuration file.
+pub const DEFAULT_CONFIG: &str = "/etc/trueup/agent.yaml";
+
+/// Exit status for a configuration error: systemd must not restart the
+/// agent in a loop over it (`RestartPreventExitStatus=78`). EX_CONFIG.
+pub const EXIT_CONFIG: i32 = 78;
+
+/// A configuration problem, with its position.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}{}: {message}", if *line > 0 { format!(":{line}:{column}") } else { String::new() })]
+pub struct ConfigError {
+    pub file: String,
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn at<T>(file: &Path, v: &Spanned<T>, message: String) -> ConfigError {
+        ConfigError {
+            file: file.display().to_string(),
+            line: v.referenced.line(),
+            column: v.referenced.column(),
+            message,
+        }
+    }
+
+    fn file(file: &Path, message: String) -> ConfigError {
+        ConfigError {
+            file: file.display().to_string(),
+            line: 0,
+            column: 0,
+            message,
+        }
+    }
+}
+
+/// One configuration file as written. Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fragment {
+    pub repo: Option<Spanned<String>>,
+    pub branch: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub splay: Option<Spanned<String>>,
+    pub mode: Option<AgentMode>,
+    pub root: Option<Spanned<String>>,
+    pub state_dir: Option<Spanned<String>>,
+    pub lock_timeout: Option<Spanned<String>>,
+    pub allowed_paths: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub auth: AuthFragment,
+    #[serde(default)]
+    pub trust: TrustFragment,
+    #[serde(default)]
+    pub report: ReportFragment,
+    #[serde(default)]
+    pub packages: PackagesFragment,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFragment {
+    /// Private key for ssh:// remotes.
+    pub ssh_key: Option<Spanned<String>>,
+    /// known_hosts file that ssh:// host keys are checked against.
+    pub known_hosts: Option<Spanned<String>>,
+    /// Accept (and record) a host key not yet in known_hosts. Off by default.
+    pub accept_new_host_keys: Option<bool>,
+    /// Extra CA certificate (PEM) for https:// remotes.
+    pub ca_file: Option<Spanned<String>>,
+    /// File holding a bearer token for https:// remotes.
+    pub token_file: Option<Spanned<String>>,
+    /// File holding `user:password` for https:// remotes.
+    pub credentials_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustFragment {
+    /// ssh-keygen allowed_signers file; commits must be SSH-signed by one.
+    pub allowed_signers: Option<Spanned<String>>,
+    /// OpenPGP keyring for gpgv; commits must be signed by one of its keys.
+    pub gpg_keyring: Option<Spanned<String>>,
+    /// Accept a tip that does not descend from the last applied commit.
+    pub allow_rewind: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportFragment {
+    /// Write a Git note per run (default true).
+    pub notes: Option<bool>,
+    /// Longest time between two notes when nothing changes (default 1h).
+    pub heartbeat: Option<Spanned<String>>,
+    /// Prometheus textfile to write after each run.
+    pub metrics: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackagesFragment {
+    /// Run `apt-get update` first when the lists are older than this.
+    pub apt_lists_max_age: Option<Spanned<String>>,
+}
+
+/// What the agent does with drift.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentMode {
+    /// Converge.
+    #[default]
+    Apply,
+    /// Audit: report drift, change nothing.
+    Check,
+}
+
+/// A fragment and the file it came from.
+pub struct Located {
+    pub file: PathBuf,
+    pub fragment: Fragment,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Repository URL or directory; `None` when only `--source` will say.
+    pub repo: Option<String>,
+    /// Branch name template, with `{hostname}`, `{fqdn}`, `{machine_id}`.
+    pub branch: String,
+    pub interval: Duration,
+    pub splay: Duration,
+    pub mode: AgentMode,
+    pub root: PathBuf,
+    pub state_dir: PathBuf,
+    pub lock_timeout: Duration,
+    /// Managed paths must be under one of these; empty allows every path.
+    pub allowed_paths: Vec<PathBuf>,
+    pub auth: Auth,
+    pub trust: Trust,
+    pub report: ReportSettings,
+    pub apt_lists_max_age: Duration,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Auth {
+    pub ssh_key: Option<PathBuf>,
+    pub known_hosts: Option<PathBuf>,
+    pub accept_new_host_keys: bool,
+    pub ca_file: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+    pub credentials_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Trust {
+    pub allowed_signers: Option<PathBuf>,
+    pub gpg_keyring: Option<PathBuf>,
+    pub allow_rewind: bool,
+}
+
+impl Trust {
+    /// Whether commits must be signed.
+    pub fn required(&self) -> bool {
+        self.allowed_signers.is_some() || self.gpg_keyring.is_some()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportSettings {
+    pub notes: bool,
+    pub heartbeat: Duration,
+    pub metrics: Option<PathBuf>,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            repo: None,
+            branch: "hosts/{hostname}".into(),
+            interval: Duration::from_secs(300),
+            splay: Duration::from_secs(30),
+            mode: AgentMode::Apply,
+            root: PathBuf::from("/"),
+            state_dir: PathBuf::from("/var/lib/trueup"),
+            lock_timeout: Duration::from_secs(60),
+            allowed_paths: vec![],
+            auth: Auth::default(),
+            trust: Trust::default(),
+            report: ReportSettings {
+                notes: true,
+                heartbeat: Duration::from_secs(3600),
+                metrics: None,
+            },
+            apt_lists_max_age: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl Settings {
+    /// The host branch for these facts: `hosts/{hostname}` → `hosts/web1`.
+    pub fn branch_for(&self, facts: &Facts) -> String {
+        self.branch
+            .replace("{hostname}", &facts.hostname)
+            .replace("{fqdn}", &facts.fqdn)
+            .replace("{machine_id}", &facts.machine_id)
+    }
+}
+
+/// Parses one fragment.
+pub fn parse_fragment(file: &Path, text: &str) -> Result<Fragment, ConfigError> {
+    let parsed: Result<Option<Fragment>, _> = serde_saphyr::from_str(text);
+    parsed.map(Option::unwrap_or_default).map_err(|e| {
+        let loc = e.location();
+        ConfigError {
+            file: file.display().to_string(),
+            line: loc.map(|l| l.line()).unwrap_or(0),
+            column: loc.map(|l| l.column()).unwrap_or(0),
+            message: crate::spec::yaml_error_message(&e),
+        }
+    })
+}
+
+/// The files making up the configuration: the main file (if it exists),
+/// then `agent.d/*.yaml` beside it, in name order.
+pub fn config_files(main: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let mut files = Vec::new();
+    if main.exists() {
+        files.push(main.to_path_buf());
+    }
+    let dir = main.parent().unwrap_or(Path::new("/")).join("agent.d");
+    match std::fs::read_dir(&dir) {
+        Ok(rd) => {
+            let mut extra: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect();
+            extra.sort();
+            files.extend(extra);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ConfigError::file(&dir, e.to_string())),
+    }
+    Ok(files)
+}
+
+/// Reads, merges and validates the configuration rooted at `main`.
+pub fn load(main: &Path) -> Result<Settings, ConfigError> {
+    let mut located = Vec::new();
+    for file in config_files(main)? {
+        let text =
+            std::fs::read_to_string(&file).map_err(|e| ConfigError::file(&file, e.to_string()))?;
+        located.push(Located {
+            fragment: parse_fragment(&file, &text)?,
+            file,
+        });
+    }
+    settings(&located)
+}
+
+/// Merges fragments in order (later wins per field) and validates them.
+pub fn settings(fragments: &[Located]) -> Result<Settings, ConfigError> {
+    let mut s = Settings::default();
+    for Located { file, fragment: f } in fragments {
+        let file = file.as_path();
+        if let Some(v) = &f.repo {
+            if v.value.trim().is_empty() {
+                return Err(ConfigError::at(file, v, "repo is empty".into()));
+            }
+            s.repo = Some(v.value.clone());
+        }
+        if let Some(v) = &f.branch {
+            if v.value.trim().is_empty() || v.value.contains(char::is_whitespace) {
+                return Err(ConfigError::at(
+                    file,
+                    v,
+                    format!("branch '{}' is not a valid branch name", v.value),
+                ));
+            }
+            s.branch = v.value.clone();
+        }
+        if let Some(v) = &f.interval {
+            s.interval = duration(file, v, "interval")?;
+            if s.interval < Duration::from_secs(1) {
+                return Err(ConfigError::at(
+                    file,
+                    v,
+                    "interval must be at least 1s".into(),
+                ));
+            }
+        }
+        if let Some(v) = &f.splay {
+            s.splay = duration(file, v, "splay")?;
+        }
+        if let Some(m) = f.mode {
+            s.mode = m;
+        }
+        if let Some(v) = &f.root {
+            s.root = abs_path(file, v, "root")?;
+        }
+        if let Some(v) = &f.state_dir {
+            s.state_dir = abs_path(file, v, "state_dir")?;
+        }
+        if let Some(v) = &f.lock_timeout {
+            s.lock_timeout = duration(file, v, "lock_timeout")?;
+        }
+        if let Some(list) = &f.allowed_paths {
+            s.allowed_paths = list
+                .iter()
+                .map(|v| abs_path(file, v, "allowed_paths"))
+                .collect::<Result<_, _>>()?;
+        }
+        let a = &f.auth;
+        if let Some(v) = &a.ssh_key {
+            s.auth.ssh_key = Some(abs_path(file, v, "auth.ssh_key")?);
+        }
+        if let Some(v) = &a.known_hosts {
+            s.auth.known_hosts = Some(abs_path(file, v, "auth.known_hosts")?);
+        }
+        if let Some(b) = a.accept_new_host_keys {
+            s.auth.accept_new_host_keys = b;
+        }
+        if let Some(v) = &a.ca_file {
+            s.auth.ca_file = Some(abs_path(file, v, "auth.ca_file")?);
+        }
+        if let Some(v) = &a.token_file {
+            s.auth.token_file = Some(abs_path(file, v, "auth.token_file")?);
+        }
+        if let Some(v) = &a.credentials_file {
+            s.auth.credentials_file = Some(abs_path(file, v, "auth.credentials_file")?);
+        }
+        let t = &f.trust;
+        if let Some(v) = &t.allowed_signers {
+            s.trust.allowed_signers = Some(abs_path(file, v, "trust.allowed_signers")?);
+        }
+        if let Some(v) = &t.gpg_keyring {
+            s.trust.gpg_keyring = Some(abs_path(file, v, "trust.gpg_keyring")?);
+        }
+        if let Some(b) = t.allow_rewind {
+            s.trust.allow_rewind = b;
+        }
+        let r = &f.report;
+        if let Some(b) = r.notes {
+            s.report.notes = b;
+        }
+        if let Some(v) = &r.heartbeat {
+            s.report.heartbeat = duration(file, v, "report.heartbeat")?;
+        }
+        if let Some(v) = &r.metrics {
+            s.report.metrics = Some(abs_path(file, v, "report.metrics")?);
+        }
+        if let Some(v) = &f.packages.apt_lists_max_age {
+            s.apt_lists_max_age = duration(file, v, "packages.apt_lists_max_age")?;
+        }
+    }
+    Ok(s)
+}
+
+fn duration(file: &Path, v: &Spanned<String>, field: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(v.value.trim()).map_err(|e| {
+        ConfigError::at(
+            file,
+            v,
+            format!(
+                "{field}: '{}' is not a duration such as 30s or 5m ({e})",
+                v.value
+            ),
+        )
+    })
+}
+
+fn abs_path(file: &Path, v: &Spanned<String>, field: &str) -> Result<PathBuf, ConfigError> {
+    let p = PathBuf::from(&v.value);
+    if !p.is_absolute() {
+        return Err(ConfigError::at(
+            file,
+            v,
+            format!("{field}: '{}' must be an absolute path", v.value),
+        ));
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frag(name: &str, text: &str) -> Located {
+        Located {
+            file: PathBuf::from(name),
+            fragment: parse_fragment(Path::new(name), text).unwrap(),
+        }
+    }
+
+    #[test]
+    fn defaults_without_any_file() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.interval, Duration::from_secs(300));
+        assert_eq!(s.branch, "hosts/{hostname}");
+        assert!(s.report.notes);
+        assert!(!s.trust.required());
+    }
+
+    #[test]
+    fn later_fragments_win_per_field() {
+        let s = settings(&[
+            frag("agent.yaml", "repo: git://a/x.git\ninterval: 5m\nreport: { heartbeat: 2h, notes: true }\n"),
+            frag("agent.d/10-cloud.yaml", "interval: 30s\nreport: { notes: false }\ntrust: { allowed_signers: /etc/trueup/allowed_signers }\n"),
+        ])
+        .unwrap();
+        assert_eq!(s.repo.as_deref(), Some("git://a/x.git"));
+        assert_eq!(s.interval, Duration::from_secs(30));
+        assert_eq!(s.report.heartbeat, Duration::from_secs(7200));
+        assert!(!s.report.notes);
+        assert!(s.trust.required());
+    }
+
+    #[test]
+    fn errors_name_file_line_column() {
+        let e = parse_fragment(
+            Path::new("/etc/trueup/agent.yaml"),
+            "repo: x\nintervall: 5m\n",
+        )
+        .unwrap_err();
+        assert_eq!((e.line, e.column), (2, 1), "{e}");
+        assert!(
+            e.to_string().starts_with("/etc/trueup/agent.yaml:2:1:"),
+            "{e}"
+        );
+        let e = settings(&[frag("a.yaml", "repo: x\ninterval: soon\n")]).unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.contains("soon"), "{e}");
+        let e = settings(&[frag("a.yaml", "auth:\n  ssh_key: relative/key\n")]).unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+    }
+
+    #[test]
+    fn branch_template_takes_facts() {
+        let s = Settings::default();
+        let mut f = crate::facts::Facts::gather();
+        f.hostname = "web1".into();
+        assert_eq!(s.branch_for(&f), "hosts/web1");
+    }
+}

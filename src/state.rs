@@ -1,0 +1,113 @@
+//! `state.json`: what this host remembers between runs — the last applied
+//! commit (for anti-rollback), whether convergence is paused and why, and
+//! the last note written (for the heartbeat).
+//!
+//! A broken state file is an error that names the file, never a silent
+//! reset: forgetting the applied commit would disable the rollback check.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const STATE_FILE: &str = "state.json";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostState {
+    /// The commit last converged (or checked) from the remote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_commit: Option<String>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_at: Option<String>,
+    /// Set by `trueup disable`: checks still run and report, nothing changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<Disabled>,
+    /// The last Git note written, to decide when the next one is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_note: Option<NoteMark>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disabled {
+    pub reason: String,
+    /// RFC 3339.
+    pub since: String,
+}
+
+/// What the last note said, in brief.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoteMark {
+    pub commit: String,
+    pub status: String,
+    pub drift: usize,
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    /// Whether the note still has to be pushed.
+    #[serde(default)]
+    pub unpushed: bool,
+}
+
+/// Why the state file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("reading {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error(
+        "{0}: broken state file (line {1}, column {2}): {3}; fix or remove it by hand (removing it forgets the applied commit)"
+    )]
+    Parse(PathBuf, usize, usize, String),
+    #[error("writing {0}: {1}")]
+    Write(PathBuf, std::io::Error),
+}
+
+impl HostState {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join(STATE_FILE)
+    }
+
+    /// Reads the state; a missing file is a fresh host.
+    pub fn load(state_dir: &Path) -> Result<HostState, StateError> {
+        let path = Self::path(state_dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| StateError::Parse(path, e.line(), e.column(), e.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HostState::default()),
+            Err(e) => Err(StateError::Read(path, e)),
+        }
+    }
+
+    /// Writes the state atomically.
+    pub fn save(&self, state_dir: &Path) -> Result<(), StateError> {
+        let path = Self::path(state_dir);
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| StateError::Write(path.clone(), std::io::Error::other(e)))?;
+        crate::safe_fs::write_own_file(&path, &json, 0o644).map_err(|e| StateError::Write(path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_broken_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(HostState::load(dir.path()).unwrap(), HostState::default());
+        let s = HostState {
+            applied_commit: Some("a".repeat(40)),
+            disabled: Some(Disabled {
+                reason: "maintenance".into(),
+                since: "2026-11-28T00:00:00Z".into(),
+            }),
+            ..HostState::default()
+        };
+        s.save(dir.path()).unwrap();
+        assert_eq!(HostState::load(dir.path()).unwrap(), s);
+        std::fs::write(HostState::path(dir.path()), "{\"applied_commit\": 3").unwrap();
+        let e = HostState::load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("state.json") && e.contains("line 1"), "{e}");
+    }
+}
