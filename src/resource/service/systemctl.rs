@@ -312,6 +312,20 @@ mod tests {
     const CAPTURED_ALL: &str =
         include_str!("../../../tests/fixtures/systemctl/show-captured-all.txt");
 
+    /// Captured independently for the system tests, from a booted Debian 12
+    /// container with cron and a test service installed:
+    /// `systemctl show --property=SHOW_PROPERTIES` for the units in
+    /// [`SEVERAL_UNITS`], and plain `systemctl show trueup-testsvc.service`
+    /// (every property, a few hundred lines, one unit).
+    const SEVERAL: &str = include_str!("../../../tests/fixtures/systemctl/show-several.txt");
+    const SEVERAL_UNITS: &[&str] = &[
+        "trueup-testsvc.service",
+        "cron.service",
+        "nonexistent.service",
+        "ssh.service",
+    ];
+    const ALL_PROPERTIES: &str = include_str!("../../../tests/fixtures/systemctl/show-all.txt");
+
     fn captured() -> Vec<(&'static str, UnitState)> {
         let units = parse_show(CAPTURED).expect("captured output parses");
         assert_eq!(units.len(), CAPTURED_UNITS.len());
@@ -488,6 +502,41 @@ mod tests {
         assert!(units.iter().any(|u| !u.exists()));
         assert!(units.iter().any(|u| u.is_masked()));
         assert!(units.iter().all(|u| !u.id.is_empty()));
+    }
+
+    #[test]
+    fn several_units_from_the_system_test_container() {
+        let units = parse_show(SEVERAL).expect("parses");
+        let ids: Vec<&str> = units.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(ids, SEVERAL_UNITS);
+        let [testsvc, cron, nonexistent, ssh] = &units[..] else {
+            panic!("expected four units, got {units:?}");
+        };
+        assert!(testsvc.is_running() && testsvc.is_enabled());
+        assert_eq!(testsvc.main_pid, Some(116));
+        assert!(cron.is_running() && cron.is_enabled() && !cron.is_static());
+        for missing in [nonexistent, ssh] {
+            assert!(!missing.exists() && !missing.is_running() && !missing.is_enabled());
+            assert_eq!(missing.main_pid, None);
+        }
+    }
+
+    #[test]
+    fn every_property_of_one_unit() {
+        // Values contain `=`, `;` and brackets (ExecStart=…); the six
+        // properties are scattered through the block, MainPID far from Id.
+        let units = parse_show(ALL_PROPERTIES).expect("parses");
+        assert_eq!(
+            units,
+            [UnitState {
+                id: "trueup-testsvc.service".into(),
+                load_state: "loaded".into(),
+                active_state: "active".into(),
+                sub_state: "running".into(),
+                unit_file_state: "enabled".into(),
+                main_pid: Some(116),
+            }]
+        );
     }
 
     #[test]
