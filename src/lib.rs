@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod desired;
 pub mod facts;
+pub mod lock;
 pub mod plan;
 pub mod report;
 pub mod resource;

@@ -5,6 +5,7 @@
 //! JSON form is documented in `docs/report.schema.json`; `schema` is bumped
 //! on any incompatible change.
 
+pub mod metrics;
 pub mod text;
 
 use std::path::Path;
