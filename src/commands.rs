@@ -6,11 +6,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use crate::agent::{Phase, RunControl};
+use crate::config::{AgentMode, Settings};
 use crate::facts::Facts;
 use crate::report::{Mode, RunReport, RunStatus, SourceInfo};
 use crate::run::{RunOptions, run};
 use crate::source::{DirTree, Tree};
 use crate::spec;
+use crate::state::{Disabled, HostState};
 
 /// Text for people or JSON for scripts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -19,14 +22,51 @@ pub enum Format {
     Json,
 }
 
-/// Options every command shares.
+/// Options every command shares: the configuration with the command
+/// line's overrides applied.
 #[derive(Debug, Clone)]
 pub struct Common {
+    pub settings: Settings,
     pub source: Option<String>,
     pub root: PathBuf,
     pub state_dir: PathBuf,
+    pub lock_file: PathBuf,
     pub format: Format,
     pub facts_file: Option<PathBuf>,
+}
+
+impl Common {
+    /// Command-line values win over the configuration's.
+    pub fn new(
+        mut settings: Settings,
+        source: Option<String>,
+        root: Option<PathBuf>,
+        state_dir: Option<PathBuf>,
+        lock_file: Option<PathBuf>,
+        format: Format,
+        facts_file: Option<PathBuf>,
+    ) -> Common {
+        if let Some(r) = root {
+            settings.root = r;
+        }
+        if let Some(s) = state_dir {
+            settings.state_dir = s;
+        }
+        if let Some(src) = &source {
+            settings.repo = Some(src.clone());
+        }
+        let lock_file =
+            lock_file.unwrap_or_else(|| crate::lock::default_lock_path(&settings.state_dir));
+        Common {
+            source: settings.repo.clone(),
+            root: settings.root.clone(),
+            state_dir: settings.state_dir.clone(),
+            lock_file,
+            format,
+            facts_file,
+            settings,
+        }
+    }
 }
 
 /// Exit codes of `check`.
@@ -116,7 +156,32 @@ pub fn apply(common: &Common, dry_run: bool, detailed: bool) -> Result<i32> {
 }
 
 fn one_run(common: &Common, mode: Mode, dry_run: bool) -> Result<RunReport> {
+    let report = locked_run(common, mode, dry_run, &RunControl::detached())?;
+    print_report(&report, common.format)?;
+    Ok(report)
+}
+
+/// One run under the run lock, as both one-shot commands and the agent do
+/// it. A paused host (`trueup disable`) or audit mode only checks.
+pub fn locked_run(
+    common: &Common,
+    mode: Mode,
+    dry_run: bool,
+    control: &RunControl,
+) -> Result<RunReport> {
+    control.phase(Phase::Waiting);
+    let _lock = crate::lock::acquire(&common.lock_file, common.settings.lock_timeout, &|| {
+        control.should_stop()
+    })
+    .context("waiting for the run lock")?;
+    let state = HostState::load(&common.state_dir)?;
+    let mode = if state.disabled.is_some() || common.settings.mode == AgentMode::Check {
+        Mode::Check
+    } else {
+        mode
+    };
     let facts = facts(common)?;
+    control.phase(Phase::Fetching);
     let (tree, info) = open_source(common)?;
     let opts = RunOptions {
         root: common.root.clone(),
@@ -124,9 +189,12 @@ fn one_run(common: &Common, mode: Mode, dry_run: bool) -> Result<RunReport> {
         mode,
         dry_run,
     };
-    let report = run(tree.as_ref(), info, &facts, &opts, &|| false);
+    control.phase(Phase::Converging);
+    let report = run(tree.as_ref(), info, &facts, &opts, &|| {
+        control.should_stop()
+    });
+    control.phase(Phase::Reporting);
     save(&report, &common.state_dir);
-    print_report(&report, common.format)?;
     Ok(report)
 }
 
@@ -209,6 +277,113 @@ pub fn print_facts(common: &Common) -> Result<i32> {
                 println!("{k:<14} {v}");
             }
         }
+    }
+    Ok(exit::OK)
+}
+
+/// `trueup agent`: the daemon, until SIGTERM.
+pub fn agent(common: &Common) -> Result<i32> {
+    if common.source.is_none() {
+        bail!(
+            "no source: set repo in {} or give --source",
+            crate::config::DEFAULT_CONFIG
+        );
+    }
+    let facts = facts(common)?;
+    let opts = crate::agent::AgentOptions {
+        interval: common.settings.interval,
+        splay: common.settings.splay,
+        machine_id: facts.machine_id.clone(),
+        pid_file: crate::lock::agent_pid_path(&common.lock_file),
+        state_dir: common.state_dir.clone(),
+        metrics: common.settings.report.metrics.clone(),
+    };
+    let shared = common.clone();
+    let runner: crate::agent::Runner = std::sync::Arc::new(move |control: &RunControl| {
+        locked_run(&shared, Mode::Apply, false, control)
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(crate::agent::run(opts, runner))?;
+    Ok(exit::OK)
+}
+
+/// `trueup status`: the last run, the agent, and whether the host is paused.
+pub fn status(common: &Common) -> Result<i32> {
+    let last = RunReport::read_last_run(&common.state_dir).map_err(anyhow::Error::msg)?;
+    let state = HostState::load(&common.state_dir)?;
+    let agent = crate::lock::agent_running(&common.lock_file);
+    match common.format {
+        Format::Json => {
+            let value = serde_json::json!({
+                "agent": { "running": agent.is_some(), "pid": agent.filter(|p| *p > 0) },
+                "applied_commit": state.applied_commit,
+                "applied_at": state.applied_at,
+                "disabled": state.disabled,
+                "mode": common.settings.mode,
+                "last_run": last,
+            });
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        }
+        Format::Text => {
+            match agent {
+                Some(pid) if pid > 0 => println!("agent:    running (pid {pid})"),
+                Some(_) => println!("agent:    running"),
+                None => println!("agent:    not running"),
+            }
+            if let Some(d) = &state.disabled {
+                println!("disabled: since {}: {}", d.since, d.reason);
+            } else if common.settings.mode == AgentMode::Check {
+                println!("mode:     check (audit: drift is reported, not repaired)");
+            }
+            if let Some(c) = &state.applied_commit {
+                println!(
+                    "applied:  {c}{}",
+                    state
+                        .applied_at
+                        .as_deref()
+                        .map(|a| format!(" at {a}"))
+                        .unwrap_or_default()
+                );
+            }
+            match &last {
+                Some(r) => println!("last run: {} ({})", r.headline(), r.started_at),
+                None => println!("last run: none"),
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// `trueup disable --reason TEXT`.
+pub fn disable(common: &Common, reason: &str) -> Result<i32> {
+    if reason.trim().is_empty() {
+        bail!("give a reason: trueup disable --reason TEXT");
+    }
+    let mut state = HostState::load(&common.state_dir)?;
+    state.disabled = Some(Disabled {
+        reason: reason.to_string(),
+        since: crate::report::rfc3339(std::time::SystemTime::now()),
+    });
+    state.save(&common.state_dir)?;
+    println!("convergence paused: {reason} (checks still run; `trueup enable` resumes)");
+    Ok(exit::OK)
+}
+
+/// `trueup enable`.
+pub fn enable(common: &Common) -> Result<i32> {
+    let mut state = HostState::load(&common.state_dir)?;
+    match state.disabled.take() {
+        Some(d) => {
+            state.save(&common.state_dir)?;
+            println!(
+                "convergence resumed (was paused since {}: {})",
+                d.since, d.reason
+            );
+        }
+        None => println!("convergence was not paused"),
     }
     Ok(exit::OK)
 }

@@ -5,6 +5,7 @@
 //! formats) does no I/O; everything that touches the machine sits in
 //! `resource`, `source`, `apply` and `agent`.
 
+pub mod agent;
 pub mod apply;
 pub mod commands;
 pub mod config;

@@ -11,20 +11,24 @@ use trueup::commands::{self, Common, Format};
 #[derive(Debug, Parser)]
 #[command(name = "trueup", version, about, propagate_version = true)]
 struct Cli {
+    /// Agent configuration; `agent.d/*.yaml` beside it is merged after it.
+    #[arg(long, global = true, env = "TRUEUP_CONFIG", default_value = trueup::config::DEFAULT_CONFIG)]
+    config: PathBuf,
     /// Where the desired state comes from: a directory (a checkout).
+    /// Overrides `repo` in the configuration.
     #[arg(long, global = true, env = "TRUEUP_SOURCE")]
     source: Option<String>,
-    /// Prefix for every managed path (for tests and images).
-    #[arg(long, global = true, default_value = "/", env = "TRUEUP_ROOT")]
-    root: PathBuf,
-    /// State directory: reports, backups of replaced files.
-    #[arg(
-        long,
-        global = true,
-        default_value = "/var/lib/trueup",
-        env = "TRUEUP_STATE_DIR"
-    )]
-    state_dir: PathBuf,
+    /// Prefix for every managed path (for tests and images). Default /.
+    #[arg(long, global = true, env = "TRUEUP_ROOT")]
+    root: Option<PathBuf>,
+    /// State directory: reports, backups of replaced files. Default
+    /// /var/lib/trueup.
+    #[arg(long, global = true, env = "TRUEUP_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// The run lock shared with the agent. Default /run/trueup/lock, or
+    /// run.lock in a non-default state directory.
+    #[arg(long, global = true, env = "TRUEUP_LOCK")]
+    lock_file: Option<PathBuf>,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -54,18 +58,48 @@ enum Command {
     Render { dir: PathBuf },
     /// Print the facts templates see.
     Facts,
+    /// The daemon: converge every interval, SIGHUP runs now, SIGTERM stops.
+    Agent,
+    /// The last run, whether the agent runs, and whether the host is paused.
+    Status,
+    /// Pause convergence on this host (checks still run and report).
+    Disable {
+        /// Why, shown by `status` and in reports.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Resume convergence.
+    Enable,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
-    let common = Common {
-        source: cli.source,
-        root: cli.root,
-        state_dir: cli.state_dir,
-        format: cli.format,
-        facts_file: cli.facts_file,
+    init_logging(matches!(cli.command, Command::Agent));
+    let settings = match trueup::config::load(&cli.config) {
+        Ok(s) => s,
+        // Commands that only read a checkout do not need the configuration.
+        Err(_)
+            if matches!(
+                cli.command,
+                Command::Validate { .. } | Command::Render { .. } | Command::Facts
+            ) =>
+        {
+            trueup::config::Settings::default()
+        }
+        Err(e) => {
+            eprintln!("trueup: configuration error: {e}");
+            return ExitCode::from(trueup::config::EXIT_CONFIG as u8);
+        }
     };
+    let common = Common::new(
+        settings,
+        cli.source,
+        cli.root,
+        cli.state_dir,
+        cli.lock_file,
+        cli.format,
+        cli.facts_file,
+    );
     let result = match &cli.command {
         Command::Check => commands::check(&common),
         Command::Apply {
@@ -75,6 +109,10 @@ fn main() -> ExitCode {
         Command::Validate { dir } => commands::validate(&common, dir),
         Command::Render { dir } => commands::render(&common, dir),
         Command::Facts => commands::print_facts(&common),
+        Command::Agent => commands::agent(&common),
+        Command::Status => commands::status(&common),
+        Command::Disable { reason } => commands::disable(&common, reason),
+        Command::Enable => commands::enable(&common),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
@@ -88,13 +126,26 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr. One-shot commands print their own results, so only
-/// errors are logged unless `TRUEUP_LOG` asks for more.
-fn init_logging() {
+/// Logs to the journal with structured fields when systemd started us
+/// (`JOURNAL_STREAM` is set), to stderr otherwise. One-shot commands print
+/// their own results, so they log only errors unless `TRUEUP_LOG` asks for
+/// more; the agent logs at info.
+fn init_logging(daemon: bool) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let default = if daemon { "info" } else { "error" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRUEUP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let registry = tracing_subscriber::registry().with(filter);
+    if std::env::var_os("JOURNAL_STREAM").is_some()
+        && let Ok(journald) = tracing_journald::layer()
+    {
+        registry
+            .with(journald.with_syslog_identifier("trueup".into()))
+            .init();
+        return;
+    }
+    registry
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .init();
 }

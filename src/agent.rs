@@ -1,0 +1,350 @@
+//! `trueup agent`: the daemon, a small state machine on tokio.
+//!
+//! ```text
+//!        ┌──────── interval (+ splay once) / SIGHUP ────────┐
+//!        ▼                                                   │
+//!  idle ──► running (fetching → rendering → converging → reporting) ──► idle
+//!   │                     │ SIGTERM: finish the change in hand,
+//!   └── SIGTERM ──► stopping ◄─┘        write the report, exit 0
+//! ```
+//!
+//! A run is blocking work (git2, file I/O, package managers) and goes to
+//! `spawn_blocking`; the loop keeps answering signals and systemd meanwhile.
+//! The watchdog is fed from the loop only while the run in hand makes
+//! progress, so a hung run trips it. Failures back off exponentially, up to
+//! the interval.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use sd_notify::NotifyState;
+use sha2::{Digest, Sha256};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+
+use crate::report::{RunReport, RunStatus};
+
+/// First wait after a failed run; doubled per failure, capped at the interval.
+const FIRST_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The phase a run is in, as sd-notify `STATUS=` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Waiting,
+    Fetching,
+    Rendering,
+    Converging,
+    Reporting,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Waiting => "waiting for the run lock",
+            Phase::Fetching => "fetching",
+            Phase::Rendering => "rendering",
+            Phase::Converging => "converging",
+            Phase::Reporting => "reporting",
+        }
+    }
+}
+
+/// Handed to a run: whether to stop, and where to say how far it got.
+#[derive(Clone)]
+pub struct RunControl {
+    stop: Arc<AtomicBool>,
+    progress: Arc<Progress>,
+}
+
+impl RunControl {
+    /// A control that never stops and reports nowhere (one-shot commands).
+    pub fn detached() -> RunControl {
+        RunControl {
+            stop: Arc::new(AtomicBool::new(false)),
+            progress: Arc::new(Progress::new()),
+        }
+    }
+
+    /// Polled between resource changes: true once SIGTERM arrived. Each
+    /// poll also counts as progress for the watchdog.
+    pub fn should_stop(&self) -> bool {
+        self.progress.touch();
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Enters a phase, and tells systemd.
+    pub fn phase(&self, phase: Phase) {
+        self.progress.touch();
+        if let Ok(mut p) = self.progress.phase.lock() {
+            *p = phase;
+        }
+        let _ = sd_notify::notify(&[NotifyState::Status(phase.as_str())]);
+    }
+}
+
+/// When the run in hand last made progress.
+struct Progress {
+    origin: Instant,
+    last_ms: AtomicU64,
+    phase: Mutex<Phase>,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            origin: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            phase: Mutex::new(Phase::Waiting),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::SeqCst);
+    }
+
+    fn since_last(&self) -> Duration {
+        let now = self.origin.elapsed();
+        now.saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::SeqCst)))
+    }
+}
+
+/// One run: fetch, render, converge, report. Called on a blocking thread.
+pub type Runner = Arc<dyn Fn(&RunControl) -> Result<RunReport> + Send + Sync>;
+
+/// How the daemon is scheduled and where it keeps its files.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub interval: Duration,
+    pub splay: Duration,
+    pub machine_id: String,
+    /// The agent's presence file (`status` tells from it whether we run).
+    pub pid_file: PathBuf,
+    pub state_dir: PathBuf,
+    pub metrics: Option<PathBuf>,
+}
+
+/// This host's offset within the splay: stable (a hash of the machine id)
+/// plus a small random part (up to a tenth of the splay) so hosts cloned
+/// with the same machine id still spread.
+pub fn splay_offset(machine_id: &str, splay: Duration) -> Duration {
+    if splay.is_zero() {
+        return Duration::ZERO;
+    }
+    let digest = Sha256::digest(machine_id.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    let span = u64::try_from(splay.as_millis()).unwrap_or(u64::MAX).max(1);
+    let stable = u64::from_be_bytes(first) % span;
+    let random = {
+        use std::hash::{BuildHasher, Hasher};
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    } % (span / 10).max(1);
+    Duration::from_millis((stable + random) % span)
+}
+
+/// The next wait after a failure.
+pub fn next_backoff(previous: Option<Duration>, interval: Duration) -> Duration {
+    let next = match previous {
+        None => FIRST_BACKOFF,
+        Some(d) => d.saturating_mul(2),
+    };
+    next.min(interval)
+}
+
+/// Whether a run's result counts as a failure for the backoff.
+fn failed(result: &Result<RunReport>) -> Option<String> {
+    match result {
+        Err(e) => Some(format!("{e:#}")),
+        Ok(r) if r.status == RunStatus::Error => Some(
+            r.errors
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "the run failed".into()),
+        ),
+        Ok(_) => None,
+    }
+}
+
+fn idle_status(last: &Option<(RunReport, Instant)>) -> String {
+    match last {
+        None => "idle, no run yet".into(),
+        Some((r, at)) => {
+            let commit = r
+                .source
+                .commit
+                .as_deref()
+                .map(|c| format!(" {}", &c[..c.len().min(7)]))
+                .unwrap_or_default();
+            let s = &r.summary;
+            format!(
+                "{}{commit}, {} drift, {}s ago",
+                r.status.as_str(),
+                s.drift + s.changed + s.failed + s.skipped,
+                at.elapsed().as_secs()
+            )
+        }
+    }
+}
+
+fn notify(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        warn!(error = %e, "could not notify systemd");
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. Returns Ok for a clean stop.
+pub async fn run(opts: AgentOptions, runner: Runner) -> Result<()> {
+    let _presence = crate::lock::acquire(&opts.pid_file, Duration::ZERO, &|| false)
+        .context("another trueup agent is already running")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+
+    let watchdog = sd_notify::watchdog_enabled();
+    // Feed the watchdog at half its timeout; tick slowly when there is none.
+    let tick_every = watchdog
+        .map(|d| (d / 2).max(Duration::from_millis(10)))
+        .unwrap_or(Duration::from_secs(10));
+    let mut tick = tokio::time::interval(tick_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let offset = splay_offset(&opts.machine_id, opts.splay);
+    info!(interval = ?opts.interval, splay_offset = ?offset, "agent started");
+    notify(&[NotifyState::Ready, NotifyState::Status("starting")]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut next_run = tokio::time::Instant::now();
+    let mut first = true;
+    let mut backoff: Option<Duration> = None;
+    let mut last: Option<(RunReport, Instant)> = None;
+
+    'daemon: loop {
+        // Idle until the next run is due, a SIGHUP, or a stop.
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_run) => break,
+                _ = hup.recv() => { info!("SIGHUP: running now"); break }
+                _ = term.recv() => break 'daemon,
+                _ = int.recv() => break 'daemon,
+                _ = tick.tick() => {
+                    if watchdog.is_some() { notify(&[NotifyState::Watchdog]); }
+                    notify(&[NotifyState::Status(&idle_status(&last))]);
+                }
+            }
+        }
+
+        let started = tokio::time::Instant::now();
+        let control = RunControl {
+            stop: stop.clone(),
+            progress: Arc::new(Progress::new()),
+        };
+        control.progress.touch();
+        let job = {
+            let control = control.clone();
+            let runner = runner.clone();
+            tokio::task::spawn_blocking(move || runner(&control))
+        };
+        tokio::pin!(job);
+        let mut hup_during_run = false;
+        let result = loop {
+            tokio::select! {
+                r = &mut job => break r,
+                _ = term.recv() => {
+                    info!("SIGTERM: finishing the change in hand");
+                    stop.store(true, Ordering::SeqCst);
+                    notify(&[NotifyState::Stopping, NotifyState::Status("stopping after the change in hand")]);
+                }
+                _ = int.recv() => { stop.store(true, Ordering::SeqCst); }
+                _ = hup.recv() => { hup_during_run = true; }
+                _ = tick.tick() => {
+                    // A run that makes no progress for a whole watchdog period is
+                    // hung: stop feeding the watchdog and let systemd act.
+                    if let Some(limit) = watchdog && control.progress.since_last() < limit {
+                        notify(&[NotifyState::Watchdog]);
+                    }
+                }
+            }
+        };
+        let result = result.unwrap_or_else(|e| Err(anyhow::anyhow!("the run panicked: {e}")));
+        let failure = failed(&result);
+        if let Ok(report) = &result {
+            if let Some(path) = &opts.metrics
+                && let Err(e) = crate::report::metrics::write(path, report, SystemTime::now())
+            {
+                warn!(error = %e, path = %path.display(), "could not write metrics");
+            }
+            info!(
+                status = report.status.as_str(),
+                commit = report.source.commit.as_deref().unwrap_or(""),
+                drift = report.summary.drift,
+                changed = report.summary.changed,
+                failed = report.summary.failed,
+                "run finished"
+            );
+            last = Some((report.clone(), Instant::now()));
+        }
+        notify(&[NotifyState::Status(&idle_status(&last))]);
+        if stop.load(Ordering::SeqCst) {
+            break 'daemon;
+        }
+        match failure {
+            Some(cause) => {
+                let wait = next_backoff(backoff, opts.interval);
+                backoff = Some(wait);
+                warn!(error = %cause, retry_in = ?wait, "run failed");
+                next_run = tokio::time::Instant::now() + wait;
+            }
+            None => {
+                backoff = None;
+                let extra = if first { offset } else { Duration::ZERO };
+                next_run = started + opts.interval + extra;
+            }
+        }
+        first = false;
+        if hup_during_run {
+            next_run = tokio::time::Instant::now();
+        }
+    }
+    notify(&[NotifyState::Stopping]);
+    info!("agent stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splay_is_stable_per_machine_and_within_bounds() {
+        let splay = Duration::from_secs(30);
+        let a: Vec<_> = (0..20).map(|_| splay_offset("machine-a", splay)).collect();
+        assert!(a.iter().all(|d| *d < splay));
+        // Only the random tenth varies.
+        let min = a.iter().min().unwrap();
+        let max = a.iter().max().unwrap();
+        assert!(
+            *max - *min <= splay / 10 || *max - *min >= splay - splay / 10,
+            "{a:?}"
+        );
+        assert_eq!(splay_offset("x", Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_interval() {
+        let i = Duration::from_secs(20);
+        let mut b = None;
+        let mut seen = vec![];
+        for _ in 0..6 {
+            let n = next_backoff(b, i);
+            seen.push(n.as_secs());
+            b = Some(n);
+        }
+        assert_eq!(seen, vec![2, 4, 8, 16, 20, 20]);
+    }
+}
