@@ -33,6 +33,11 @@ pub const ENTRY_FILE: &str = "trueup.yaml";
 /// Deepest include chain accepted.
 const MAX_INCLUDE_DEPTH: usize = 32;
 
+/// Most file content (rendered, or copied from sources) one state may hold,
+/// so that a branch naming one big source file many times cannot exhaust
+/// memory before anything is checked.
+pub const MAX_STATE_CONTENT: usize = 1024 * 1024 * 1024;
+
 /// One problem in a branch, where it is and what it concerns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SpecError {
@@ -78,8 +83,24 @@ impl std::fmt::Display for SpecErrors {
 impl std::error::Error for SpecErrors {}
 
 /// A one-line message for a YAML error, without its position or snippet.
+///
+/// Worded for the person who wrote the file: the parser's own hints name
+/// its API ("set DuplicateKeyPolicy in Options") and budget breaches print
+/// as Rust debug output, so those are reworded here.
 pub fn yaml_error_message(e: &serde_saphyr::Error) -> String {
-    let text = e.without_snippet().to_string();
+    use serde_saphyr::Error as E;
+    let mut inner = e;
+    while let E::AliasError { error, .. } | E::WithSnippet { error, .. } = inner {
+        inner = error;
+    }
+    match inner {
+        E::Budget { breach, .. } => return budget_message(breach),
+        E::MultipleDocuments { .. } => {
+            return "the file holds more than one YAML document ('---'); trueup reads one".into();
+        }
+        _ => {}
+    }
+    let text = inner.render_with_formatter(&serde_saphyr::UserMessageFormatter);
     let first = text.lines().next().unwrap_or("invalid YAML").trim();
     // The position is reported separately as file:line:column.
     let first = match first.rfind(" at line ") {
@@ -87,6 +108,21 @@ pub fn yaml_error_message(e: &serde_saphyr::Error) -> String {
         None => first,
     };
     first.to_string()
+}
+
+fn budget_message(breach: &serde_saphyr::budget::BudgetBreach) -> String {
+    use serde_saphyr::budget::BudgetBreach as B;
+    let what = match breach {
+        B::Depth { .. } => "it nests too deeply".to_string(),
+        B::Nodes { nodes } | B::Events { events: nodes } => {
+            format!("it has too many values (more than {})", nodes - 1)
+        }
+        B::Aliases { .. } | B::Anchors { .. } => "it uses too many anchors or aliases".into(),
+        B::ScalarBytes { .. } => "its strings are too large in total".into(),
+        B::Documents { .. } => "it holds too many documents".into(),
+        other => format!("{other:?}"),
+    };
+    format!("the YAML document is too large or too complex: {what}")
 }
 
 fn at<T>(
@@ -305,6 +341,7 @@ pub fn load(tree: &dyn Tree, facts: &Facts) -> Result<DesiredState, SpecErrors> 
         tree,
         renderer: Renderer::new(context),
         errors: Vec::new(),
+        content_bytes: 0,
     };
     let state = b.build(merged);
     if b.errors.is_empty() {
@@ -319,6 +356,8 @@ struct Builder<'t> {
     tree: &'t dyn Tree,
     renderer: Renderer,
     errors: Vec<SpecError>,
+    /// File content held so far, against `MAX_STATE_CONTENT`.
+    content_bytes: usize,
 }
 
 impl Builder<'_> {
@@ -504,7 +543,24 @@ impl Builder<'_> {
         let content = if absent {
             None
         } else {
-            Some(self.content(loc, raw, id)?)
+            let c = self.content(loc, raw, id)?;
+            let before = self.content_bytes;
+            self.content_bytes = before.saturating_add(c.bytes.len());
+            if self.content_bytes > MAX_STATE_CONTENT {
+                if before > MAX_STATE_CONTENT {
+                    return None; // already reported once
+                }
+                self.error(
+                    loc,
+                    id,
+                    format!(
+                        "the files declared so far hold more than {} MiB of content in total",
+                        MAX_STATE_CONTENT / (1024 * 1024)
+                    ),
+                );
+                return None;
+            }
+            Some(c)
         };
         Some(FileSpec {
             content,

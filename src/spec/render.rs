@@ -4,11 +4,37 @@
 //! HTML-escaped: these are configuration files. A template file is compiled
 //! and rendered once per run however many files use it, since every file
 //! sees the same context.
+//!
+//! Templates come from whoever can push to the branch, so rendering is
+//! bounded: partials and decorators (`{{> x}}`, `{{#*inline}}`) are refused
+//! (an inline partial that calls itself would recurse until the stack
+//! overflows), blocks nest at most `MAX_TEMPLATE_DEPTH` deep, `{{#each}}`
+//! iterates at most `MAX_EACH_ITERATIONS` times per run over every template,
+//! and one template renders at most `MAX_RENDERED_BYTES`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use handlebars::Handlebars;
+use handlebars::template::{Parameter, Template, TemplateElement};
+use handlebars::{
+    BlockContext, BlockParams, Context, Handlebars, Helper, HelperDef, HelperResult, Output,
+    RenderContext, RenderError, RenderErrorReason, Renderable,
+};
+use serde_json::Value as Json;
+
+/// Deepest nesting of blocks and subexpressions accepted in a template.
+pub const MAX_TEMPLATE_DEPTH: usize = 64;
+
+/// Iterations of `{{#each}}` one run may make, over every template.
+pub const MAX_EACH_ITERATIONS: u64 = 1_000_000;
+
+/// Largest output of one template (the largest file a tree may hold).
+pub const MAX_RENDERED_BYTES: usize = crate::source::MAX_TREE_FILE as usize;
+
+/// Name an inline template is rendered under; a repository path never
+/// contains NUL, so it cannot clash with a template file.
+const INLINE_NAME: &str = "\0inline";
 
 /// A template that failed, with the position inside the template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +57,7 @@ impl std::fmt::Display for TemplateFailure {
 /// Renders templates against one context.
 pub struct Renderer {
     hb: Handlebars<'static>,
-    context: serde_json::Value,
+    context: Context,
     rendered: HashMap<String, Result<Arc<String>, TemplateFailure>>,
 }
 
@@ -40,22 +66,28 @@ impl Renderer {
         let mut hb = Handlebars::new();
         hb.set_strict_mode(true);
         hb.register_escape_fn(handlebars::no_escape);
+        hb.register_helper(
+            "each",
+            Box::new(BudgetedEach {
+                left: Arc::new(AtomicU64::new(MAX_EACH_ITERATIONS)),
+            }),
+        );
         Renderer {
             hb,
-            context,
+            context: Context::from(context),
             rendered: HashMap::new(),
         }
     }
 
     /// Renders a string that may hold `{{ }}` expressions. Text without any
     /// is returned as it is, without going through handlebars.
-    pub fn render_inline(&self, text: &str) -> Result<String, TemplateFailure> {
+    pub fn render_inline(&mut self, text: &str) -> Result<String, TemplateFailure> {
         if !text.contains("{{") {
             return Ok(text.to_string());
         }
-        self.hb
-            .render_template(text, &self.context)
-            .map_err(render_failure)
+        let result = self.compile_and_render(INLINE_NAME, text);
+        self.hb.unregister_template(INLINE_NAME);
+        result
     }
 
     /// Renders a template file, compiling and rendering it once per name.
@@ -63,28 +95,257 @@ impl Renderer {
         if let Some(done) = self.rendered.get(name) {
             return done.clone();
         }
-        let result = self
-            .hb
-            .register_template_string(name, text)
-            .map_err(|e| {
-                let pos = e.pos();
-                TemplateFailure {
-                    line: pos.map(|p| p.0),
-                    column: pos.map(|p| p.1),
-                    reason: e.reason().to_string(),
-                }
-            })
-            .and_then(|()| {
-                self.hb
-                    .render(name, &self.context)
-                    .map(Arc::new)
-                    .map_err(render_failure)
-            });
+        let result = self.compile_and_render(name, text).map(Arc::new);
         self.rendered.insert(name.to_string(), result.clone());
         result
     }
+
+    fn compile_and_render(&mut self, name: &str, text: &str) -> Result<String, TemplateFailure> {
+        let template = Template::compile(text).map_err(|e| {
+            let pos = e.pos();
+            TemplateFailure {
+                line: pos.map(|p| p.0),
+                column: pos.map(|p| p.1),
+                reason: e.reason().to_string(),
+            }
+        })?;
+        check_template(&template, 0)?;
+        self.hb.register_template(name, template);
+        let mut out = CappedOutput {
+            buf: Vec::new(),
+            overflowed: false,
+        };
+        match self
+            .hb
+            .render_with_context_to_write(name, &self.context, &mut out)
+        {
+            // Every segment handlebars writes is a `&str`.
+            Ok(()) => String::from_utf8(out.buf).map_err(|_| TemplateFailure {
+                line: None,
+                column: None,
+                reason: "the rendered output is not valid UTF-8".into(),
+            }),
+            Err(_) if out.overflowed => Err(TemplateFailure {
+                line: None,
+                column: None,
+                reason: format!(
+                    "the rendered output is larger than {} MiB",
+                    MAX_RENDERED_BYTES / (1024 * 1024)
+                ),
+            }),
+            Err(e) => Err(render_failure(e)),
+        }
+    }
 }
 
+/// Refuses partials and decorators, and nesting deeper than the limit.
+fn check_template(t: &Template, depth: usize) -> Result<(), TemplateFailure> {
+    if depth > MAX_TEMPLATE_DEPTH {
+        return Err(TemplateFailure {
+            line: None,
+            column: None,
+            reason: format!("blocks nest deeper than {MAX_TEMPLATE_DEPTH} levels"),
+        });
+    }
+    for (i, e) in t.elements.iter().enumerate() {
+        let pos = t.mapping.get(i);
+        let fail = |reason: String| TemplateFailure {
+            line: pos.map(|m| m.0),
+            column: pos.map(|m| m.1),
+            reason,
+        };
+        match e {
+            TemplateElement::RawString(_) | TemplateElement::Comment(_) => {}
+            TemplateElement::PartialExpression(_) | TemplateElement::PartialBlock(_) => {
+                return Err(fail(
+                    "partials ({{> name}}) are not supported: a template cannot include another"
+                        .into(),
+                ));
+            }
+            TemplateElement::DecoratorExpression(_) | TemplateElement::DecoratorBlock(_) => {
+                return Err(fail(
+                    "decorators such as {{#*inline}} are not supported".into(),
+                ));
+            }
+            TemplateElement::Expression(h)
+            | TemplateElement::HtmlExpression(h)
+            | TemplateElement::HelperBlock(h) => {
+                let params = h.params.iter().chain(std::iter::once(&h.name));
+                for p in params.chain(h.hash.values()) {
+                    check_parameter(p, depth + 1).map_err(|f| fail(f.reason))?;
+                }
+                for inner in h.template.iter().chain(h.inverse.iter()) {
+                    check_template(inner, depth + 1)?;
+                }
+            }
+            // Anything a later handlebars adds is refused until reviewed.
+            _ => return Err(fail("unsupported template construct".into())),
+        }
+    }
+    Ok(())
+}
+
+fn check_parameter(p: &Parameter, depth: usize) -> Result<(), TemplateFailure> {
+    let Parameter::Subexpression(sub) = p else {
+        return Ok(());
+    };
+    if depth > MAX_TEMPLATE_DEPTH {
+        return Err(TemplateFailure {
+            line: None,
+            column: None,
+            reason: format!("subexpressions nest deeper than {MAX_TEMPLATE_DEPTH} levels"),
+        });
+    }
+    match sub.as_element() {
+        TemplateElement::Expression(h)
+        | TemplateElement::HtmlExpression(h)
+        | TemplateElement::HelperBlock(h) => {
+            for p in h.params.iter().chain(h.hash.values()) {
+                check_parameter(p, depth + 1)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Collects output, failing once it grows past `MAX_RENDERED_BYTES`.
+struct CappedOutput {
+    buf: Vec<u8>,
+    overflowed: bool,
+}
+
+impl std::io::Write for CappedOutput {
+    fn write(&mut self, seg: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + seg.len() > MAX_RENDERED_BYTES {
+            self.overflowed = true;
+            return Err(std::io::Error::other("rendered output too large"));
+        }
+        self.buf.extend_from_slice(seg);
+        Ok(seg.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `{{#each}}` as handlebars has it, but drawing every iteration from a
+/// budget shared by the whole run: three nested loops over a list of a
+/// thousand items would otherwise spin for a billion iterations.
+struct BudgetedEach {
+    left: Arc<AtomicU64>,
+}
+
+impl BudgetedEach {
+    fn take(&self) -> Result<(), RenderError> {
+        self.left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .map(|_| ())
+            .map_err(|_| {
+                RenderErrorReason::Other(format!(
+                    "{{{{#each}}}} iterated more than {MAX_EACH_ITERATIONS} times in this run"
+                ))
+                .into()
+            })
+    }
+}
+
+impl HelperDef for BudgetedEach {
+    fn call<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        r: &'reg Handlebars<'reg>,
+        ctx: &'rc Context,
+        rc: &mut RenderContext<'reg, 'rc>,
+        out: &mut dyn Output,
+    ) -> HelperResult {
+        let value = h
+            .param(0)
+            .ok_or(RenderErrorReason::ParamNotFoundForIndex("each", 0))?;
+        let Some(template) = h.template() else {
+            return Ok(());
+        };
+        // (key for @key, value) of each item; arrays have no @key.
+        let items: Vec<(Option<&String>, &Json)> = match value.value() {
+            Json::Array(list) if !list.is_empty() || h.inverse().is_none() => {
+                list.iter().map(|v| (None, v)).collect()
+            }
+            Json::Object(obj) if !obj.is_empty() || h.inverse().is_none() => {
+                obj.iter().map(|(k, v)| (Some(k), v)).collect()
+            }
+            _ => {
+                return match h.inverse() {
+                    Some(else_template) => else_template.render(r, ctx, rc, out),
+                    None if r.strict_mode() => {
+                        Err(RenderError::strict_error(value.relative_path()))
+                    }
+                    None => Ok(()),
+                };
+            }
+        };
+        let mut block = BlockContext::new();
+        let base_path = value.context_path();
+        match base_path {
+            Some(p) => block.base_path_mut().clone_from(p),
+            None => block.set_base_value(value.value().clone()),
+        }
+        rc.push_block(block);
+        let len = items.len();
+        for (i, (key, v)) in items.into_iter().enumerate() {
+            self.take()?;
+            if let Some(block) = rc.block_mut() {
+                let is_first = i == 0;
+                let index = Json::from(i);
+                let key_json = key.map(|k| Json::String(k.clone()));
+                block.set_local_var("first", Json::Bool(is_first));
+                block.set_local_var("last", Json::Bool(i + 1 == len));
+                block.set_local_var("index", index.clone());
+                if let Some(k) = &key_json {
+                    block.set_local_var("key", k.clone());
+                }
+                let segment = match key {
+                    Some(k) => k.clone(),
+                    None => i.to_string(),
+                };
+                match base_path {
+                    Some(p) => {
+                        if is_first {
+                            let mut path = p.clone();
+                            path.push(segment);
+                            *block.base_path_mut() = path;
+                        } else if let Some(last) = block.base_path_mut().last_mut() {
+                            *last = segment;
+                        }
+                    }
+                    None => block.set_base_value(v.clone()),
+                }
+                let param_key = key_json.unwrap_or(index);
+                if let Some(name) = h.block_param() {
+                    let mut params = BlockParams::new();
+                    if base_path.is_some() {
+                        params.add_path(name, Vec::new())?;
+                    } else {
+                        params.add_value(name, v.clone())?;
+                    }
+                    block.set_block_params(params);
+                } else if let Some((name, key_name)) = h.block_param_pair() {
+                    let mut params = BlockParams::new();
+                    if base_path.is_some() {
+                        params.add_path(name, Vec::new())?;
+                    } else {
+                        params.add_value(name, v.clone())?;
+                    }
+                    params.add_value(key_name, param_key)?;
+                    block.set_block_params(params);
+                }
+            }
+            template.render(r, ctx, rc, out)?;
+        }
+        rc.pop_block();
+        Ok(())
+    }
+}
 fn render_failure(e: handlebars::RenderError) -> TemplateFailure {
     if let handlebars::RenderErrorReason::TemplateError(te) = e.reason() {
         let pos = te.pos();
@@ -118,7 +379,7 @@ mod tests {
 
     #[test]
     fn renders_facts_and_vars_without_escaping() {
-        let r = renderer();
+        let mut r = renderer();
         assert_eq!(
             r.render_inline("{{facts.hostname}}:{{vars.port}} {{vars.html}}")
                 .unwrap(),
@@ -159,5 +420,114 @@ mod tests {
             renderer().render_inline("no braces }}").unwrap(),
             "no braces }}"
         );
+    }
+
+    #[test]
+    fn each_keeps_its_handlebars_meaning() {
+        let mut r = Renderer::new(json!({"vars": {
+            "list": ["a", "b", "c"],
+            "map": {"x": 1, "y": 2},
+            "empty": [],
+            "rows": [{"n": "r1"}, {"n": "r2"}]
+        }}));
+        let out = r
+            .render_inline(
+                "{{#each vars.list}}{{@index}}={{this}}{{#if @first}}F{{/if}}{{#if @last}}L{{/if}},{{/each}}",
+            )
+            .unwrap();
+        assert_eq!(out, "0=aF,1=b,2=cL,");
+        let out = r
+            .render_inline("{{#each vars.map}}{{@key}}:{{this}};{{/each}}")
+            .unwrap();
+        assert_eq!(out, "x:1;y:2;");
+        let out = r
+            .render_inline("{{#each vars.list as |item i|}}{{i}}{{item}}{{/each}}")
+            .unwrap();
+        assert_eq!(out, "0a1b2c");
+        let out = r
+            .render_inline("{{#each vars.map as |v k|}}{{k}}{{v}}{{/each}}")
+            .unwrap();
+        assert_eq!(out, "x1y2");
+        let out = r
+            .render_inline("{{#each vars.empty}}x{{else}}none{{/each}}")
+            .unwrap();
+        assert_eq!(out, "none");
+        let out = r
+            .render_inline("{{#each vars.rows}}{{n}}/{{../vars.list.[0]}} {{/each}}")
+            .unwrap();
+        assert_eq!(out, "r1/a r2/a ");
+        // Strict mode: a missing list is an error, not an empty loop.
+        let err = r
+            .render_inline("{{#each vars.nope}}x{{/each}}")
+            .unwrap_err();
+        assert!(err.reason.contains("vars.nope"), "{err}");
+    }
+
+    #[test]
+    fn partials_and_inline_partials_are_refused_not_recursed() {
+        let mut r = renderer();
+        // Regression: an inline partial calling itself overflowed the stack
+        // and aborted the process.
+        let err = r
+            .render_inline("{{#*inline \"x\"}}{{> x}}{{/inline}}{{> x}}")
+            .unwrap_err();
+        assert!(err.reason.contains("not supported"), "{err}");
+        let err = r.render_file("t.hbs", "a\n  {{> other}}\n").unwrap_err();
+        assert!(err.reason.contains("partials"), "{err}");
+        assert_eq!(err.line, Some(2), "{err:?}");
+        let err = r.render_inline("{{#> layout}}x{{/layout}}").unwrap_err();
+        assert!(err.reason.contains("partials"), "{err}");
+    }
+
+    #[test]
+    fn nested_each_is_bounded_by_the_iteration_budget() {
+        // Regression: three nested loops over a thousand items spun for a
+        // billion iterations.
+        let list: Vec<u32> = (0..1000).collect();
+        let mut r = Renderer::new(json!({ "vars": { "l": list } }));
+        let err = r
+            .render_file(
+                "bomb.hbs",
+                "{{#each vars.l}}{{#each ../vars.l}}{{#each ../../vars.l}}{{/each}}{{/each}}{{/each}}",
+            )
+            .unwrap_err();
+        assert!(err.reason.contains("iterated more than"), "{err}");
+        // The budget is per run: once spent, the next template fails too.
+        assert!(r.render_inline("{{#each vars.l}}{{/each}}").is_err());
+        // A fresh run renders an ordinary loop.
+        let mut r = Renderer::new(json!({ "vars": { "l": [1, 2] } }));
+        assert_eq!(
+            r.render_inline("{{#each vars.l}}{{this}}{{/each}}")
+                .unwrap(),
+            "12"
+        );
+    }
+
+    #[test]
+    fn huge_output_is_refused() {
+        let list: Vec<u32> = (0..300).collect();
+        let line = "x".repeat(1024);
+        let mut r = Renderer::new(json!({ "vars": { "l": list, "line": line } }));
+        // 300 × 300 × 1 KiB = 90 MiB, over the cap, within the iteration budget.
+        let err = r
+            .render_file(
+                "big.hbs",
+                "{{#each vars.l}}{{#each ../vars.l}}{{../../vars.line}}{{/each}}{{/each}}",
+            )
+            .unwrap_err();
+        assert!(err.reason.contains("larger than"), "{err}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let mut r = renderer();
+        let deep = format!("{}x{}", "{{#if true}}".repeat(100), "{{/if}}".repeat(100));
+        let err = r.render_inline(&deep).unwrap_err();
+        assert!(err.reason.contains("nest deeper"), "{err}");
+        let shallow = format!("{}x{}", "{{#if true}}".repeat(10), "{{/if}}".repeat(10));
+        assert_eq!(r.render_inline(&shallow).unwrap(), "x");
+        let deep = format!("{{{{{}1{}}}}}", "(eq 1 ".repeat(100), ")".repeat(100));
+        let err = r.render_inline(&deep).unwrap_err();
+        assert!(err.reason.contains("nest deeper"), "{err}");
     }
 }

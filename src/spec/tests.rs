@@ -311,3 +311,55 @@ fn notify_must_name_a_declared_service() {
     )]);
     assert!(e.message.contains("nginx.service"), "{e}");
 }
+
+#[test]
+fn yaml_messages_speak_to_the_author_not_the_parser_api() {
+    // Regression: the parser's hints named its Rust API and budget breaches
+    // printed as debug output ("budget breached: Depth { depth: 65 }").
+    let e = one_error(&[(
+        "trueup.yaml",
+        "files:\n  /a:\n    content: x\n    content: y\n",
+    )]);
+    assert!(e.message.contains("duplicate"), "{e}");
+    assert!(!e.message.contains("Options"), "{e}");
+    let e = one_error(&[("trueup.yaml", "files: {}\n---\nfiles: {}\n")]);
+    assert!(e.message.contains("more than one YAML document"), "{e}");
+    assert!(!e.message.contains("from_str"), "{e}");
+    let deep = format!("vars:\n  x: {}1{}\n", "{a: ".repeat(200), "}".repeat(200));
+    let e = one_error(&[("trueup.yaml", deep.as_str())]);
+    assert!(e.message.contains("too large or too complex"), "{e}");
+    assert!(!e.message.contains('{'), "{e}");
+    let mut bomb = String::from("vars:\n  a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..8 {
+        let p = i - 1;
+        bomb.push_str(&format!(
+            "  a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        ));
+    }
+    let e = one_error(&[("trueup.yaml", bomb.as_str())]);
+    assert!(e.message.contains("too many values"), "{e}");
+    assert!(e.line > 0, "{e}");
+}
+
+#[test]
+fn one_big_source_named_many_times_is_bounded() {
+    let big = "x".repeat(40 * 1024 * 1024);
+    let mut yaml = String::from("files:\n");
+    for i in 0..30 {
+        yaml.push_str(&format!("  /f{i}: {{ source: big }}\n"));
+    }
+    let errs = load_files(&[("trueup.yaml", yaml.as_str()), ("big", big.as_str())])
+        .expect_err("1.2 GiB of content is refused");
+    assert_eq!(errs.0.len(), 1, "reported once: {errs}");
+    assert!(errs.0[0].message.contains("MiB of content"), "{errs}");
+}
+
+#[test]
+fn template_partials_are_a_clean_error_at_the_template_line() {
+    let e = one_error(&[
+        ("trueup.yaml", "files:\n  /a:\n    template: t.hbs\n"),
+        ("t.hbs", "ok\n{{#*inline \"x\"}}{{> x}}{{/inline}}{{> x}}\n"),
+    ]);
+    assert_eq!((e.file.as_str(), e.line), ("t.hbs", 2), "{e}");
+    assert!(e.message.contains("not supported"), "{e}");
+}
