@@ -11,7 +11,7 @@ pkgs=(
   # real package managers
   dnf rpm createrepo-c
   # system tier
-  debootstrap systemd-container iproute2
+  debootstrap systemd-container iproute2 dpkg-dev
   # benchmarks
   hyperfine
 )

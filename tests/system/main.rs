@@ -1,0 +1,8 @@
+//! System tests: real systemd, apt (and cloud-init) in systemd-nspawn
+//! containers booted from a cached debootstrap root. They need root and the
+//! tools from `scripts/install-test-deps.sh`; see `harness.rs`.
+//!
+//! Add a test module here (`mod my_tests;`) and use `crate::harness::*`.
+
+mod harness;
+mod smoke;
