@@ -14,10 +14,18 @@ struct Cli {
     /// Agent configuration; `agent.d/*.yaml` beside it is merged after it.
     #[arg(long, global = true, env = "TRUEUP_CONFIG", default_value = trueup::config::DEFAULT_CONFIG)]
     config: PathBuf,
-    /// Where the desired state comes from: a directory (a checkout).
-    /// Overrides `repo` in the configuration.
+    /// Where the desired state comes from: a directory (a checkout) or a
+    /// Git URL (file://, git://, ssh://, https://). Overrides `repo` in the
+    /// configuration.
     #[arg(long, global = true, env = "TRUEUP_SOURCE")]
     source: Option<String>,
+    /// The host branch, a template over facts. Overrides `branch` in the
+    /// configuration. Default hosts/{hostname}.
+    #[arg(long, global = true, env = "TRUEUP_BRANCH")]
+    branch: Option<String>,
+    /// Use the cached repository: no fetch, no notes push.
+    #[arg(long, global = true)]
+    offline: bool,
     /// Prefix for every managed path (for tests and images). Default /.
     #[arg(long, global = true, env = "TRUEUP_ROOT")]
     root: Option<PathBuf>,
@@ -70,6 +78,25 @@ enum Command {
     },
     /// Resume convergence.
     Enable,
+    /// The whole fleet, read from the repository's notes.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
+    /// Write the man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Directory to write man/ and completions/ into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FleetCommand {
+    /// Every host's latest note: branch tip, applied commit, behind,
+    /// status, drift, age.
+    Status,
 }
 
 fn main() -> ExitCode {
@@ -99,7 +126,8 @@ fn main() -> ExitCode {
         cli.lock_file,
         cli.format,
         cli.facts_file,
-    );
+    )
+    .with_git_options(cli.branch, cli.offline);
     let result = match &cli.command {
         Command::Check => commands::check(&common),
         Command::Apply {
@@ -113,6 +141,10 @@ fn main() -> ExitCode {
         Command::Status => commands::status(&common),
         Command::Disable { reason } => commands::disable(&common, reason),
         Command::Enable => commands::enable(&common),
+        Command::Fleet {
+            command: FleetCommand::Status,
+        } => commands::fleet_status(&common),
+        Command::GenerateAssets { out } => generate_assets(out),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
@@ -152,4 +184,26 @@ fn init_logging(daemon: bool) {
                 .with_writer(std::io::stderr),
         )
         .init();
+}
+
+/// Man pages (one per command) and bash, zsh and fish completions, all
+/// generated from the clap definitions so they never drift from the CLI.
+fn generate_assets(out: &std::path::Path) -> anyhow::Result<i32> {
+    use anyhow::Context;
+    use clap::CommandFactory;
+    let man = out.join("man");
+    let completions = out.join("completions");
+    std::fs::create_dir_all(&man).with_context(|| format!("creating {}", man.display()))?;
+    std::fs::create_dir_all(&completions).with_context(|| format!("creating {}", completions.display()))?;
+    let cmd = Cli::command();
+    clap_mangen::generate_to(cmd.clone(), &man).context("writing man pages")?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut cmd.clone(), "trueup", &completions)
+            .with_context(|| format!("writing {shell} completions"))?;
+    }
+    Ok(0)
 }
