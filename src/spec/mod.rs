@@ -107,7 +107,13 @@ pub fn yaml_error_message(e: &serde_saphyr::Error) -> String {
         Some(i) => &first[..i],
         None => first,
     };
-    first.to_string()
+    // The parser names its events; say what the file should have held.
+    match first {
+        "expected mapping start" => "expected a mapping (key: value pairs) here".into(),
+        "expected sequence start" => "expected a list here".into(),
+        "expected string scalar" => "expected a text value here, not a list or mapping".into(),
+        other => other.to_string(),
+    }
 }
 
 fn budget_message(breach: &serde_saphyr::budget::BudgetBreach) -> String {

@@ -106,7 +106,7 @@ impl Renderer {
             TemplateFailure {
                 line: pos.map(|p| p.0),
                 column: pos.map(|p| p.1),
-                reason: e.reason().to_string(),
+                reason: syntax_reason(e.reason()),
             }
         })?;
         check_template(&template, 0)?;
@@ -135,6 +135,20 @@ impl Renderer {
             }),
             Err(e) => Err(render_failure(e)),
         }
+    }
+}
+
+/// The parser's reason, without the grammar's list of every rule it
+/// expected ("expected escape, expression, html_expression, ...").
+fn syntax_reason(reason: &handlebars::TemplateErrorReason) -> String {
+    match reason {
+        handlebars::TemplateErrorReason::InvalidSyntax(s) if s.contains("stack limit") => {
+            format!("blocks nest deeper than {MAX_TEMPLATE_DEPTH} levels")
+        }
+        handlebars::TemplateErrorReason::InvalidSyntax(_) => {
+            "invalid handlebars syntax (a misspelt or unclosed {{ }} or block?)".into()
+        }
+        other => other.to_string(),
     }
 }
 
@@ -352,12 +366,18 @@ fn render_failure(e: handlebars::RenderError) -> TemplateFailure {
         return TemplateFailure {
             line: pos.map(|p| p.0),
             column: pos.map(|p| p.1),
-            reason: te.reason().to_string(),
+            reason: syntax_reason(te.reason()),
         };
     }
     let reason = match e.reason() {
         handlebars::RenderErrorReason::MissingVariable(Some(path)) => {
             format!("missing variable '{path}'")
+        }
+        handlebars::RenderErrorReason::MissingVariable(None) => {
+            "missing variable (a lookup or helper argument found nothing)".into()
+        }
+        handlebars::RenderErrorReason::HelperNotFound(name) => {
+            format!("unknown helper '{name}'")
         }
         other => other.to_string(),
     };
@@ -516,6 +536,30 @@ mod tests {
             )
             .unwrap_err();
         assert!(err.reason.contains("larger than"), "{err}");
+    }
+
+    #[test]
+    fn messages_name_the_problem_not_the_grammar() {
+        let mut r = renderer();
+        let err = r
+            .render_file("a.hbs", "a\n{{#each vars.l}}\nno end\n")
+            .unwrap_err();
+        assert!(
+            err.reason.starts_with("invalid handlebars syntax ("),
+            "{err}"
+        );
+        assert!(!err.reason.contains("html_expression"), "{err}");
+        let err = r.render_inline("{{shell \"rm -rf /\"}}").unwrap_err();
+        assert_eq!(err.reason, "unknown helper 'shell'");
+        let err = r.render_inline("{{lookup vars.port 5}}").unwrap_err();
+        assert!(!err.reason.contains("None"), "{err}");
+        let deep = format!(
+            "{}x{}",
+            "{{#if true}}".repeat(20000),
+            "{{/if}}".repeat(20000)
+        );
+        let err = r.render_inline(&deep).unwrap_err();
+        assert!(err.reason.contains("nest deeper"), "{err}");
     }
 
     #[test]

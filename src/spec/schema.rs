@@ -103,12 +103,12 @@ impl<'de> Deserialize<'de> for IdName {
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<IdName, E> {
                 u32::try_from(v)
                     .map(|id| IdName(id.to_string()))
-                    .map_err(|_| E::custom("id out of range"))
+                    .map_err(|_| E::custom(format!("id {v} is out of range (0 to {})", u32::MAX)))
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<IdName, E> {
                 u32::try_from(v)
                     .map(|id| IdName(id.to_string()))
-                    .map_err(|_| E::custom("id out of range"))
+                    .map_err(|_| E::custom(format!("id {v} is out of range (0 to {})", u32::MAX)))
             }
         }
         d.deserialize_any(V)

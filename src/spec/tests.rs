@@ -339,6 +339,21 @@ fn yaml_messages_speak_to_the_author_not_the_parser_api() {
     let e = one_error(&[("trueup.yaml", bomb.as_str())]);
     assert!(e.message.contains("too many values"), "{e}");
     assert!(e.line > 0, "{e}");
+    // Wrong types say what was expected in words, not parser events.
+    let e = one_error(&[("trueup.yaml", "files: [/etc/motd]\n")]);
+    assert_eq!(
+        e.message, "expected a mapping (key: value pairs) here",
+        "{e}"
+    );
+    let e = one_error(&[("trueup.yaml", "include: {a: b}\n")]);
+    assert_eq!(e.message, "expected a list here", "{e}");
+    let e = one_error(&[("trueup.yaml", "files:\n  /a:\n    content: [x]\n")]);
+    assert!(e.message.starts_with("expected a text value"), "{e}");
+    let e = one_error(&[(
+        "trueup.yaml",
+        "files:\n  /a:\n    content: x\n    owner: 4294967296\n",
+    )]);
+    assert!(e.message.contains("4294967296 is out of range"), "{e}");
 }
 
 #[test]
