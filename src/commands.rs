@@ -188,6 +188,7 @@ pub fn locked_run(
         state_dir: common.state_dir.clone(),
         mode,
         dry_run,
+        packages: common.settings.package_settings(),
     };
     control.phase(Phase::Converging);
     let report = run(tree.as_ref(), info, &facts, &opts, &|| {

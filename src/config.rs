@@ -119,6 +119,10 @@ pub struct ReportFragment {
 pub struct PackagesFragment {
     /// Run `apt-get update` first when the lists are older than this.
     pub apt_lists_max_age: Option<Spanned<String>>,
+    /// `apt` or `dnf`; chosen from os-release when not set.
+    pub backend: Option<crate::resource::package::BackendKind>,
+    /// Extra options for every dnf call, e.g. a private repository setup.
+    pub dnf_options: Option<Vec<Spanned<String>>>,
 }
 
 /// What the agent does with drift.
@@ -157,6 +161,10 @@ pub struct Settings {
     pub trust: Trust,
     pub report: ReportSettings,
     pub apt_lists_max_age: Duration,
+    /// `packages.backend`: forces apt or dnf.
+    pub package_backend: Option<crate::resource::package::BackendKind>,
+    /// `packages.dnf_options`: added to every dnf command line.
+    pub dnf_options: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -210,11 +218,22 @@ impl Default for Settings {
                 metrics: None,
             },
             apt_lists_max_age: Duration::from_secs(24 * 3600),
+            package_backend: None,
+            dnf_options: vec![],
         }
     }
 }
 
 impl Settings {
+    /// How packages are managed (the `packages:` section).
+    pub fn package_settings(&self) -> crate::resource::package::PackageSettings {
+        crate::resource::package::PackageSettings {
+            backend: self.package_backend,
+            apt_lists_max_age: self.apt_lists_max_age,
+            dnf_options: self.dnf_options.clone(),
+        }
+    }
+
     /// The host branch for these facts: `hosts/{hostname}` → `hosts/web1`.
     pub fn branch_for(&self, facts: &Facts) -> String {
         self.branch
@@ -369,6 +388,26 @@ pub fn settings(fragments: &[Located]) -> Result<Settings, ConfigError> {
         if let Some(v) = &f.packages.apt_lists_max_age {
             s.apt_lists_max_age = duration(file, v, "packages.apt_lists_max_age")?;
         }
+        if let Some(b) = f.packages.backend {
+            s.package_backend = Some(b);
+        }
+        if let Some(list) = &f.packages.dnf_options {
+            s.dnf_options = Vec::with_capacity(list.len());
+            for v in list {
+                // Options only: a bare word would become a dnf command.
+                if !v.value.starts_with('-') || v.value.trim() != v.value {
+                    return Err(ConfigError::at(
+                        file,
+                        v,
+                        format!(
+                            "packages.dnf_options: '{}' is not a dnf option (such as --setopt=reposdir=/etc/trueup/repos.d)",
+                            v.value
+                        ),
+                    ));
+                }
+                s.dnf_options.push(v.value.clone());
+            }
+        }
     }
     Ok(s)
 }
@@ -449,6 +488,25 @@ mod tests {
         assert!(e.message.contains("soon"), "{e}");
         let e = settings(&[frag("a.yaml", "auth:\n  ssh_key: relative/key\n")]).unwrap_err();
         assert_eq!(e.line, 2, "{e}");
+    }
+
+    #[test]
+    fn packages_section() {
+        let s = settings(&[frag(
+            "a.yaml",
+            "packages:\n  backend: dnf\n  apt_lists_max_age: 2h\n  dnf_options: [--releasever=9, \"--setopt=reposdir=/r\"]\n",
+        )])
+        .unwrap();
+        let p = s.package_settings();
+        assert_eq!(p.backend, Some(crate::resource::package::BackendKind::Dnf));
+        assert_eq!(p.apt_lists_max_age, Duration::from_secs(7200));
+        assert_eq!(p.dnf_options, ["--releasever=9", "--setopt=reposdir=/r"]);
+        let e = parse_fragment(Path::new("a.yaml"), "packages:\n  backend: yum\n").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        let e =
+            settings(&[frag("a.yaml", "packages:\n  dnf_options:\n    - install\n")]).unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.message.contains("'install' is not a dnf option"), "{e}");
     }
 
     #[test]

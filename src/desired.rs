@@ -108,6 +108,11 @@ pub struct ServiceSpec {
     pub state: Option<ServiceRunState>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub masked: Option<bool>,
+    /// The declared package that ships the unit: when it fails, the service
+    /// is skipped. `package:`, or else a declared package named like the
+    /// unit without its suffix (`nginx` for `nginx.service`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]

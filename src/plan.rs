@@ -5,25 +5,61 @@
 //! packages, directories (parents first), files and symlinks, directories to
 //! remove (children first), `daemon-reload` when a unit file changes, services,
 //! then the restarts that changed files `notify`.
+//!
+//! `daemon-reload` and restarts are follow-ups: steps that run only when one
+//! of the steps they are `triggered_by` actually changed something in this
+//! run. A service that its own step starts is not restarted as well, and a
+//! service that will not be running is not restarted at all.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use crate::desired::DesiredState;
+use crate::desired::{DesiredState, NotifyAction};
 use crate::resource::accounts::{Accounts, WantedMeta};
 use crate::resource::node::{NodeAction, NodeObservation, observe_node};
-use crate::resource::{Drift, Kind, ResourceId, directory, file, symlink};
+use crate::resource::package::{self, InstalledPackage, PackageAction};
+use crate::resource::service::systemctl::UnitState;
+use crate::resource::service::{self, ServiceAction};
+use crate::resource::{Backends, Drift, Kind, ResourceId, directory, file, symlink};
+
+/// Where systemd looks for unit files: a change to a file or symlink under
+/// one of these is followed by `systemctl daemon-reload`.
+pub const UNIT_DIRS: &[&str] = &[
+    "/etc/systemd/system",
+    "/run/systemd/system",
+    "/usr/local/lib/systemd/system",
+    "/usr/lib/systemd/system",
+    "/lib/systemd/system",
+];
+
+/// The resource id of the `daemon-reload` follow-up (not a declared
+/// resource; unit names always have a suffix, so it cannot clash).
+pub const DAEMON_RELOAD: &str = "daemon-reload";
 
 /// What one step does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Node(NodeAction),
+    /// Packages are changed together: apply hands every package step to the
+    /// backend as one batch.
+    Package(PackageAction),
+    Service(ServiceAction),
+    DaemonReload,
+    /// Restart (or reload) a running service after a file it watches changed.
+    Restart {
+        reload: bool,
+    },
 }
 
 impl Action {
     pub fn describe(&self) -> String {
         match self {
             Action::Node(n) => n.verb().to_string(),
+            Action::Package(p) => p.describe(),
+            Action::Service(s) => s.describe(),
+            Action::DaemonReload => "daemon-reload".into(),
+            Action::Restart { reload: false } => "restart".into(),
+            Action::Restart { reload: true } => "reload".into(),
         }
     }
 }
@@ -38,9 +74,28 @@ pub struct Step {
     pub requires: Vec<ResourceId>,
     /// Set when the resource could not even be observed.
     pub error: Option<String>,
+    /// A follow-up (daemon-reload, restart) runs only when one of these
+    /// steps changed something; empty for ordinary steps.
+    pub triggered_by: Vec<ResourceId>,
 }
 
 impl Step {
+    fn new(resource: ResourceId) -> Step {
+        Step {
+            resource,
+            drift: vec![],
+            action: None,
+            requires: vec![],
+            error: None,
+            triggered_by: vec![],
+        }
+    }
+
+    /// Whether this step only follows up on others (see the module docs).
+    pub fn is_follow_up(&self) -> bool {
+        !self.triggered_by.is_empty()
+    }
+
     pub fn in_sync(&self) -> bool {
         self.drift.is_empty() && self.action.is_none() && self.error.is_none()
     }
@@ -62,26 +117,60 @@ impl Plan {
     }
 }
 
-/// What the machine looks like for each declared path.
+/// What the machine looks like for each declared resource.
 #[derive(Debug, Default)]
 pub struct Observations {
     pub nodes: BTreeMap<PathBuf, Result<NodeObservation, String>>,
+    /// Every installed package, from one read of the package database;
+    /// `None` when no package is declared.
+    pub packages: Option<Result<Vec<InstalledPackage>, String>>,
+    /// Each declared unit, from one systemctl call.
+    pub units: BTreeMap<String, Result<UnitState, String>>,
+    /// Whether systemd runs the managed root (see
+    /// [`service::UnitControl::runtime`]).
+    pub systemd_runtime: bool,
 }
 
-/// Reads every declared path under `root`.
-pub fn observe(root: &Path, desired: &DesiredState) -> Observations {
-    let mut nodes = BTreeMap::new();
+/// Reads every declared resource under `root`: paths one by one, packages
+/// and units each in one batch (and not at all when none is declared).
+pub fn observe(root: &Path, desired: &DesiredState, backends: &Backends) -> Observations {
+    let packages = (!desired.packages.is_empty()).then(|| match backends.packages {
+        Some(b) => b.installed(),
+        None => Err("no package backend".to_string()),
+    });
+    let mut units = BTreeMap::new();
+    if !desired.services.is_empty() {
+        let names: Vec<&str> = desired.services.keys().map(String::as_str).collect();
+        match backends.units.observe(&names) {
+            Ok(states) => {
+                for (name, state) in names.iter().zip(states) {
+                    units.insert(name.to_string(), Ok(state));
+                }
+            }
+            Err(e) => {
+                for name in names {
+                    units.insert(name.to_string(), Err(e.clone()));
+                }
+            }
+        }
+    }
     let paths = desired
         .files
         .keys()
         .map(|p| (p, true))
         .chain(desired.directories.keys().map(|p| (p, false)))
         .chain(desired.symlinks.keys().map(|p| (p, true)));
+    let mut nodes = BTreeMap::new();
     for (path, want_content) in paths {
         let obs = observe_node(root, path, want_content).map_err(|e| e.to_string());
         nodes.insert(path.clone(), obs);
     }
-    Observations { nodes }
+    Observations {
+        nodes,
+        packages,
+        units,
+        systemd_runtime: backends.units.runtime(),
+    }
 }
 
 /// Problems that stop a run before anything changes.
@@ -103,11 +192,13 @@ impl std::fmt::Display for PlanError {
 /// that nothing is half-applied for a branch that cannot fully apply.
 pub fn plan(
     desired: &DesiredState,
-    mut obs: Observations,
+    obs: Observations,
     accounts: &dyn Accounts,
 ) -> Result<Plan, Vec<PlanError>> {
     let mut errors = Vec::new();
-    let mut take = |p: &Path| obs.nodes.remove(p).unwrap_or(Ok(NodeObservation::Missing));
+    let mut nodes_seen = obs.nodes;
+    let mut take = |p: &Path| nodes_seen.remove(p).unwrap_or(Ok(NodeObservation::Missing));
+    let (installed, units, runtime) = (obs.packages, obs.units, obs.systemd_runtime);
     let mut resolve =
         |id: &ResourceId, owner: Option<&str>, group: Option<&str>, mode: Option<u32>| {
             WantedMeta::resolve(owner, group, mode, accounts)
@@ -176,7 +267,8 @@ pub fn plan(
             .map(|d| ResourceId::new(Kind::Directory, d.display().to_string()))
             .collect()
     };
-    let mut steps = Vec::with_capacity(desired.len());
+    let mut steps = Vec::with_capacity(desired.len() + 1);
+    steps.extend(package_steps(desired, installed));
     // BTreeMap order puts a parent before its children.
     for mut s in present_dirs {
         s.requires = parents_of(Path::new(&s.resource.name));
@@ -189,7 +281,151 @@ pub fn plan(
     }
     absent_dirs.reverse();
     steps.extend(absent_dirs);
+    service_steps(desired, &mut steps, units, runtime);
     Ok(Plan { steps })
+}
+
+/// One step per declared package, compared with the installed packages.
+fn package_steps(
+    desired: &DesiredState,
+    installed: Option<Result<Vec<InstalledPackage>, String>>,
+) -> Vec<Step> {
+    let mut by_name: HashMap<&str, Vec<&InstalledPackage>> = HashMap::new();
+    if let Some(Ok(all)) = &installed {
+        for p in all.iter().filter(|p| p.installed) {
+            by_name.entry(p.name.as_str()).or_default().push(p);
+        }
+    }
+    desired
+        .packages
+        .iter()
+        .map(|(name, spec)| {
+            let mut step = Step::new(ResourceId::new(Kind::Package, name.clone()));
+            match &installed {
+                Some(Ok(_)) => {
+                    let found = by_name.get(name.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+                    let (drift, action) = package::diff(spec, found);
+                    step.drift = drift;
+                    step.action = action.map(Action::Package);
+                }
+                Some(Err(e)) => step.error = Some(format!("reading the installed packages: {e}")),
+                None => step.error = Some("the installed packages were not observed".into()),
+            }
+            step
+        })
+        .collect()
+}
+
+/// Whether a change to `path` needs `systemctl daemon-reload`.
+pub fn is_unit_path(path: &Path) -> bool {
+    UNIT_DIRS.iter().any(|d| path.starts_with(d))
+}
+
+/// Appends, after the steps already planned: `daemon-reload` when a unit
+/// file (or, with a unit not yet found, a package) changes; one step per
+/// service; then the restarts that changed files notify.
+///
+/// A service waits for its package (`ServiceSpec::package`) and for the
+/// daemon-reload. Without a running systemd (`runtime` false, under
+/// `--root`) there is neither daemon-reload nor restart.
+fn service_steps(
+    desired: &DesiredState,
+    steps: &mut Vec<Step>,
+    mut units: BTreeMap<String, Result<UnitState, String>>,
+    runtime: bool,
+) {
+    let changing: HashSet<ResourceId> = steps
+        .iter()
+        .filter(|s| s.action.is_some() && s.error.is_none())
+        .map(|s| s.resource.clone())
+        .collect();
+    let mut reload_triggers: Vec<ResourceId> = steps
+        .iter()
+        .filter(|s| {
+            changing.contains(&s.resource)
+                && matches!(s.resource.kind, Kind::File | Kind::Symlink)
+                && is_unit_path(Path::new(&s.resource.name))
+        })
+        .map(|s| s.resource.clone())
+        .collect();
+    // A package may bring a unit that is not there yet; systemd must see it.
+    if units.values().any(|u| matches!(u, Ok(u) if !u.exists())) {
+        reload_triggers.extend(
+            steps
+                .iter()
+                .filter(|s| s.resource.kind == Kind::Package && changing.contains(&s.resource))
+                .map(|s| s.resource.clone()),
+        );
+    }
+    let reload_id = ResourceId::new(Kind::Service, DAEMON_RELOAD);
+    let reload = runtime && !reload_triggers.is_empty();
+    if reload {
+        let mut s = Step::new(reload_id.clone());
+        s.action = Some(Action::DaemonReload);
+        s.triggered_by = reload_triggers;
+        steps.push(s);
+    }
+
+    let mut restarts = Vec::new();
+    for (name, spec) in &desired.services {
+        let id = ResourceId::new(Kind::Service, name.clone());
+        let mut step = Step::new(id.clone());
+        if let Some(p) = &spec.package {
+            step.requires
+                .push(ResourceId::new(Kind::Package, p.clone()));
+        }
+        if reload {
+            step.requires.push(reload_id.clone());
+        }
+        let unit = match units.remove(name) {
+            Some(Ok(u)) => u,
+            Some(Err(e)) => {
+                step.error = Some(format!("observing the unit: {e}"));
+                steps.push(step);
+                continue;
+            }
+            None => {
+                step.error = Some("the unit was not observed".into());
+                steps.push(step);
+                continue;
+            }
+        };
+        match service::diff(name, spec, &unit, runtime) {
+            Ok((drift, action)) => {
+                step.drift = drift;
+                step.action = action.map(Action::Service);
+            }
+            Err(e) => step.error = Some(e),
+        }
+        let starts = matches!(&step.action, Some(Action::Service(a)) if a.start == Some(true));
+        if runtime && step.error.is_none() && !starts && service::runs_after(spec, &unit) {
+            let notifying: Vec<(&PathBuf, NotifyAction)> = desired
+                .files
+                .iter()
+                .filter(|(p, f)| {
+                    f.notify.iter().any(|n| n == name)
+                        && changing.contains(&ResourceId::new(Kind::File, p.display().to_string()))
+                })
+                .map(|(p, f)| (p, f.notify_action))
+                .collect();
+            if !notifying.is_empty() {
+                let mut r = Step::new(id.clone());
+                r.action = Some(Action::Restart {
+                    // One restart covers every reload.
+                    reload: notifying.iter().all(|(_, a)| *a == NotifyAction::Reload),
+                });
+                r.triggered_by = notifying
+                    .iter()
+                    .map(|(p, _)| ResourceId::new(Kind::File, p.display().to_string()))
+                    .collect();
+                r.requires = step.requires.clone();
+                r.requires.push(id);
+                restarts.push(r);
+            }
+        }
+        steps.push(step);
+    }
+    steps.extend(restarts);
 }
 
 fn node_step(
@@ -200,21 +436,16 @@ fn node_step(
     match obs {
         Ok(o) => {
             let (drift, action) = diff(o);
-            Step {
-                resource,
-                drift,
-                action: action.map(Action::Node),
-                requires: vec![],
-                error: None,
-            }
+            let mut step = Step::new(resource);
+            step.drift = drift;
+            step.action = action.map(Action::Node);
+            step
         }
-        Err(e) => Step {
-            resource,
-            drift: vec![],
-            action: None,
-            requires: vec![],
-            error: Some(e),
-        },
+        Err(e) => {
+            let mut step = Step::new(resource);
+            step.error = Some(e);
+            step
+        }
     }
 }
 

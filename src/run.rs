@@ -11,7 +11,10 @@ use crate::apply::{self, ApplyOptions};
 use crate::facts::Facts;
 use crate::plan;
 use crate::report::{Mode, RunReport, RunStatus, SourceInfo};
+use crate::resource::Backends;
 use crate::resource::accounts::SystemAccounts;
+use crate::resource::package::{self, PackageSettings};
+use crate::resource::service::systemctl::Systemctl;
 use crate::source::Tree;
 use crate::spec;
 
@@ -25,6 +28,8 @@ pub struct RunOptions {
     pub mode: Mode,
     /// Apply mode, but change nothing.
     pub dry_run: bool,
+    /// Which package manager, and how it is driven.
+    pub packages: PackageSettings,
 }
 
 /// Renders `tree` with `facts` and checks or converges the machine.
@@ -65,7 +70,22 @@ pub fn run(
             );
         }
     };
-    let observed = plan::observe(&opts.root, &desired);
+    // A package backend is chosen only when packages are declared, so an
+    // unknown OS is an error only for a branch that needs one.
+    let package_backend = if desired.packages.is_empty() {
+        None
+    } else {
+        match package::backend(&opts.packages, &facts.os.id, &facts.os.id_like, &opts.root) {
+            Ok(b) => Some(b),
+            Err(e) => return early(RunStatus::Error, vec![e]),
+        }
+    };
+    let systemctl = Systemctl::new(&opts.root);
+    let backends = Backends {
+        packages: package_backend.as_deref(),
+        units: &systemctl,
+    };
+    let observed = plan::observe(&opts.root, &desired, &backends);
     let plan = match plan::plan(&desired, observed, &SystemAccounts::default()) {
         Ok(p) => p,
         Err(errs) => {
@@ -86,6 +106,7 @@ pub fn run(
                 root: &opts.root,
                 backup_dir,
                 stop,
+                backends,
             },
         );
         for o in outcomes

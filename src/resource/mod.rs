@@ -7,13 +7,24 @@
 
 pub mod accounts;
 pub mod directory;
+#[cfg(test)]
+pub mod fake;
 pub mod file;
 pub mod node;
 pub mod package;
 pub mod service;
 pub mod symlink;
+pub mod tool;
 
 use serde::{Deserialize, Serialize};
+
+/// The tools that observe and change packages and units on this host.
+#[derive(Clone, Copy)]
+pub struct Backends<'a> {
+    /// `None` when no package is declared: no backend is chosen then.
+    pub packages: Option<&'a dyn package::PackageBackend>,
+    pub units: &'a dyn service::UnitControl,
+}
 
 /// The kinds of resource a branch can declare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

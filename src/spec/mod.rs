@@ -402,7 +402,7 @@ impl Builder<'_> {
         }
         for (name, loc) in merged.services {
             let id = format!("service {name}");
-            if let Some(spec) = self.service(&loc, &name, &id) {
+            if let Some(spec) = self.service(&loc, &name, &id, &state.packages) {
                 state.services.insert(name, spec);
             }
         }
@@ -724,7 +724,13 @@ impl Builder<'_> {
         })
     }
 
-    fn service(&mut self, loc: &Located<RawService>, name: &str, id: &str) -> Option<ServiceSpec> {
+    fn service(
+        &mut self,
+        loc: &Located<RawService>,
+        name: &str,
+        id: &str,
+        packages: &BTreeMap<String, PackageSpec>,
+    ) -> Option<ServiceSpec> {
         let raw = &loc.value.value;
         if !valid_unit_name(name) {
             self.error(
@@ -741,10 +747,41 @@ impl Builder<'_> {
             self.error(loc, id, "a masked unit cannot be enabled or running".into());
             return None;
         }
+        // The package that ships the unit: named, or else a declared package
+        // called like the unit without its suffix (nginx for nginx.service).
+        let package = match &raw.package {
+            Some(p) => match packages.get(&p.value) {
+                Some(spec) if spec.present => Some(p.value.clone()),
+                Some(_) => {
+                    self.error_at(
+                        loc,
+                        p,
+                        id,
+                        format!("package '{}' is declared absent", p.value),
+                    );
+                    return None;
+                }
+                None => {
+                    self.error_at(
+                        loc,
+                        p,
+                        id,
+                        format!("package '{}' is not a declared package", p.value),
+                    );
+                    return None;
+                }
+            },
+            None => name
+                .rsplit_once('.')
+                .map(|(stem, _)| stem)
+                .filter(|stem| packages.get(*stem).is_some_and(|p| p.present))
+                .map(str::to_string),
+        };
         Some(ServiceSpec {
             enabled: raw.enabled,
             state: raw.state,
             masked: raw.masked,
+            package,
         })
     }
 }

@@ -83,6 +83,8 @@ pub struct RawService {
     pub enabled: Option<bool>,
     pub state: Option<ServiceRunState>,
     pub masked: Option<bool>,
+    /// The declared package that ships this unit.
+    pub package: Option<Spanned<String>>,
 }
 
 /// A user or group: a name, or a numeric id written with or without quotes.

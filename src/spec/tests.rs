@@ -378,3 +378,36 @@ fn template_partials_are_a_clean_error_at_the_template_line() {
     assert_eq!((e.file.as_str(), e.line), ("t.hbs", 2), "{e}");
     assert!(e.message.contains("not supported"), "{e}");
 }
+
+#[test]
+fn service_package_is_named_or_taken_from_the_unit_name() {
+    let state = load_files(&[(
+        "trueup.yaml",
+        "packages:\n  nginx: {}\n  myapp-bin: {}\n  telnet: { state: absent }\nservices:\n  nginx.service: { state: running }\n  app.service: { enabled: true, package: myapp-bin }\n  cron.service: { enabled: true }\n  telnet.socket: { enabled: false }\n",
+    )])
+    .unwrap();
+    let pkg = |u: &str| state.services[u].package.clone();
+    assert_eq!(pkg("nginx.service").as_deref(), Some("nginx"));
+    assert_eq!(pkg("app.service").as_deref(), Some("myapp-bin"));
+    assert_eq!(pkg("cron.service"), None);
+    // A package declared absent is not the unit's package.
+    assert_eq!(pkg("telnet.socket"), None);
+}
+
+#[test]
+fn service_package_must_be_declared_and_present() {
+    let e = one_error(&[(
+        "trueup.yaml",
+        "services:\n  app.service:\n    enabled: true\n    package: nosuch\n",
+    )]);
+    assert!(
+        e.message.contains("'nosuch' is not a declared package"),
+        "{e}"
+    );
+    assert_eq!((e.line, e.column), (4, 14), "{e}");
+    let e = one_error(&[(
+        "trueup.yaml",
+        "packages:\n  old: { state: absent }\nservices:\n  app.service: { package: old }\n",
+    )]);
+    assert!(e.message.contains("declared absent"), "{e}");
+}

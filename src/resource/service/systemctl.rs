@@ -274,6 +274,181 @@ fn excerpt(text: &str) -> String {
     text.chars().take(80).collect()
 }
 
+/// Arguments for `systemctl --root R list-unit-files` of `units`: how
+/// enablement is observed under another root, where `show` is refused
+/// ("Verb 'show' cannot be used with --root="). Output is sorted by name,
+/// not in argument order, and leaves out units that do not exist (exit 1
+/// with no output when none does).
+pub fn list_unit_files_args<S: AsRef<str>>(root: &std::path::Path, units: &[S]) -> Vec<String> {
+    let mut args = vec![
+        format!("--root={}", root.display()),
+        "list-unit-files".to_owned(),
+        "--no-legend".to_owned(),
+        "--no-pager".to_owned(),
+        "--".to_owned(),
+    ];
+    args.extend(units.iter().map(|unit| unit.as_ref().to_owned()));
+    args
+}
+
+/// Parses `systemctl list-unit-files --no-legend` output (`NAME STATE
+/// PRESET` per line) into name → unit file state.
+pub fn parse_list_unit_files(
+    text: &str,
+) -> Result<std::collections::BTreeMap<String, String>, ParseError> {
+    let mut out = std::collections::BTreeMap::new();
+    for (index, raw) in text.lines().enumerate() {
+        if raw.trim().is_empty() {
+            continue;
+        }
+        let mut words = raw.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some(name), Some(state)) => {
+                out.insert(name.to_owned(), state.to_owned());
+            }
+            _ => {
+                return Err(ParseError::NotAProperty {
+                    line: index + 1,
+                    found: excerpt(raw),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A unit's state as far as `list-unit-files` tells it: enablement and
+/// masking; whether it runs is unknown (`ActiveState=unknown`).
+pub fn state_from_unit_file(name: &str, unit_file_state: Option<&str>) -> UnitState {
+    let load_state = match unit_file_state {
+        None => "not-found",
+        Some(s) if s.starts_with("masked") => "masked",
+        Some(_) => "loaded",
+    };
+    UnitState {
+        id: name.to_owned(),
+        load_state: load_state.to_owned(),
+        active_state: "unknown".to_owned(),
+        sub_state: "unknown".to_owned(),
+        unit_file_state: unit_file_state.unwrap_or_default().to_owned(),
+        main_pid: None,
+    }
+}
+
+/// systemd through `systemctl`, for the system under `root`: the running
+/// manager when `root` is `/`, `systemctl --root` otherwise.
+pub struct Systemctl {
+    root: std::path::PathBuf,
+}
+
+impl Systemctl {
+    pub fn new(root: &std::path::Path) -> Systemctl {
+        Systemctl {
+            root: root.to_path_buf(),
+        }
+    }
+
+    fn live(&self) -> bool {
+        self.root == std::path::Path::new("/")
+    }
+
+    fn command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new("systemctl");
+        // No pager, no colour, no password agent: trueup is not a terminal.
+        cmd.env("SYSTEMD_PAGER", "")
+            .env("SYSTEMD_COLORS", "0")
+            .arg("--no-ask-password");
+        if !self.live() {
+            cmd.arg(format!("--root={}", self.root.display()));
+        }
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Result<(), String> {
+        crate::resource::tool::run(self.command().args(args))
+            .map(|_| ())
+            .map_err(|e| crate::resource::tool::chain(&e))
+    }
+}
+
+impl super::UnitControl for Systemctl {
+    fn runtime(&self) -> bool {
+        self.live()
+    }
+
+    fn observe(&self, units: &[&str]) -> Result<Vec<UnitState>, String> {
+        use crate::resource::tool;
+        if units.is_empty() {
+            return Ok(vec![]);
+        }
+        if !self.live() {
+            let mut cmd = std::process::Command::new("systemctl");
+            cmd.args(list_unit_files_args(&self.root, units))
+                .env("SYSTEMD_COLORS", "0")
+                .stdin(std::process::Stdio::null());
+            let out = cmd
+                .output()
+                .map_err(|e| format!("running systemctl: {e}"))?;
+            // Exit 1 with no output at all: none of the units exists.
+            let none_found = out.status.code() == Some(1)
+                && out.stdout.is_empty()
+                && out.stderr.iter().all(u8::is_ascii_whitespace);
+            if !out.status.success() && !none_found {
+                return Err(tool::failed(&cmd, &out).to_string());
+            }
+            let states = parse_list_unit_files(&String::from_utf8_lossy(&out.stdout))
+                .map_err(|e| format!("parsing systemctl list-unit-files output: {e}"))?;
+            return Ok(units
+                .iter()
+                .map(|u| state_from_unit_file(u, states.get(*u).map(String::as_str)))
+                .collect());
+        }
+        let out = tool::run(self.command().args(show_args(units))).map_err(|e| tool::chain(&e))?;
+        let states = parse_show(&String::from_utf8_lossy(&out.stdout))
+            .map_err(|e| format!("parsing systemctl show output: {e}"))?;
+        if states.len() != units.len() {
+            return Err(format!(
+                "systemctl show returned {} units for the {} asked for",
+                states.len(),
+                units.len()
+            ));
+        }
+        Ok(states)
+    }
+
+    fn converge(&self, unit: &str, action: &super::ServiceAction) -> Result<(), String> {
+        for verb in action.verbs() {
+            if matches!(verb, "start" | "stop") && !self.live() {
+                return Err(format!(
+                    "cannot {verb} {unit} under --root {}",
+                    self.root.display()
+                ));
+            }
+            self.run(&[verb, "--", unit])?;
+        }
+        Ok(())
+    }
+
+    fn daemon_reload(&self) -> Result<(), String> {
+        if !self.live() {
+            return Ok(());
+        }
+        self.run(&["daemon-reload"])
+    }
+
+    fn restart(&self, unit: &str, reload: bool) -> Result<(), String> {
+        if !self.live() {
+            return Err(format!(
+                "cannot restart {unit} under --root {}",
+                self.root.display()
+            ));
+        }
+        // try-restart leaves a unit that stopped meanwhile stopped; reload
+        // fails plainly for a unit that cannot reload.
+        self.run(&[if reload { "reload" } else { "try-restart" }, "--", unit])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -591,5 +766,57 @@ mod tests {
         for junk in ["\0", "=", "==\n\n==", "é=è", "MainPID=\u{0}"] {
             let _ = parse_show(junk);
         }
+    }
+}
+
+#[cfg(test)]
+mod root_tests {
+    use super::*;
+
+    /// `systemctl --root R list-unit-files --no-legend --no-pager` for
+    /// trueup-{on,off,static,masked,nosuch}.service on a scratch root
+    /// (systemd 252, Debian 12): enabled with `--root R enable`, masked with
+    /// `--root R mask`, static without `[Install]`, nosuch absent.
+    const LIST_ROOT: &str =
+        include_str!("../../../tests/fixtures/systemctl/list-unit-files-root.txt");
+
+    #[test]
+    fn list_unit_files_under_a_root() {
+        let m = parse_list_unit_files(LIST_ROOT).unwrap();
+        assert_eq!(m.len(), 4);
+        assert_eq!(m["trueup-on.service"], "enabled");
+        assert_eq!(m["trueup-off.service"], "disabled");
+        assert_eq!(m["trueup-static.service"], "static");
+        assert_eq!(m["trueup-masked.service"], "masked");
+        let get = |u: &str| state_from_unit_file(u, m.get(u).map(String::as_str));
+        assert!(get("trueup-on.service").is_enabled());
+        assert!(!get("trueup-off.service").is_enabled());
+        assert!(get("trueup-static.service").is_static());
+        assert!(get("trueup-masked.service").is_masked());
+        let gone = get("trueup-nosuch.service");
+        assert!(!gone.exists() && !gone.is_enabled() && !gone.is_masked());
+        assert!(!gone.is_running());
+    }
+
+    #[test]
+    fn list_unit_files_rejects_a_bare_word() {
+        let err = parse_list_unit_files("a.service enabled enabled\nlonely\n").unwrap_err();
+        assert_eq!(err.line(), 2);
+    }
+
+    #[test]
+    fn list_args_end_options_before_units() {
+        let a = list_unit_files_args(std::path::Path::new("/r"), &["-.mount"]);
+        assert_eq!(
+            a,
+            [
+                "--root=/r",
+                "list-unit-files",
+                "--no-legend",
+                "--no-pager",
+                "--",
+                "-.mount"
+            ]
+        );
     }
 }
