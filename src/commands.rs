@@ -9,9 +9,8 @@ use anyhow::{Context, Result, bail};
 use crate::agent::{Phase, RunControl};
 use crate::config::{AgentMode, Settings};
 use crate::facts::Facts;
-use crate::report::{Mode, RunReport, RunStatus, SourceInfo};
-use crate::run::{RunOptions, run};
-use crate::source::{DirTree, Tree};
+use crate::report::{Mode, RunReport, RunStatus};
+use crate::source::DirTree;
 use crate::spec;
 use crate::state::{Disabled, HostState};
 
@@ -33,6 +32,8 @@ pub struct Common {
     pub lock_file: PathBuf,
     pub format: Format,
     pub facts_file: Option<PathBuf>,
+    /// Use the Git cache only: no fetch, no notes push.
+    pub offline: bool,
 }
 
 impl Common {
@@ -65,7 +66,18 @@ impl Common {
             format,
             facts_file,
             settings,
+            offline: false,
         }
+    }
+
+    /// `--branch` (a template, like `branch` in the configuration) and
+    /// `--offline`.
+    pub fn with_git_options(mut self, branch: Option<String>, offline: bool) -> Common {
+        if let Some(b) = branch {
+            self.settings.branch = b;
+        }
+        self.offline = offline;
+        self
     }
 }
 
@@ -86,22 +98,6 @@ pub fn facts(common: &Common) -> Result<Facts> {
         Some(p) => Ok(Facts::from_file(p)?),
         None => Ok(Facts::gather()),
     }
-}
-
-fn open_source(common: &Common) -> Result<(Box<dyn Tree>, SourceInfo)> {
-    let Some(src) = &common.source else {
-        bail!("no source: give --source DIR");
-    };
-    let path = Path::new(src);
-    if !path.is_dir() {
-        bail!("source {src}: not a directory");
-    }
-    let info = SourceInfo {
-        location: path.display().to_string(),
-        branch: None,
-        commit: None,
-    };
-    Ok((Box::new(DirTree::new(path)), info))
 }
 
 /// Prints a report in the chosen format.
@@ -181,20 +177,15 @@ pub fn locked_run(
         mode
     };
     let facts = facts(common)?;
-    control.phase(Phase::Fetching);
-    let (tree, info) = open_source(common)?;
-    let opts = RunOptions {
-        root: common.root.clone(),
-        state_dir: common.state_dir.clone(),
+    if common.settings.repo.is_none() {
+        bail!("no source: give --source DIR|URL or set repo in the configuration");
+    }
+    let opts = crate::cycle::CycleOptions {
         mode,
         dry_run,
-        packages: common.settings.package_settings(),
+        offline: common.offline,
     };
-    control.phase(Phase::Converging);
-    let report = run(tree.as_ref(), info, &facts, &opts, &|| {
-        control.should_stop()
-    });
-    control.phase(Phase::Reporting);
+    let report = crate::cycle::run_cycle(&common.settings, &facts, &opts, control);
     save(&report, &common.state_dir);
     Ok(report)
 }
@@ -385,6 +376,40 @@ pub fn enable(common: &Common) -> Result<i32> {
             );
         }
         None => println!("convergence was not paused"),
+    }
+    Ok(exit::OK)
+}
+
+/// `trueup fleet status`: every host's latest note in the repository.
+pub fn fleet_status(common: &Common) -> Result<i32> {
+    let Some(source) = common.settings.repo.as_deref() else {
+        bail!("no repository: give --source URL or set repo in the configuration");
+    };
+    let url = match crate::source::remote::locate(source).map_err(anyhow::Error::msg)? {
+        crate::source::remote::Location::Git(u) => u,
+        crate::source::remote::Location::Dir(d) => bail!(
+            "{}: fleet status reads a Git repository; give its URL (file://{})",
+            d.display(),
+            d.display()
+        ),
+    };
+    let rows =
+        crate::fleet::fleet_status(&url, &common.settings.auth, std::time::SystemTime::now())
+            .with_context(|| format!("reading the notes of {url}"))?;
+    match common.format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "repository": url.redacted(), "hosts": rows })
+            )?
+        ),
+        Format::Text => {
+            if rows.is_empty() {
+                println!("no host has written a note to {url} yet");
+            } else {
+                print!("{}", crate::fleet::render_table(&rows));
+            }
+        }
     }
     Ok(exit::OK)
 }

@@ -116,6 +116,7 @@ mod tests {
                 location: "x".into(),
                 branch: None,
                 commit: Some("a".repeat(40)),
+                applied: None,
             },
             RunStatus::Converged,
             vec![],

@@ -6,6 +6,7 @@
 //! on any incompatible change.
 
 pub mod metrics;
+pub mod notes;
 pub mod text;
 
 use std::path::Path;
@@ -65,6 +66,10 @@ pub struct SourceInfo {
     pub branch: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit: Option<String>,
+    /// The last commit this host applied, when it is not `commit` (a
+    /// refused or broken commit, a check of a newer one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<String>,
 }
 
 /// Counts per outcome.

@@ -4,6 +4,11 @@
 //! with no work tree to drift.
 
 pub mod dir;
+pub mod git;
+pub mod known_hosts;
+pub mod remote;
+pub mod transport;
+pub mod trust;
 
 pub use dir::DirTree;
 

@@ -1,0 +1,245 @@
+//! One run from a configured source, as the one-shot commands and the agent
+//! both do it: fetch the host branch (only if its tip moved), verify who
+//! signed the tip, refuse a rollback, render and check or converge, record
+//! the applied commit, write the run as a Git note and push it.
+//!
+//! Every outcome is a `RunReport`: a fetch that fails is an `error`
+//! report, an untrusted commit a `refused` one (nothing rendered, nothing
+//! changed, the refusal noted on that commit). A failed notes push never
+//! fails the run; `state.json` remembers to push next time. Everything here
+//! blocks; the agent calls it from a blocking thread.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use git2::Oid;
+use tracing::{error, info, warn};
+
+use crate::agent::{Phase, RunControl};
+use crate::config::Settings;
+use crate::facts::Facts;
+use crate::report::notes;
+use crate::report::{Mode, RunReport, RunStatus, SourceInfo};
+use crate::run::{RunOptions, run};
+use crate::source::DirTree;
+use crate::source::git::{GitCache, valid_branch};
+use crate::source::remote::{self, Location, RemoteUrl};
+use crate::source::trust;
+use crate::state::HostState;
+
+/// How this run goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CycleOptions {
+    pub mode: Mode,
+    /// Apply mode, but change nothing.
+    pub dry_run: bool,
+    /// Use the cache; do not contact the remote (no fetch, no push).
+    pub offline: bool,
+}
+
+/// Runs once from `settings.repo` (a directory or a Git URL) for this host.
+pub fn run_cycle(
+    settings: &Settings,
+    facts: &Facts,
+    opts: &CycleOptions,
+    control: &RunControl,
+) -> RunReport {
+    let started = SystemTime::now();
+    let run_opts = RunOptions {
+        root: settings.root.clone(),
+        state_dir: settings.state_dir.clone(),
+        mode: opts.mode,
+        dry_run: opts.dry_run,
+    };
+    let error = |location: String, message: String| {
+        RunReport::failed_early(
+            &facts.hostname,
+            opts.mode,
+            opts.dry_run,
+            started,
+            SourceInfo {
+                location,
+                ..SourceInfo::default()
+            },
+            RunStatus::Error,
+            vec![message],
+        )
+    };
+    let Some(source) = settings.repo.as_deref() else {
+        return error(
+            String::new(),
+            "no source: set repo in the configuration or give --source".into(),
+        );
+    };
+    match remote::locate(source) {
+        Err(message) => error(String::new(), message),
+        Ok(Location::Dir(dir)) => {
+            control.phase(Phase::Converging);
+            let info = SourceInfo {
+                location: dir.display().to_string(),
+                ..SourceInfo::default()
+            };
+            run(&DirTree::new(dir), info, facts, &run_opts, &|| {
+                control.should_stop()
+            })
+        }
+        Ok(Location::Git(url)) => {
+            git_cycle(settings, facts, opts, &run_opts, &url, started, control)
+        }
+    }
+}
+
+fn git_cycle(
+    settings: &Settings,
+    facts: &Facts,
+    opts: &CycleOptions,
+    run_opts: &RunOptions,
+    url: &RemoteUrl,
+    started: SystemTime,
+    control: &RunControl,
+) -> RunReport {
+    let branch = settings.branch_for(facts);
+    let mut info = SourceInfo {
+        location: url.redacted().to_string(),
+        branch: Some(branch.clone()),
+        ..SourceInfo::default()
+    };
+    let early = |info: &SourceInfo, status, message: String| {
+        RunReport::failed_early(
+            &facts.hostname,
+            opts.mode,
+            opts.dry_run,
+            started,
+            info.clone(),
+            status,
+            vec![message],
+        )
+    };
+    if !valid_branch(&branch) {
+        return early(
+            &info,
+            RunStatus::Error,
+            format!("branch '{branch}' is not a valid branch name"),
+        );
+    }
+    let mut state = match HostState::load(&settings.state_dir) {
+        Ok(s) => s,
+        Err(e) => return early(&info, RunStatus::Error, e.to_string()),
+    };
+
+    control.phase(Phase::Fetching);
+    let cache = match GitCache::open(&settings.state_dir) {
+        Ok(c) => c,
+        Err(e) => return early(&info, RunStatus::Error, e.to_string()),
+    };
+    let tip = if opts.offline {
+        cache.cached_tip(&branch)
+    } else {
+        cache.update(url, &settings.auth, &branch).map(|t| t.commit)
+    };
+    let tip = match tip {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(branch = %branch, error = %e, "cannot fetch the host branch");
+            return early(
+                &info,
+                RunStatus::Error,
+                format!("fetching branch {branch}: {e}"),
+            );
+        }
+    };
+    let tip_hex = tip.to_string();
+    info.commit = Some(tip_hex.clone());
+    info.applied = state.applied_commit.clone().filter(|a| *a != tip_hex);
+
+    let report = match refusal(&cache, tip, &state, settings) {
+        Some(reason) => {
+            warn!(commit = %tip_hex, reason = %reason, "commit refused");
+            early(&info, RunStatus::Refused, reason)
+        }
+        None => {
+            let describe = format!("commit {} of {} ({branch})", &tip_hex[..12], url);
+            match cache.tree(tip, describe) {
+                Err(e) => early(&info, RunStatus::Error, e.to_string()),
+                Ok(tree) => {
+                    control.phase(Phase::Converging);
+                    run(&tree, info, facts, run_opts, &|| control.should_stop())
+                }
+            }
+        }
+    };
+
+    control.phase(Phase::Reporting);
+    if opts.mode == Mode::Apply
+        && !opts.dry_run
+        && matches!(
+            report.status,
+            RunStatus::Converged | RunStatus::InSync | RunStatus::Failed
+        )
+    {
+        state.applied_commit = Some(tip_hex);
+        state.applied_at = Some(crate::report::rfc3339(SystemTime::now()));
+    }
+    if settings.report.notes {
+        note_and_push(&cache, url, settings, &report, &mut state, opts.offline);
+    }
+    if let Err(e) = state.save(&settings.state_dir) {
+        error!(error = %e, "could not save state.json");
+    }
+    report
+}
+
+/// Why `tip` must not be used, if it must not: an untrusted signature, or
+/// a tip that does not descend from the last applied commit.
+fn refusal(cache: &GitCache, tip: Oid, state: &HostState, settings: &Settings) -> Option<String> {
+    let trust = &settings.trust;
+    if trust.required() {
+        match trust::verify_commit(cache.repo(), tip, trust) {
+            Ok(signer) => {
+                info!(commit = %tip, signer = %signer.identity, method = signer.method, "signature verified");
+            }
+            Err(e) => return Some(e.to_string()),
+        }
+    }
+    let prev = state.applied_commit.as_deref()?;
+    if trust.allow_rewind || prev == tip.to_string() {
+        return None;
+    }
+    let descends = Oid::from_str(prev).is_ok_and(|p| cache.descends_from(tip, p));
+    (!descends).then(|| {
+        format!(
+            "commit {tip} does not descend from the last applied commit {prev} (a force-push, or an older commit replayed); set trust.allow_rewind: true to accept it"
+        )
+    })
+}
+
+/// Writes a note when one is due, and pushes any note not yet pushed.
+fn note_and_push(
+    cache: &GitCache,
+    url: &RemoteUrl,
+    settings: &Settings,
+    report: &RunReport,
+    state: &mut HostState,
+    offline: bool,
+) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let heartbeat = settings.report.heartbeat.as_secs();
+    if notes::note_due(state.last_note.as_ref(), report, heartbeat, now) {
+        match notes::write_note(cache.repo(), report) {
+            Ok(_) => state.last_note = notes::mark(report, now),
+            Err(e) => warn!(error = %e.message(), "could not write the note"),
+        }
+    }
+    let Some(mark) = state.last_note.as_mut().filter(|m| m.unpushed) else {
+        return;
+    };
+    if offline {
+        return;
+    }
+    match notes::push_notes(cache.repo(), url, &settings.auth, &report.host) {
+        Ok(()) => mark.unpushed = false,
+        Err(e) => warn!(error = %e, "notes not pushed; the next run tries again"),
+    }
+}

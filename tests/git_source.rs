@@ -1,0 +1,417 @@
+//! `--source URL` through the real binary against real Git servers on
+//! loopback: the same scenario over file://, git://, ssh:// and https://
+//! (converge, note, no fetch when unchanged, repair, new commit), errors
+//! that say what failed, credentials that never show, and --offline.
+
+mod common;
+mod gitsupport;
+
+use common::gitserver::{GitDaemon, HttpsServer, SshKey, SshServer, TestRepo, free_port};
+use gitsupport::*;
+use tempfile::TempDir;
+
+const BRANCH: &str = "hosts/web1";
+
+/// The scenario every transport must pass. `packs` counts what the server
+/// says it served (packs, fetch requests); None for file://, which has no
+/// server.
+fn scenario(repo: &TestRepo, url: &str, config: &str, packs: Option<&dyn Fn() -> usize>) {
+    let host = GitHost::new("web1");
+    host.configure(config);
+    let c1 = repo.commit_and_push(BRANCH, &files(&motd_branch("first")), "first");
+
+    // Converge from the remote.
+    let run = host.apply(url);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let report = run.json();
+    assert_eq!(report["status"], "converged", "{report}");
+    assert_eq!(report["source"]["commit"], c1.as_str());
+    assert_eq!(report["source"]["branch"], BRANCH);
+    assert_eq!(host.read("/etc/motd").as_deref(), Some("first\n"));
+    assert_eq!(host.applied_commit().as_deref(), Some(c1.as_str()));
+    assert!(
+        host.state.path().join("repo.git/HEAD").is_file(),
+        "no bare cache in the state directory"
+    );
+    assert!(
+        !host.state.path().join("repo.git/index").exists(),
+        "the cache must have no work tree"
+    );
+
+    // The note is in the remote, on the applied commit.
+    let note = repo
+        .note(&host.notes_ref(), &c1)
+        .unwrap_or_else(|| panic!("no note on {c1}: {:?}", repo.remote_refs()));
+    let (summary, noted) = split_note(&note);
+    assert!(
+        summary.starts_with(&format!("trueup apply converged {}", &c1[..12])),
+        "{summary}"
+    );
+    assert_eq!(noted["status"], "converged");
+    assert_eq!(noted["source"]["commit"], c1.as_str());
+    assert_eq!(notes_commits(&repo.bare, &host.notes_ref()), 1);
+    // Only the notes ref was pushed.
+    let refs: Vec<String> = repo.remote_refs().into_iter().map(|(r, _)| r).collect();
+    assert_eq!(
+        refs,
+        vec![format!("refs/heads/{BRANCH}"), host.notes_ref()],
+        "{refs:?}"
+    );
+
+    // Unchanged remote, nothing drifted: no fetch, no new note.
+    let packs_before = packs.map(|p| p());
+    let run = host.apply(url);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.json()["status"], "in_sync");
+    assert_eq!(notes_commits(&repo.bare, &host.notes_ref()), 1);
+    assert_eq!(packs.map(|p| p()), packs_before, "polling fetched a pack");
+
+    // Drift repaired: a note, still no fetch.
+    std::fs::write(host.path("/etc/motd"), "edited by hand\n").unwrap();
+    let run = host.apply(url);
+    assert_eq!(run.json()["status"], "converged");
+    assert_eq!(host.read("/etc/motd").as_deref(), Some("first\n"));
+    assert_eq!(notes_commits(&repo.bare, &host.notes_ref()), 2);
+    assert_eq!(packs.map(|p| p()), packs_before, "polling fetched a pack");
+
+    // A new commit is fetched and applied.
+    let c2 = repo.commit_and_push(BRANCH, &files(&motd_branch("second")), "second");
+    let run = host.apply(url);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.json()["source"]["commit"], c2.as_str());
+    assert_eq!(host.read("/etc/motd").as_deref(), Some("second\n"));
+    assert_eq!(host.applied_commit().as_deref(), Some(c2.as_str()));
+    if let (Some(p), Some(before)) = (packs, packs_before) {
+        assert!(p() > before, "the moved tip was not fetched");
+    }
+    let (_, noted) = split_note(&repo.note(&host.notes_ref(), &c2).expect("note on c2"));
+    assert_eq!(noted["source"]["commit"], c2.as_str());
+
+    // check agrees, and writes no note.
+    let run = host.check(url);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(notes_commits(&repo.bare, &host.notes_ref()), 3);
+}
+
+#[test]
+fn file_transport() {
+    let tmp = TempDir::new().unwrap();
+    let repo = TestRepo::create(tmp.path(), "fleet");
+    let url = format!("file://{}", repo.bare.display());
+    scenario(&repo, &url, "", None);
+}
+
+#[test]
+fn git_daemon_transport_and_no_fetch_when_unchanged() {
+    let tmp = TempDir::new().unwrap();
+    let repo = TestRepo::create(tmp.path(), "fleet");
+    let daemon = GitDaemon::start(tmp.path());
+    scenario(
+        &repo,
+        &daemon.url(&repo.rel()),
+        "",
+        Some(&|| daemon.packs_served()),
+    );
+}
+
+fn ssh_config(ssh: &SshServer) -> String {
+    format!(
+        "auth:\n  ssh_key: {}\n  known_hosts: {}\n",
+        ssh.client_key().display(),
+        ssh.known_hosts().display()
+    )
+}
+
+#[test]
+fn ssh_transport_and_no_fetch_when_unchanged() {
+    let tmp = TempDir::new().unwrap();
+    let repo = TestRepo::create(tmp.path(), "fleet");
+    let ssh = SshServer::start(tmp.path());
+    scenario(
+        &repo,
+        &ssh.url(&repo.rel()),
+        &ssh_config(&ssh),
+        Some(&|| ssh.packs_served()),
+    );
+}
+
+fn https_config(https: &HttpsServer, dir: &std::path::Path, password: &str) -> String {
+    let creds = dir.join("git-credentials");
+    std::fs::write(&creds, format!("{}:{password}\n", https.user())).unwrap();
+    format!(
+        "auth:\n  ca_file: {}\n  credentials_file: {}\n",
+        https.ca_cert().display(),
+        creds.display()
+    )
+}
+
+#[test]
+fn https_transport_and_no_fetch_when_unchanged() {
+    let tmp = TempDir::new().unwrap();
+    let repo = TestRepo::create(tmp.path(), "fleet");
+    let https = HttpsServer::start(tmp.path());
+    let secrets = TempDir::new().unwrap();
+    let config = https_config(&https, secrets.path(), https.password());
+    // Packs served and upload-pack POSTs in the server's access log: both
+    // must stay put while polling.
+    let served = || https.packs_served() * 1000 + https.upload_pack_posts();
+    scenario(&repo, &https.url(&repo.rel()), &config, Some(&served));
+}
+
+#[test]
+fn https_token_file_and_secrets_never_show() {
+    let tmp = TempDir::new().unwrap();
+    let repo = TestRepo::create(tmp.path(), "fleet");
+    let c1 = repo.commit_and_push(BRANCH, &files(&motd_branch("hi")), "one");
+    let https = HttpsServer::start(tmp.path());
+    let secrets = TempDir::new().unwrap();
+    let password = https.password().to_string();
+    let mut seen = String::new();
+    let mut record = |host: &GitHost, run: &Run| {
+        seen.push_str(&run.stdout);
+        seen.push_str(&run.stderr);
+        for f in ["last-run.json", "state.json"] {
+            seen.push_str(&std::fs::read_to_string(host.state.path().join(f)).unwrap_or_default());
+        }
+    };
+
+    // A token read from a file, sent as the password of the URL's user.
+    let host = GitHost::new("web1");
+    let token = secrets.path().join("token");
+    std::fs::write(&token, format!("{password}\n")).unwrap();
+    host.configure(&format!(
+        "auth:\n  ca_file: {}\n  token_file: {}\n",
+        https.ca_cert().display(),
+        token.display()
+    ));
+    let url = https
+        .url(&repo.rel())
+        .replacen("https://", "https://trueup@", 1);
+    let run = host.run(&url, &["apply", "--format", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let report = run.json();
+    assert_eq!(
+        report["source"]["location"],
+        https.url(&repo.rel()),
+        "user name not stripped"
+    );
+    record(&host, &run);
+    let run = host.run(&url, &["apply", "--format", "text"]);
+    record(&host, &run);
+
+    // Credentials in the URL itself, verbose logs: still never shown.
+    let host2 = GitHost::new("web2");
+    host2.configure(&format!(
+        "auth:\n  ca_file: {}\n",
+        https.ca_cert().display()
+    ));
+    let url = https.url_with_credentials(&repo.rel());
+    let mut cmd = host2.command(&url, &["--branch", BRANCH, "apply", "--format", "json"]);
+    let run = Run::from(cmd.env("TRUEUP_LOG", "trace").output().unwrap());
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.json()["source"]["location"], https.url(&repo.rel()));
+    record(&host2, &run);
+
+    // A wrong password fails as authentication, and is not shown either.
+    let host3 = GitHost::new("web3");
+    let wrong = "wrong-pass-9876";
+    host3.configure(&https_config(&https, secrets.path(), wrong));
+    let mut cmd = host3.command(
+        &https.url(&repo.rel()),
+        &["--branch", BRANCH, "apply", "--format", "json"],
+    );
+    let run = Run::from(cmd.env("TRUEUP_LOG", "trace").output().unwrap());
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.first_error().contains("authentication failed"),
+        "{}",
+        run.first_error()
+    );
+    assert!(!run.stdout.contains(wrong) && !run.stderr.contains(wrong));
+    record(&host3, &run);
+
+    // The notes pushed to the repository hold no secret either.
+    let notes = common::gitserver::git(
+        &repo.bare,
+        &["log", "-p", "--all", "--format=%H %an %ae %s"],
+    );
+    assert!(notes.contains(&c1[..12]), "{notes}");
+    seen.push_str(&notes);
+    assert!(seen.contains("converged"), "nothing recorded: {seen}");
+    assert!(!seen.contains(&password), "the password leaked:\n{seen}");
+    assert!(!seen.contains("test-pass"), "the password leaked:\n{seen}");
+}
+
+#[test]
+fn https_errors_name_tls_authentication_missing_branch() {
+    let tmp = TempDir::new().unwrap();
+    let repo = TestRepo::create(tmp.path(), "fleet");
+    repo.commit_and_push(BRANCH, &files(&motd_branch("hi")), "one");
+    let https = HttpsServer::start(tmp.path());
+    let secrets = TempDir::new().unwrap();
+    let url = https.url(&repo.rel());
+    let host = GitHost::new("web1");
+
+    // No CA configured: the test CA is not trusted.
+    host.configure("");
+    let run = host.apply(&url);
+    assert_eq!(run.code, 1);
+    let e = run.first_error();
+    assert!(e.contains("TLS failed"), "{e}");
+    assert!(e.contains(BRANCH), "{e}");
+
+    // CA, no credentials: authentication.
+    host.configure(&format!(
+        "auth:\n  ca_file: {}\n",
+        https.ca_cert().display()
+    ));
+    let e = host.apply(&url).first_error();
+    assert!(e.contains("authentication failed"), "{e}");
+
+    // Everything right, wrong branch.
+    host.configure(&https_config(&https, secrets.path(), https.password()));
+    let run = host.run(
+        &url,
+        &["--branch", "hosts/nope", "apply", "--format", "json"],
+    );
+    assert_eq!(run.code, 1);
+    assert!(
+        run.first_error()
+            .contains("branch 'hosts/nope' does not exist"),
+        "{}",
+        run.first_error()
+    );
+    assert!(
+        host.read("/etc/motd").is_none(),
+        "an error changed the host"
+    );
+}
+
+#[test]
+fn ssh_errors_name_host_key_and_authentication() {
+    let tmp = TempDir::new().unwrap();
+    let repo = TestRepo::create(tmp.path(), "fleet");
+    repo.commit_and_push(BRANCH, &files(&motd_branch("hi")), "one");
+    let ssh = SshServer::start(tmp.path());
+    let url = ssh.url(&repo.rel());
+    let host = GitHost::new("web1");
+    let keys = TempDir::new().unwrap();
+
+    // A known_hosts file with another key for this host.
+    let impostor = SshKey::generate(keys.path(), "impostor", "x@y");
+    let bad_kh = keys.path().join("bad_known_hosts");
+    std::fs::write(
+        &bad_kh,
+        format!(
+            "[127.0.0.1]:{} {}\n",
+            ssh.port(),
+            impostor.public_key_line()
+        ),
+    )
+    .unwrap();
+    host.configure(&format!(
+        "auth:\n  ssh_key: {}\n  known_hosts: {}\n  accept_new_host_keys: true\n",
+        ssh.client_key().display(),
+        bad_kh.display()
+    ));
+    let e = host.apply(&url).first_error();
+    assert!(
+        e.contains("host key not trusted") && e.contains("does not match"),
+        "{e}"
+    );
+
+    // An empty known_hosts: unknown host, refused by default...
+    let kh = keys.path().join("known_hosts");
+    std::fs::write(&kh, "").unwrap();
+    host.configure(&format!(
+        "auth:\n  ssh_key: {}\n  known_hosts: {}\n",
+        ssh.client_key().display(),
+        kh.display()
+    ));
+    let e = host.apply(&url).first_error();
+    assert!(
+        e.contains("host key not trusted") && e.contains("not in"),
+        "{e}"
+    );
+    assert!(host.read("/etc/motd").is_none());
+
+    // ...accepted and recorded when asked.
+    host.configure(&format!(
+        "auth:\n  ssh_key: {}\n  known_hosts: {}\n  accept_new_host_keys: true\n",
+        ssh.client_key().display(),
+        kh.display()
+    ));
+    let run = host.apply(&url);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let recorded = std::fs::read_to_string(&kh).unwrap();
+    assert_eq!(
+        recorded,
+        format!("[127.0.0.1]:{} {}\n", ssh.port(), ssh.host_key_line())
+    );
+
+    // A key the server does not know: authentication.
+    let stranger = SshKey::generate(keys.path(), "stranger", "s@y");
+    host.configure(&format!(
+        "auth:\n  ssh_key: {}\n  known_hosts: {}\n",
+        stranger.private_key.display(),
+        ssh.known_hosts().display()
+    ));
+    let e = host.apply(&url).first_error();
+    assert!(e.contains("authentication failed"), "{e}");
+}
+
+#[test]
+fn unreachable_host_and_offline_cache() {
+    let tmp = TempDir::new().unwrap();
+    let repo = TestRepo::create(tmp.path(), "fleet");
+    let c1 = repo.commit_and_push(BRANCH, &files(&motd_branch("cached")), "one");
+    let daemon = GitDaemon::start(tmp.path());
+    let url = daemon.url(&repo.rel());
+    let host = GitHost::new("web1");
+
+    // --offline before anything was fetched: a clear error.
+    let run = host.run(&url, &["--offline", "apply", "--format", "json"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.first_error().contains("not in the cache"),
+        "{}",
+        run.first_error()
+    );
+
+    let run = host.check(&url);
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    drop(daemon);
+
+    // The server is gone: an online run says the host is unreachable...
+    let run = host.apply(&url);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.first_error().contains("host unreachable"),
+        "{}",
+        run.first_error()
+    );
+    let nobody = format!("git://127.0.0.1:{}/fleet.git", free_port());
+    assert!(
+        host.apply(&nobody)
+            .first_error()
+            .contains("host unreachable")
+    );
+
+    // ...and --offline converges from the cache.
+    let run = host.run(&url, &["--offline", "apply", "--format", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.json()["source"]["commit"], c1.as_str());
+    assert_eq!(host.read("/etc/motd").as_deref(), Some("cached\n"));
+    // The note waits for the next online run.
+    assert_eq!(host.state_json()["last_note"]["unpushed"], true);
+}
+
+#[test]
+fn bad_configuration_exits_78_with_file_line_column() {
+    let host = GitHost::new("web1");
+    host.configure("repo: file:///x.git\nauth:\n  ssh_kee: /k\n");
+    let run = host.run("file:///nonexistent.git", &["check"]);
+    assert_eq!(run.code, 78, "{}\n{}", run.stdout, run.stderr);
+    let expected = format!("{}:3:3", host.config_path().display());
+    assert!(run.stderr.contains(&expected), "{}", run.stderr);
+}
