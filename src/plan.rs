@@ -160,11 +160,13 @@ pub fn observe(root: &Path, desired: &DesiredState, backends: &Backends) -> Obse
         .map(|p| (p, true))
         .chain(desired.directories.keys().map(|p| (p, false)))
         .chain(desired.symlinks.keys().map(|p| (p, true)));
-    let mut nodes = BTreeMap::new();
-    for (path, want_content) in paths {
-        let obs = observe_node(root, path, want_content).map_err(|e| e.to_string());
-        nodes.insert(path.clone(), obs);
-    }
+    // Built in bulk: the paths come in three sorted runs.
+    let nodes = paths
+        .map(|(path, want_content)| {
+            let obs = observe_node(root, path, want_content).map_err(|e| e.to_string());
+            (path.clone(), obs)
+        })
+        .collect();
     Observations {
         nodes,
         packages,
@@ -196,8 +198,10 @@ pub fn plan(
     accounts: &dyn Accounts,
 ) -> Result<Plan, Vec<PlanError>> {
     let mut errors = Vec::new();
-    let mut nodes_seen = obs.nodes;
-    let mut take = |p: &Path| nodes_seen.remove(p).unwrap_or(Ok(NodeObservation::Missing));
+    // Looked up by hash, once per resource: a tree lookup compares whole
+    // paths component by component.
+    let mut observed: HashMap<PathBuf, _> = obs.nodes.into_iter().collect();
+    let mut take = |p: &Path| observed.remove(p).unwrap_or(Ok(NodeObservation::Missing));
     let (installed, units, runtime) = (obs.packages, obs.units, obs.systemd_runtime);
     let mut resolve =
         |id: &ResourceId, owner: Option<&str>, group: Option<&str>, mode: Option<u32>| {
@@ -253,19 +257,27 @@ pub fn plan(
         return Err(errors);
     }
 
-    // A node inside a declared directory waits for that directory.
-    let declared_dirs: Vec<&PathBuf> = desired
+    // A node inside a declared directory waits for that directory. Its
+    // ancestors are looked up (outermost first, the order of the map), so
+    // the cost is the path's depth, not the number of directories.
+    let declared_dirs: HashSet<&Path> = desired
         .directories
         .iter()
         .filter(|(_, s)| s.present)
-        .map(|(p, _)| p)
+        .map(|(p, _)| p.as_path())
         .collect();
     let parents_of = |path: &Path| -> Vec<ResourceId> {
-        declared_dirs
-            .iter()
-            .filter(|d| path != d.as_path() && path.starts_with(d))
+        if declared_dirs.is_empty() {
+            return Vec::new();
+        }
+        let mut found: Vec<ResourceId> = path
+            .ancestors()
+            .skip(1)
+            .filter(|d| declared_dirs.contains(d))
             .map(|d| ResourceId::new(Kind::Directory, d.display().to_string()))
-            .collect()
+            .collect();
+        found.reverse();
+        found
     };
     let mut steps = Vec::with_capacity(desired.len() + 1);
     steps.extend(package_steps(desired, installed));

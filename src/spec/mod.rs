@@ -10,7 +10,7 @@
 pub mod render;
 pub mod schema;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -369,31 +369,40 @@ struct Builder<'t> {
 impl Builder<'_> {
     fn build(&mut self, merged: Merged) -> DesiredState {
         let mut state = DesiredState::default();
-        let mut kinds: BTreeMap<PathBuf, &'static str> = BTreeMap::new();
+        // Hashed, and the path maps below built in bulk from (nearly) sorted
+        // lists: comparing paths component by component made one insert per
+        // resource into a tree the largest cost of rendering big states.
+        let mut kinds: HashMap<PathBuf, &'static str> = HashMap::new();
+        let mut files = Vec::with_capacity(merged.files.len());
         for (path, loc) in merged.files {
             let id = format!("file {path}");
             if let Some(p) = self.host_path(&loc, &path, &id, &mut kinds, "file")
                 && let Some(spec) = self.file(&loc, &id)
             {
-                state.files.insert(p, spec);
+                files.push((p, spec));
             }
         }
+        state.files = files.into_iter().collect();
+        let mut directories = Vec::with_capacity(merged.directories.len());
         for (path, loc) in merged.directories {
             let id = format!("directory {path}");
             if let Some(p) = self.host_path(&loc, &path, &id, &mut kinds, "directory")
                 && let Some(spec) = self.directory(&loc, &id)
             {
-                state.directories.insert(p, spec);
+                directories.push((p, spec));
             }
         }
+        state.directories = directories.into_iter().collect();
+        let mut symlinks = Vec::with_capacity(merged.symlinks.len());
         for (path, loc) in merged.symlinks {
             let id = format!("symlink {path}");
             if let Some(p) = self.host_path(&loc, &path, &id, &mut kinds, "symlink")
                 && let Some(spec) = self.symlink(&loc, &id)
             {
-                state.symlinks.insert(p, spec);
+                symlinks.push((p, spec));
             }
         }
+        state.symlinks = symlinks.into_iter().collect();
         for (name, loc) in merged.packages {
             let id = format!("package {name}");
             if let Some(spec) = self.package(&loc, &name, &id) {
@@ -437,7 +446,7 @@ impl Builder<'_> {
         loc: &Located<T>,
         raw: &str,
         id: &str,
-        kinds: &mut BTreeMap<PathBuf, &'static str>,
+        kinds: &mut HashMap<PathBuf, &'static str>,
         kind: &'static str,
     ) -> Option<PathBuf> {
         match normalize_host_path(raw) {
