@@ -49,6 +49,7 @@ pub fn run_cycle(
         state_dir: settings.state_dir.clone(),
         mode: opts.mode,
         dry_run: opts.dry_run,
+        packages: settings.package_settings(),
     };
     let error = |location: String, message: String| {
         RunReport::failed_early(
