@@ -610,6 +610,10 @@ impl Builder<'_> {
                 return None;
             }
         };
+        // A template many files use is read, compiled and rendered once.
+        if is_template && let Some(done) = self.renderer.rendered(path.as_str()) {
+            return self.template_content(&path, done, id);
+        }
         let bytes = match self.tree.read(&path) {
             Ok(b) => b,
             Err(TreeError::NotFound(..)) => {
@@ -641,13 +645,23 @@ impl Builder<'_> {
             );
             return None;
         };
-        match self.renderer.render_file(path.as_str(), &text) {
+        let done = self.renderer.render_file(path.as_str(), &text);
+        self.template_content(&path, done, id)
+    }
+
+    fn template_content(
+        &mut self,
+        path: &RepoPath,
+        rendered: Result<Arc<String>, TemplateFailure>,
+        id: &str,
+    ) -> Option<FileContent> {
+        match rendered {
             Ok(out) => Some(FileContent {
                 bytes: out.as_bytes().to_vec(),
                 origin: format!("template:{path}"),
             }),
             Err(fail) => {
-                self.errors.push(template_error(&path, &fail, id));
+                self.errors.push(template_error(path, &fail, id));
                 None
             }
         }

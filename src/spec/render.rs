@@ -90,6 +90,11 @@ impl Renderer {
         result
     }
 
+    /// What `render_file` gave for this name, if it was rendered already.
+    pub fn rendered(&self, name: &str) -> Option<Result<Arc<String>, TemplateFailure>> {
+        self.rendered.get(name).cloned()
+    }
+
     /// Renders a template file, compiling and rendering it once per name.
     pub fn render_file(&mut self, name: &str, text: &str) -> Result<Arc<String>, TemplateFailure> {
         if let Some(done) = self.rendered.get(name) {

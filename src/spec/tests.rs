@@ -411,3 +411,68 @@ fn service_package_must_be_declared_and_present() {
     )]);
     assert!(e.message.contains("declared absent"), "{e}");
 }
+
+/// Counts reads, to pin that a shared template is read once.
+struct CountingTree {
+    inner: MemTree,
+    reads: std::sync::Mutex<BTreeMap<String, usize>>,
+}
+
+impl Tree for CountingTree {
+    fn read(&self, path: &RepoPath) -> Result<Vec<u8>, TreeError> {
+        *self
+            .reads
+            .lock()
+            .unwrap()
+            .entry(path.as_str().to_string())
+            .or_default() += 1;
+        self.inner.read(path)
+    }
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+}
+
+#[test]
+fn a_template_shared_by_many_files_is_read_once() {
+    let mut yaml = String::from("files:\n");
+    for i in 0..50 {
+        yaml.push_str(&format!("  /etc/f{i}: {{ template: t.hbs }}\n"));
+    }
+    yaml.push_str("  /etc/bad1: { template: bad.hbs }\n  /etc/bad2: { template: bad.hbs }\n");
+    let tree = CountingTree {
+        inner: MemTree::new(&[
+            ("trueup.yaml", &yaml),
+            ("t.hbs", "on {{facts.hostname}}\n"),
+            ("bad.hbs", "{{vars.nope}}\n"),
+        ]),
+        reads: Default::default(),
+    };
+    let errs = load(&tree, &facts()).expect_err("bad.hbs has a missing variable");
+    // Every file using the failing template still reports the failure.
+    assert_eq!(errs.0.len(), 2, "{errs}");
+    assert!(
+        errs.0.iter().all(|e| e.message.contains("vars.nope")),
+        "{errs}"
+    );
+    let reads = tree.reads.lock().unwrap();
+    assert_eq!(reads["t.hbs"], 1);
+    assert_eq!(reads["bad.hbs"], 1);
+
+    let ok = yaml.replace(
+        "  /etc/bad1: { template: bad.hbs }\n  /etc/bad2: { template: bad.hbs }\n",
+        "",
+    );
+    let state = load(
+        &MemTree::new(&[("trueup.yaml", &ok), ("t.hbs", "on {{facts.hostname}}\n")]),
+        &facts(),
+    )
+    .unwrap();
+    assert_eq!(state.files.len(), 50);
+    assert!(
+        state
+            .files
+            .values()
+            .all(|f| f.content.as_ref().unwrap().bytes == b"on web1\n")
+    );
+}
