@@ -43,6 +43,8 @@ fn assert_refused(host: &GitHost, repo: &TestRepo, url: &str, commit: &str) -> S
     assert_eq!(report["status"], "refused", "{report}");
     assert_eq!(report["source"]["commit"], commit);
     assert_eq!(report["summary"]["changed"], 0);
+    assert_eq!(report["source"]["applied"], applied.as_deref().unwrap());
+    assert_schema(&report);
     assert_eq!(
         tree_of(host.root.path()),
         before,

@@ -12,10 +12,19 @@ use tempfile::TempDir;
 
 const BRANCH: &str = "hosts/web1";
 
-/// The scenario every transport must pass. `packs` counts what the server
-/// says it served (packs, fetch requests); None for file://, which has no
-/// server.
-fn scenario(repo: &TestRepo, url: &str, config: &str, packs: Option<&dyn Fn() -> usize>) {
+/// What a server says it did, from its own counters and logs.
+struct ServerCounters<'a> {
+    /// Packs sent (and, for https, upload-pack POSTs): fetches.
+    served: &'a dyn Fn() -> usize,
+    /// Upload-pack sessions (ref listings): connections asking for refs.
+    listings: &'a dyn Fn() -> usize,
+}
+
+/// The scenario every transport must pass; `server` is None for file://,
+/// which has no server.
+fn scenario(repo: &TestRepo, url: &str, config: &str, server: Option<ServerCounters>) {
+    let packs = server.as_ref().map(|s| s.served);
+    let listings = server.as_ref().map(|s| s.listings);
     let host = GitHost::new("web1");
     host.configure(config);
     let c1 = repo.commit_and_push(BRANCH, &files(&motd_branch("first")), "first");
@@ -38,11 +47,12 @@ fn scenario(repo: &TestRepo, url: &str, config: &str, packs: Option<&dyn Fn() ->
         "the cache must have no work tree"
     );
 
+    assert_schema(&report);
+
     // The note is in the remote, on the applied commit.
-    let note = repo
-        .note(&host.notes_ref(), &c1)
-        .unwrap_or_else(|| panic!("no note on {c1}: {:?}", repo.remote_refs()));
-    let (summary, noted) = split_note(&note);
+    let note = common::gitserver::git(&repo.bare, &["notes", "--ref=trueup/web1", "show", &c1]);
+    let (summary, noted) = split_note(&format!("{note}\n"));
+    assert_schema(&noted);
     assert!(
         summary.starts_with(&format!("trueup apply converged {}", &c1[..12])),
         "{summary}"
@@ -60,11 +70,26 @@ fn scenario(repo: &TestRepo, url: &str, config: &str, packs: Option<&dyn Fn() ->
 
     // Unchanged remote, nothing drifted: no fetch, no new note.
     let packs_before = packs.map(|p| p());
+    let listings_before = listings.map(|l| l());
     let run = host.apply(url);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(run.json()["status"], "in_sync");
     assert_eq!(notes_commits(&repo.bare, &host.notes_ref()), 1);
     assert_eq!(packs.map(|p| p()), packs_before, "polling fetched a pack");
+    // One ref listing and nothing more: no second session to fetch. (Logs
+    // may land a moment after the client is done.)
+    if let (Some(l), Some(n)) = (listings, listings_before) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while l() <= n && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        listings.map(|l| l()),
+        listings_before.map(|n| n + 1),
+        "a poll of an unchanged remote is one ref listing"
+    );
 
     // Drift repaired: a note, still no fetch.
     std::fs::write(host.path("/etc/motd"), "edited by hand\n").unwrap();
@@ -106,11 +131,16 @@ fn git_daemon_transport_and_no_fetch_when_unchanged() {
     let tmp = TempDir::new().unwrap();
     let repo = TestRepo::create(tmp.path(), "fleet");
     let daemon = GitDaemon::start(tmp.path());
+    let served = || daemon.packs_served();
+    let listings = || daemon.log().matches("Request upload-pack").count();
     scenario(
         &repo,
         &daemon.url(&repo.rel()),
         "",
-        Some(&|| daemon.packs_served()),
+        Some(ServerCounters {
+            served: &served,
+            listings: &listings,
+        }),
     );
 }
 
@@ -127,11 +157,16 @@ fn ssh_transport_and_no_fetch_when_unchanged() {
     let tmp = TempDir::new().unwrap();
     let repo = TestRepo::create(tmp.path(), "fleet");
     let ssh = SshServer::start(tmp.path());
+    let served = || ssh.packs_served();
+    let listings = || ssh.log().matches("Accepted publickey").count();
     scenario(
         &repo,
         &ssh.url(&repo.rel()),
         &ssh_config(&ssh),
-        Some(&|| ssh.packs_served()),
+        Some(ServerCounters {
+            served: &served,
+            listings: &listings,
+        }),
     );
 }
 
@@ -155,7 +190,22 @@ fn https_transport_and_no_fetch_when_unchanged() {
     // Packs served and upload-pack POSTs in the server's access log: both
     // must stay put while polling.
     let served = || https.packs_served() * 1000 + https.upload_pack_posts();
-    scenario(&repo, &https.url(&repo.rel()), &config, Some(&served));
+    let listings = || {
+        https
+            .requests()
+            .iter()
+            .filter(|(m, u, status, _)| m == "GET" && u.ends_with("/info/refs") && status == "200")
+            .count()
+    };
+    scenario(
+        &repo,
+        &https.url(&repo.rel()),
+        &config,
+        Some(ServerCounters {
+            served: &served,
+            listings: &listings,
+        }),
+    );
 }
 
 #[test]

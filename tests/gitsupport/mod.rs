@@ -211,3 +211,18 @@ pub fn split_note(note: &str) -> (String, serde_json::Value) {
         .unwrap_or_else(|e| panic!("the note's report is not JSON ({e}): {note:?}"));
     (summary.to_string(), report)
 }
+
+/// Asserts `report` follows docs/report.schema.json.
+pub fn assert_schema(report: &serde_json::Value) {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/report.schema.json"),
+    )
+    .unwrap();
+    let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(report)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}\n{report:#}");
+}
