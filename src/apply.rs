@@ -286,6 +286,12 @@ fn fold_follow_up(
         .unwrap_or_default();
     for i in targets {
         let o = &mut out[i];
+        if matches!(result, FollowUp::Skipped(_))
+            && matches!(o.status, Status::Failed | Status::Skipped)
+        {
+            // Already reported as not done, for the same reason or a worse one.
+            continue;
+        }
         o.action = Some(match o.action.take() {
             Some(a) => format!("{a}, {verb}"),
             None => verb.clone(),
@@ -495,9 +501,11 @@ mod tests {
                 "file /etc/app.conf",
                 "service daemon-reload",
                 "service app.service",
+                "service app.service",
             ],
-            "no restart is planned for a service this run starts"
+            "the package may start the service before its config is written: restart follows"
         );
+        assert_eq!(p.steps[5].action, Some(Action::Restart { reload: false }));
         let svc = &p.steps[4];
         assert_eq!(
             svc.requires,
@@ -516,7 +524,10 @@ mod tests {
         assert_eq!(r["package app"].0, Status::Changed);
         assert_eq!(r["file /etc/app.conf"].0, Status::Changed);
         assert_eq!(r["service app.service"].0, Status::Changed, "{r:?}");
-        assert_eq!(r["service app.service"].1.as_deref(), Some("enable, start"));
+        assert_eq!(
+            r["service app.service"].1.as_deref(),
+            Some("enable, start, restart")
+        );
         // The packages went in one batch; the package step brought the unit,
         // so daemon-reload ran before the service was enabled and started.
         assert_eq!(h.packages.batches.borrow().len(), 1);
@@ -529,7 +540,11 @@ mod tests {
         let reload = calls.iter().position(|c| c == "daemon-reload").unwrap();
         let start = calls.iter().position(|c| c == "start app.service").unwrap();
         assert!(reload < start, "{calls:?}");
-        assert!(!calls.iter().any(|c| c.contains("restart")), "{calls:?}");
+        let restart = calls
+            .iter()
+            .position(|c| c == "try-restart app.service")
+            .unwrap();
+        assert!(start < restart, "{calls:?}");
         assert_eq!(
             std::fs::read_to_string(h.root.path().join("etc/app.conf")).unwrap(),
             "port=1\n"
@@ -585,6 +600,34 @@ mod tests {
         let out = h.apply(&d);
         assert!(out.iter().all(|o| o.status == Status::InSync), "{out:?}");
         assert_eq!(h.units.calls().len(), calls + 1, "only the observation");
+    }
+
+    #[test]
+    fn a_stopped_service_started_after_its_config_is_not_restarted() {
+        let h = Host::new(
+            FakePackages::with(&[("app", "1.0"), ("tool", "1.0")]),
+            FakeUnits::new(&[("app.service", true, false)]),
+        );
+        let d = app_state();
+        let p = h.plan(&d);
+        assert!(
+            !p.steps
+                .iter()
+                .any(|s| matches!(s.action, Some(Action::Restart { .. }))),
+            "{p:?}"
+        );
+        let out = h.apply(&d);
+        assert_eq!(
+            by_resource(&out)["service app.service"].1.as_deref(),
+            Some("start")
+        );
+        let calls: Vec<String> = h
+            .units
+            .calls()
+            .into_iter()
+            .filter(|c| !c.starts_with("show"))
+            .collect();
+        assert_eq!(calls, ["start app.service"]);
     }
 
     #[test]

@@ -8,8 +8,10 @@
 //!
 //! `daemon-reload` and restarts are follow-ups: steps that run only when one
 //! of the steps they are `triggered_by` actually changed something in this
-//! run. A service that its own step starts is not restarted as well, and a
-//! service that will not be running is not restarted at all.
+//! run. A service that will not be running is not restarted, nor is one
+//! that its own step starts (after the files) — unless its package is
+//! installed in the same run or its unit is not there yet, because package
+//! scripts start a service as they install it, before its files are written.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -409,8 +411,17 @@ fn service_steps(
             }
             Err(e) => step.error = Some(e),
         }
+        // Starting it after the files are written is enough, unless it may
+        // be running before that: a unit not there yet comes with a package
+        // in this run, and package scripts start services (with the
+        // packaged configuration) as they install them.
         let starts = matches!(&step.action, Some(Action::Service(a)) if a.start == Some(true));
-        if runtime && step.error.is_none() && !starts && service::runs_after(spec, &unit) {
+        let package_changes = spec
+            .package
+            .as_ref()
+            .is_some_and(|p| changing.contains(&ResourceId::new(Kind::Package, p.clone())));
+        let started_later = starts && unit.exists() && !package_changes;
+        if runtime && step.error.is_none() && !started_later && service::runs_after(spec, &unit) {
             let notifying: Vec<(&PathBuf, NotifyAction)> = desired
                 .files
                 .iter()

@@ -688,7 +688,7 @@ mod tests {
             panic!("expected four units, got {units:?}");
         };
         assert!(testsvc.is_running() && testsvc.is_enabled());
-        assert_eq!(testsvc.main_pid, Some(116));
+        assert_eq!(testsvc.main_pid, Some(119));
         assert!(cron.is_running() && cron.is_enabled() && !cron.is_static());
         for missing in [nonexistent, ssh] {
             assert!(!missing.exists() && !missing.is_running() && !missing.is_enabled());
@@ -709,7 +709,7 @@ mod tests {
                 active_state: "active".into(),
                 sub_state: "running".into(),
                 unit_file_state: "enabled".into(),
-                main_pid: Some(116),
+                main_pid: Some(119),
             }]
         );
     }
