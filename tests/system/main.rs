@@ -6,3 +6,6 @@
 
 mod harness;
 mod smoke;
+
+// Packages and services (issue 4): apt and systemd converged in order.
+mod apt_systemd;
