@@ -16,12 +16,16 @@ const BRANCH: &str = "/srv/branch";
 
 /// The host branch: the test service's package, its configuration from a
 /// template that notifies the service, and the service itself.
-fn write_branch(c: &Container, greeting: &str) {
+/// `version` pins the package.
+fn write_branch(c: &Container, greeting: &str, version: Option<&str>) {
+    let pin = version
+        .map(|v| format!("version: \"{v}\""))
+        .unwrap_or_default();
     c.write_file(
         &format!("{BRANCH}/trueup.yaml"),
         format!(
             "vars:\n  greeting: {greeting}\n\
-             packages:\n  {TESTSVC_PACKAGE}: {{}}\n\
+             packages:\n  {TESTSVC_PACKAGE}: {{ {pin} }}\n\
              files:\n  {TESTSVC_CONF}:\n    template: templates/testsvc.conf.hbs\n    mode: \"0644\"\n    notify: [{TESTSVC_UNIT}]\n\
              services:\n  {TESTSVC_UNIT}: {{ enabled: true, state: running }}\n"
         ),
@@ -125,7 +129,7 @@ fn apt_package_config_and_service_converge_and_drift_is_repaired() {
     let repo = AptRepo::new();
     repo.add(&testsvc_deb("1.0"));
     repo.publish(&c);
-    write_branch(&c, "hello");
+    write_branch(&c, "hello", None);
     eprintln!(
         "[apt-systemd] binary, repository and branch in place: {:.1?}",
         t.elapsed()
@@ -217,7 +221,7 @@ fn apt_package_config_and_service_converge_and_drift_is_repaired() {
     assert_eq!(code, 0, "one run was enough: {report:#}");
 
     // Must show 3: a template change restarts the service through notify.
-    write_branch(&c, "bonjour");
+    write_branch(&c, "bonjour", None);
     let (code, report) = trueup(&c, "check");
     assert_eq!(code, 2, "{report:#}");
     assert_eq!(
@@ -318,6 +322,71 @@ fn apt_package_config_and_service_converge_and_drift_is_repaired() {
     );
     wait_active(&c);
     assert!(c.read_file(TESTSVC_LOADED).contains("greeting=bonjour"));
+
+    // Version pins. 1.1 comes in a second local source that the
+    // container's lists do not know yet (a `file:` source is read in place,
+    // so a new one is what needs the update): trueup must run
+    // `apt-get update` to find the pinned version.
+    let t = Instant::now();
+    repo.add(&testsvc_deb("1.1"));
+    repo.index();
+    let next = "/srv/testrepo-next";
+    std::fs::create_dir_all(c.path(next)).unwrap();
+    for e in std::fs::read_dir(repo.dir()).unwrap().flatten() {
+        std::fs::copy(e.path(), c.path(next).join(e.file_name())).unwrap();
+    }
+    c.write_file(
+        "/etc/apt/sources.list.d/trueup-next.list",
+        format!("deb [trusted=yes] file:{next} ./\n"),
+        0o644,
+    );
+    assert!(
+        !c.exec_stdout(&["apt-cache", "madison", TESTSVC_PACKAGE])
+            .contains("1.1"),
+        "the container's lists must not know 1.1 yet"
+    );
+    eprintln!("[apt-systemd] 1.1 in the repository: {:.1?}", t.elapsed());
+    write_branch(&c, "bonjour", Some("1.1*"));
+    let (code, report) = trueup(&c, "check");
+    assert_eq!(code, 2, "{report:#}");
+    let d = &resource(&report, "package", TESTSVC_PACKAGE)["drift"][0];
+    assert_eq!(
+        (
+            d["attribute"].as_str(),
+            d["expected"].as_str(),
+            d["actual"].as_str()
+        ),
+        (Some("version"), Some("1.1*"), Some("1.0"))
+    );
+    let before = main_pid(&c);
+    assert_converged(&c, "pinned to 1.1*");
+    assert_eq!(
+        c.exec_stdout(&["dpkg-query", "-W", "-f", "${Version}", TESTSVC_PACKAGE]),
+        "1.1"
+    );
+    // The upgrade kept trueup's configuration (--force-confold) and the
+    // package restarted the service with it.
+    assert!(c.read_file(TESTSVC_CONF).contains("greeting=bonjour"));
+    wait_active(&c);
+    assert_ne!(main_pid(&c), before);
+    // And back down: an exact pin downgrades.
+    write_branch(&c, "bonjour", Some("1.0"));
+    assert_converged(&c, "pinned back to 1.0");
+    assert_eq!(
+        c.exec_stdout(&["dpkg-query", "-W", "-f", "${Version}", TESTSVC_PACKAGE]),
+        "1.0"
+    );
+    // A pin that no source offers fails plainly, naming what is offered.
+    write_branch(&c, "bonjour", Some("2.*"));
+    let (code, report) = trueup(&c, "apply");
+    assert_eq!(code, 1, "{report:#}");
+    let p = resource(&report, "package", TESTSVC_PACKAGE);
+    assert_eq!(p["status"], "failed");
+    let err = p["error"].as_str().unwrap();
+    assert!(
+        err.contains("no version of trueup-testsvc matches 2.*") && err.contains("1.1, 1.0"),
+        "{err}"
+    );
 
     let t = Instant::now();
     drop(c);

@@ -14,7 +14,9 @@
 //! - `apt-cache madison A B C` prints one `name | version | source` line per
 //!   version a source offers, newest first, and nothing (not even an error,
 //!   exit 0) for a name no source has; that is how an unknown package is
-//!   recognised, and it triggers one `apt-get update`.
+//!   recognised. An unknown package, a pin no offered version matches, or
+//!   lists older than `packages.apt_lists_max_age` trigger one
+//!   `apt-get update` before installing (never for removals alone).
 //! - `apt-get install NAME-` removes NAME (keeping its configuration), so
 //!   installs and removals go in one call. `--allow-downgrades` lets a pin
 //!   move a package back; held packages stay an error.
@@ -122,12 +124,17 @@ impl PackageBackend for Apt {
         let mut update_note = String::new();
         if !installs.is_empty() {
             let first = self.madison(&installs);
-            let unknown = match &first {
-                Ok(o) => installs.iter().any(|n| !o.contains_key(*n)),
+            let unresolved = match &first {
+                Ok(o) => changes.iter().any(|c| match &c.action {
+                    PackageAction::Install { version } => {
+                        resolve(&c.name, version.as_deref(), o).is_err()
+                    }
+                    PackageAction::Remove => false,
+                }),
                 Err(_) => true,
             };
             offered = first.unwrap_or_default();
-            if unknown || self.lists_stale() {
+            if unresolved || self.lists_stale() {
                 match self.update() {
                     Ok(()) => update_note = " (after apt-get update)".into(),
                     Err(e) => update_note = format!(" (apt-get update failed: {e})"),
