@@ -253,6 +253,7 @@ impl Entry {
         gid: Option<u32>,
         mode: u32,
     ) -> Result<()> {
+        self.remove_stale_temps();
         let tmp = self.temp_name();
         let fd = nix::fcntl::openat(
             &self.dir,
@@ -334,6 +335,7 @@ impl Entry {
 
     /// Replaces the entry with a symlink to `target`, atomically.
     pub fn symlink_atomic(&self, target: &Path) -> Result<()> {
+        self.remove_stale_temps();
         let tmp = self.temp_name();
         nix::unistd::symlinkat(target, &self.dir, tmp.as_os_str())
             .map_err(io(&self.shown, "creating a temporary symlink"))?;
@@ -367,13 +369,65 @@ impl Entry {
     fn temp_name(&self) -> OsString {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mut name = self.temp_prefix();
+        name.push(format!("{}-{n}", std::process::id()));
+        name
+    }
+
+    /// `.<name>.trueup-`: what every temporary file of this entry starts
+    /// with, before `<pid>-<counter>`.
+    fn temp_prefix(&self) -> OsString {
         let mut name = OsString::from(".");
         // Keep the temporary name within NAME_MAX even for long names.
         let base = self.name.as_bytes();
         name.push(OsStr::from_bytes(&base[..base.len().min(200)]));
-        name.push(format!(".trueup-{}-{n}", std::process::id()));
+        name.push(".trueup-");
         name
     }
+
+    /// Removes temporary files of this entry that a killed trueup left
+    /// behind (`.<name>.trueup-<pid>-<n>` whose process is gone), so that
+    /// crashes do not accumulate half-written copies. Best effort: a
+    /// directory that cannot be listed is left as it is.
+    fn remove_stale_temps(&self) {
+        use std::os::fd::AsRawFd;
+        let prefix = self.temp_prefix();
+        let prefix = prefix.as_bytes();
+        // The descriptor's own directory, whatever happened to its path.
+        let listing = format!("/proc/self/fd/{}", self.dir.as_raw_fd());
+        let Ok(entries) = std::fs::read_dir(listing) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(rest) = name.as_bytes().strip_prefix(prefix) else {
+                continue;
+            };
+            let Some(pid) = stale_temp_owner(rest) else {
+                continue;
+            };
+            let alive = pid == std::process::id()
+                || !matches!(
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None),
+                    Err(Errno::ESRCH)
+                );
+            if !alive {
+                let _ =
+                    nix::unistd::unlinkat(&self.dir, name.as_os_str(), UnlinkatFlags::NoRemoveDir);
+            }
+        }
+    }
+}
+
+/// The pid in the tail `<pid>-<n>` of a temporary file's name.
+fn stale_temp_owner(rest: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(rest).ok()?;
+    let (pid, n) = text.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || !digits(n) {
+        return None;
+    }
+    pid.parse().ok().filter(|p| *p > 0 && *p <= i32::MAX as u32)
 }
 
 /// `root` joined with an absolute `path`.
@@ -475,6 +529,29 @@ mod tests {
             .unwrap()
             .collect();
         assert_eq!(leftovers.len(), 1, "no temporary file is left behind");
+    }
+
+    #[test]
+    fn stale_temp_files_of_dead_runs_are_removed_on_write() {
+        assert_eq!(stale_temp_owner(b"123-0"), Some(123));
+        assert_eq!(stale_temp_owner(b"123-"), None);
+        assert_eq!(stale_temp_owner(b"x-1"), None);
+        assert_eq!(stale_temp_owner(b"0-1"), None);
+        let root = tempfile::tempdir().unwrap();
+        let e = Entry::open(root.path(), Path::new("/etc/a.conf"), true)
+            .unwrap()
+            .unwrap();
+        let etc = root.path().join("etc");
+        // pid_max is at most 4194304: this pid never runs.
+        std::fs::write(etc.join(".a.conf.trueup-4194999-7"), "torn").unwrap();
+        std::fs::write(etc.join(".b.conf.trueup-4194999-7"), "torn").unwrap();
+        e.write_atomic(b"whole", None, None, 0o644).unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(&etc)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec![".b.conf.trueup-4194999-7", "a.conf"]);
     }
 
     #[test]
