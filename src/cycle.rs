@@ -168,6 +168,21 @@ fn git_cycle(
             }
         }
     };
+    // A new commit that does not render is not applied; the host keeps
+    // converging the last good commit, and the broken one gets a note
+    // saying why.
+    let mut noted_broken = false;
+    let (report, applied) = match last_good(&report, &state, &tip_hex) {
+        Some(good) => {
+            noted_broken = settings.report.notes && note_broken_commit(&cache, &report);
+            let fallback = converge_last_good(
+                &cache, good, &report, url, &branch, facts, run_opts, started, control,
+            );
+            (fallback, good.to_string())
+        }
+        None => (report, tip_hex),
+    };
+    let tip_hex = applied;
 
     control.phase(Phase::Reporting);
     if opts.mode == Mode::Apply
@@ -181,7 +196,15 @@ fn git_cycle(
         state.applied_at = Some(crate::report::rfc3339(SystemTime::now()));
     }
     if settings.report.notes {
-        note_and_push(&cache, url, settings, &report, &mut state, opts.offline);
+        note_and_push(
+            &cache,
+            url,
+            settings,
+            &report,
+            &mut state,
+            opts.offline,
+            noted_broken,
+        );
     }
     if let Err(e) = state.save(&settings.state_dir) {
         error!(error = %e, "could not save state.json");
@@ -221,6 +244,7 @@ fn note_and_push(
     report: &RunReport,
     state: &mut HostState,
     offline: bool,
+    other_note_written: bool,
 ) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -233,6 +257,11 @@ fn note_and_push(
             Err(e) => warn!(error = %e.message(), "could not write the note"),
         }
     }
+    if let Some(m) = state.last_note.as_mut()
+        && other_note_written
+    {
+        m.unpushed = true;
+    }
     let Some(mark) = state.last_note.as_mut().filter(|m| m.unpushed) else {
         return;
     };
@@ -242,5 +271,97 @@ fn note_and_push(
     match notes::push_notes(cache.repo(), url, &settings.auth, &report.host) {
         Ok(()) => mark.unpushed = false,
         Err(e) => warn!(error = %e, "notes not pushed; the next run tries again"),
+    }
+}
+
+/// The last applied commit to fall back to, when the new tip does not render.
+fn last_good<'s>(report: &RunReport, state: &'s HostState, tip: &str) -> Option<&'s str> {
+    let good = state.applied_commit.as_deref()?;
+    (report.status == RunStatus::Error
+        && report.source.commit.as_deref() == Some(tip)
+        && good != tip)
+        .then_some(good)
+}
+
+/// Notes a commit that was not applied, once: not again while the note on
+/// it already says the same. Returns whether a note was written.
+fn note_broken_commit(cache: &GitCache, report: &RunReport) -> bool {
+    let Some(commit) = report.source.commit.as_deref() else {
+        return false;
+    };
+    let reference = notes::notes_ref(&report.host);
+    let already = Oid::from_str(commit)
+        .ok()
+        .and_then(|oid| cache.repo().find_note(Some(&reference), oid).ok())
+        .and_then(|n| n.message().ok().map(str::to_string))
+        .and_then(|text| notes::parse_note(&text).ok())
+        .is_some_and(|(_, old)| old.status == report.status && old.errors == report.errors);
+    if already {
+        return false;
+    }
+    match notes::write_note(cache.repo(), report) {
+        Ok(_) => true,
+        Err(e) => {
+            warn!(error = %e.message(), commit, "could not note the broken commit");
+            false
+        }
+    }
+}
+
+/// Converges the last good commit, reporting the rejected one beside it.
+#[allow(clippy::too_many_arguments)]
+fn converge_last_good(
+    cache: &GitCache,
+    good: &str,
+    broken: &RunReport,
+    url: &RemoteUrl,
+    branch: &str,
+    facts: &Facts,
+    run_opts: &RunOptions,
+    started: SystemTime,
+    control: &RunControl,
+) -> RunReport {
+    let rejected = crate::report::Rejected {
+        commit: broken.source.commit.clone().unwrap_or_default(),
+        reason: broken.errors.join("; "),
+    };
+    warn!(commit = %rejected.commit, kept = good, reason = %rejected.reason, "new commit does not render; converging the last good commit");
+    let info = SourceInfo {
+        location: broken.source.location.clone(),
+        branch: Some(branch.to_string()),
+        commit: Some(good.to_string()),
+        applied: None,
+        rejected: Some(rejected),
+    };
+    let tree = Oid::from_str(good)
+        .map_err(|e| e.to_string())
+        .and_then(|oid| {
+            cache
+                .tree(
+                    oid,
+                    format!(
+                        "commit {} of {} ({branch})",
+                        &good[..good.len().min(12)],
+                        url
+                    ),
+                )
+                .map_err(|e| e.to_string())
+        });
+    match tree {
+        Ok(tree) => {
+            control.phase(Phase::Converging);
+            run(&tree, info, facts, run_opts, &|| control.should_stop())
+        }
+        Err(e) => RunReport::failed_early(
+            &facts.hostname,
+            run_opts.mode,
+            run_opts.dry_run,
+            started,
+            info,
+            RunStatus::Error,
+            vec![format!(
+                "the last good commit {good} is not in the cache: {e}"
+            )],
+        ),
     }
 }

@@ -297,6 +297,7 @@ mod tests {
                 branch: Some("hosts/h".into()),
                 commit: Some(commit.into()),
                 applied: applied.map(str::to_string),
+                rejected: None,
             },
             status,
             vec![],

@@ -117,6 +117,7 @@ mod tests {
                 branch: None,
                 commit: Some("a".repeat(40)),
                 applied: None,
+                rejected: None,
             },
             RunStatus::Converged,
             vec![],

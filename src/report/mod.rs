@@ -70,6 +70,17 @@ pub struct SourceInfo {
     /// refused or broken commit, a check of a newer one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied: Option<String>,
+    /// A newer commit that was not applied because it does not render, and
+    /// why; this run converged `commit`, the last good one, instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<Rejected>,
+}
+
+/// A commit left unapplied, and the reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected {
+    pub commit: String,
+    pub reason: String,
 }
 
 /// Counts per outcome.
@@ -200,7 +211,18 @@ impl RunReport {
             .map(|c| format!(" {}", &c[..c.len().min(12)]))
             .unwrap_or_default();
         let s = &self.summary;
-        match self.status {
+        let rejected = self
+            .source
+            .rejected
+            .as_ref()
+            .map(|r| {
+                format!(
+                    " (kept: {} does not render)",
+                    &r.commit[..r.commit.len().min(12)]
+                )
+            })
+            .unwrap_or_default();
+        let line = match self.status {
             RunStatus::Error | RunStatus::Refused => format!(
                 "trueup {} {}{commit}: {}",
                 mode_word(self.mode),
@@ -216,7 +238,8 @@ impl RunReport {
                 s.changed,
                 s.failed + s.skipped
             ),
-        }
+        };
+        line + &rejected
     }
 
     /// Writes the report as `last-run.json` in the state directory.

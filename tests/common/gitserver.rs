@@ -612,11 +612,20 @@ impl GitDaemon {
     /// Starts `git daemon --base-path=BASE` on a free port; returns once the
     /// port accepts connections.
     pub fn start(base: &Path) -> GitDaemon {
+        Self::start_inner(base, None)
+    }
+
+    /// Starts it on a given port (to bring a remote "back" at the same URL).
+    pub fn start_at(base: &Path, port: u16) -> GitDaemon {
+        Self::start_inner(base, Some(port))
+    }
+
+    fn start_inner(base: &Path, fixed_port: Option<u16>) -> GitDaemon {
         let base = absolute(base);
         let dir = TempDir::new().expect("tempdir");
         let log = dir.path().join("daemon.log");
         let packs = PackCounter::new(dir.path());
-        let (proc, port) = start_with_retries("git daemon", |port| {
+        let attempt = |port: u16| {
             let mut cmd = Command::new("git");
             cmd.env("GIT_CONFIG_GLOBAL", &packs.config)
                 .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -639,7 +648,13 @@ impl GitDaemon {
                 Ok(()) => Ok((proc, port)),
                 Err(e) => Err(format!("{e}\nlog:\n{}", read_or_empty(&log))),
             }
-        });
+        };
+        let (proc, port) = match fixed_port {
+            Some(port) => {
+                attempt(port).unwrap_or_else(|e| panic!("cannot start git daemon on {port}: {e}"))
+            }
+            None => start_with_retries("git daemon", attempt),
+        };
         GitDaemon {
             proc,
             port,
