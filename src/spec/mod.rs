@@ -763,6 +763,16 @@ impl Builder<'_> {
             );
             return None;
         }
+        if name.contains("@.") {
+            // systemctl refuses a template outright, failing the batch that
+            // observes every declared unit.
+            self.error(
+                loc,
+                id,
+                format!("'{name}' is a template; declare an instance such as getty@tty1.service"),
+            );
+            return None;
+        }
         if raw.masked == Some(true)
             && (raw.enabled == Some(true)
                 || raw.state == Some(crate::desired::ServiceRunState::Running))

@@ -476,3 +476,13 @@ fn a_template_shared_by_many_files_is_read_once() {
             .all(|f| f.content.as_ref().unwrap().bytes == b"on web1\n")
     );
 }
+
+#[test]
+fn service_templates_are_refused_instances_accepted() {
+    let e = one_error(&[(
+        "trueup.yaml",
+        "services:\n  getty@.service: { enabled: true }\n  getty@tty1.service: { enabled: true }\n",
+    )]);
+    assert!(e.message.contains("is a template"), "{e}");
+    assert_eq!(e.line, 2, "{e}");
+}
