@@ -79,6 +79,14 @@ impl Common {
         self.offline = offline;
         self
     }
+
+    /// `--allowed-path`, given at least once, replaces `allowed_paths`.
+    pub fn with_allowed_paths(mut self, allowed: Vec<PathBuf>) -> Common {
+        if !allowed.is_empty() {
+            self.settings.allowed_paths = allowed;
+        }
+        self
+    }
 }
 
 /// Exit codes of `check`.

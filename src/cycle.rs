@@ -50,6 +50,7 @@ pub fn run_cycle(
         mode: opts.mode,
         dry_run: opts.dry_run,
         packages: settings.package_settings(),
+        allowed_paths: settings.allowed_paths.clone(),
     };
     let error = |location: String, message: String| {
         RunReport::failed_early(

@@ -43,6 +43,10 @@ struct Cli {
     /// Read facts from this JSON or YAML file instead of the machine.
     #[arg(long = "facts", global = true, value_name = "FILE")]
     facts_file: Option<PathBuf>,
+    /// Refuse a branch that declares a file, directory or symlink outside
+    /// this absolute path (repeatable; replaces `allowed_paths`).
+    #[arg(long = "allowed-path", global = true, value_name = "PATH", value_parser = absolute_path)]
+    allowed_paths: Vec<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -99,6 +103,15 @@ enum FleetCommand {
     Status,
 }
 
+fn absolute_path(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if p.is_absolute() {
+        Ok(p)
+    } else {
+        Err(format!("'{s}' is not an absolute path"))
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(matches!(cli.command, Command::Agent));
@@ -127,7 +140,8 @@ fn main() -> ExitCode {
         cli.format,
         cli.facts_file,
     )
-    .with_git_options(cli.branch, cli.offline);
+    .with_git_options(cli.branch, cli.offline)
+    .with_allowed_paths(cli.allowed_paths);
     let result = match &cli.command {
         Command::Check => commands::check(&common),
         Command::Apply {

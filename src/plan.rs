@@ -451,6 +451,34 @@ fn service_steps(
     steps.extend(restarts);
 }
 
+/// Every declared file, directory and symlink outside `allowed` (this
+/// host's `allowed_paths`), as errors for the whole run. An empty list
+/// allows every path. Prefixes match whole components: `/etc/app` allows
+/// `/etc/app/x.conf`, not `/etc/apple`.
+pub fn outside_allowed_paths(desired: &DesiredState, allowed: &[PathBuf]) -> Vec<PlanError> {
+    if allowed.is_empty() {
+        return Vec::new();
+    }
+    let shown = allowed
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let nodes = desired
+        .files
+        .keys()
+        .map(|p| (Kind::File, p))
+        .chain(desired.directories.keys().map(|p| (Kind::Directory, p)))
+        .chain(desired.symlinks.keys().map(|p| (Kind::Symlink, p)));
+    nodes
+        .filter(|(_, path)| !allowed.iter().any(|a| path.starts_with(a)))
+        .map(|(kind, path)| PlanError {
+            resource: ResourceId::new(kind, path.display().to_string()),
+            message: format!("outside this host's allowed paths ({shown})"),
+        })
+        .collect()
+}
+
 fn node_step(
     resource: ResourceId,
     obs: Result<NodeObservation, String>,
@@ -551,6 +579,39 @@ mod tests {
         let errs = plan(&d, Observations::default(), &FakeAccounts).unwrap_err();
         assert_eq!(errs.len(), 1);
         assert!(errs[0].to_string().contains("nosuchuser"));
+    }
+
+    #[test]
+    fn allowed_paths_refuse_what_lies_outside() {
+        let mut d = DesiredState::default();
+        d.files.insert("/etc/app/app.conf".into(), file_spec("x"));
+        d.files.insert("/etc/apple".into(), file_spec("x"));
+        d.files.insert("/etc/shadow".into(), file_spec("x"));
+        d.directories.insert("/srv/app".into(), dir_spec(true));
+        d.symlinks.insert(
+            "/usr/bin/sudo".into(),
+            SymlinkSpec {
+                target: Some("/tmp/x".into()),
+            },
+        );
+        assert!(
+            outside_allowed_paths(&d, &[]).is_empty(),
+            "empty allows all"
+        );
+        let allowed = [PathBuf::from("/etc/app"), PathBuf::from("/srv")];
+        let errs: Vec<String> = outside_allowed_paths(&d, &allowed)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            errs,
+            vec![
+                "file /etc/apple: outside this host's allowed paths (/etc/app, /srv)",
+                "file /etc/shadow: outside this host's allowed paths (/etc/app, /srv)",
+                "symlink /usr/bin/sudo: outside this host's allowed paths (/etc/app, /srv)",
+            ]
+        );
+        assert!(outside_allowed_paths(&d, &[PathBuf::from("/")]).is_empty());
     }
 
     #[test]

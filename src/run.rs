@@ -30,6 +30,9 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// Which package manager, and how it is driven.
     pub packages: PackageSettings,
+    /// Managed paths must lie under one of these (`allowed_paths`); a
+    /// branch declaring anything else is refused whole. Empty allows all.
+    pub allowed_paths: Vec<PathBuf>,
 }
 
 /// Renders `tree` with `facts` and checks or converges the machine.
@@ -70,6 +73,16 @@ pub fn run(
             );
         }
     };
+    let outside = plan::outside_allowed_paths(&desired, &opts.allowed_paths);
+    if !outside.is_empty() {
+        for e in &outside {
+            warn!(resource = %e.resource, error = %e.message, "refused by allowed_paths");
+        }
+        return early(
+            RunStatus::Error,
+            outside.iter().map(ToString::to_string).collect(),
+        );
+    }
     // A package backend is chosen only when packages are declared, so an
     // unknown OS is an error only for a branch that needs one.
     let package_backend = if desired.packages.is_empty() {

@@ -428,3 +428,40 @@ fn the_runner_notices_a_change_and_a_wrong_message() {
         check_case("bad branch", bad.path(), "a message nobody prints", &[]).expect("must fail");
     assert!(f.contains("message lacks"), "{f}");
 }
+
+/// A source URL carrying credentials that cannot be reached: exit 1, the
+/// root unchanged, and the password nowhere in the output, the logs (at
+/// trace level) or the report.
+#[test]
+fn credentials_in_an_unreachable_source_url_never_show() {
+    let host = populated_host();
+    let before = snapshot(host.root.path());
+    // Port 1 on loopback: nothing listens, the connection is refused.
+    let url = "https://deploy:Pa55-w0rd-bad-input@127.0.0.1:1/infra/hosts.git";
+    for args in [&["apply"][..], &["--format", "json", "apply"]] {
+        let out = Command::new(trueup_bin())
+            .arg("--config")
+            .arg(host.state.path().join("no-agent.yaml"))
+            .args(["--source", url, "--branch", "hosts/web1"])
+            .arg("--root")
+            .arg(host.root.path())
+            .arg("--state-dir")
+            .arg(host.state.path())
+            .args(args)
+            .env("TRUEUP_LOG", "trace")
+            .output()
+            .unwrap();
+        let r = Run::from(out);
+        assert_eq!(r.code, 1, "{args:?}: {}", r.all());
+        assert!(!r.all().contains("panicked"), "{}", r.all());
+        assert!(!r.all().contains("Pa55-w0rd"), "{args:?}: {}", r.all());
+        assert!(
+            r.all().contains("127.0.0.1"),
+            "{args:?}: says where: {}",
+            r.all()
+        );
+        let last = std::fs::read_to_string(host.state.path().join("last-run.json")).unwrap();
+        assert!(!last.contains("Pa55-w0rd"), "{last}");
+        assert_eq!(snapshot(host.root.path()), before);
+    }
+}

@@ -143,7 +143,7 @@ fn sigkill_during_apply_never_leaves_a_torn_file() {
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for run in 0..RUNS {
         // Alternate the branch so that every run has files to change.
-        let src = if run % 2 == 0 {
+        let src = if run.is_multiple_of(2) {
             &new_branch
         } else {
             &old_branch
@@ -191,7 +191,7 @@ fn sigkill_during_apply_never_leaves_a_torn_file() {
     // The next apply converges everything. Then a full rewrite to the
     // other branch replaces every file, and with it clears every temporary
     // file the kills left.
-    let (last, last_want, other, other_want) = if (RUNS - 1) % 2 == 0 {
+    let (last, last_want, other, other_want) = if (RUNS - 1).is_multiple_of(2) {
         (&new_branch, "new", &old_branch, "old")
     } else {
         (&old_branch, "old", &new_branch, "new")

@@ -71,7 +71,7 @@ fn symlinks_swapped_in_during_apply_are_never_followed() {
             while !stop.load(Ordering::Relaxed) {
                 // Swap in, hold briefly, swap back: each name spends about
                 // half its time as a symlink pointing outside.
-                let (x, y) = if n % 3 == 0 {
+                let (x, y) = if n.is_multiple_of(3) {
                     (&main, &main_decoy)
                 } else {
                     (&conf_d, &conf_d_decoy)
@@ -89,9 +89,9 @@ fn symlinks_swapped_in_during_apply_are_never_followed() {
 
     let mut refused = 0;
     let start = Instant::now();
-    let mut runs = 0;
+    let mut runs = 0usize;
     while runs < 40 && start.elapsed() < Duration::from_secs(40) {
-        let src = if runs % 2 == 0 { &b } else { &a };
+        let src = if runs.is_multiple_of(2) { &b } else { &a };
         let r = host.run(src.path(), &["apply", "--format", "json"]);
         assert!(
             r.code == 0 || r.code == 1,
@@ -137,4 +137,63 @@ fn symlinks_swapped_in_during_apply_are_never_followed() {
             .file_type()
             .is_file()
     );
+}
+
+/// `allowed_paths` in the agent configuration refuses a branch that
+/// declares anything outside it: the whole run is an error, nothing
+/// changes, and each resource outside is named.
+#[test]
+fn allowed_paths_from_the_configuration_refuse_the_whole_branch() {
+    let host = Host::new();
+    let conf = tempfile::tempdir().unwrap();
+    std::fs::write(
+        conf.path().join("agent.yaml"),
+        "allowed_paths: [/srv/app, /etc/app]\n",
+    )
+    .unwrap();
+    let src = tempfile::tempdir().unwrap();
+    write(
+        src.path(),
+        "trueup.yaml",
+        "files:\n  /srv/app/app.conf:\n    content: \"inside\\n\"\n  /etc/apple:\n    content: \"outside\\n\"\ndirectories:\n  /root/.ssh: {}\n",
+    );
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(trueup_bin())
+            .arg("--config")
+            .arg(conf.path().join("agent.yaml"))
+            .arg("--source")
+            .arg(src.path())
+            .arg("--root")
+            .arg(host.root.path())
+            .arg("--state-dir")
+            .arg(host.state.path())
+            .args(args)
+            .env_remove("TRUEUP_LOG")
+            .output()
+            .unwrap();
+        Run::from(out)
+    };
+    for args in [&["apply"][..], &["check"]] {
+        let r = run(args);
+        assert_eq!(r.code, 1, "{args:?}: {}", r.all());
+        for refused in [
+            "file /etc/apple: outside this host's allowed paths (/srv/app, /etc/app)",
+            "directory /root/.ssh: outside",
+        ] {
+            assert!(r.all().contains(refused), "{args:?}: {}", r.all());
+        }
+        assert!(
+            !r.all().contains("/srv/app/app.conf: outside"),
+            "{}",
+            r.all()
+        );
+        assert!(snapshot(host.root.path()).is_empty(), "nothing changed");
+    }
+    // The command line replaces the configured list.
+    let r = run(&["--allowed-path", "/", "apply"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(host.path("/etc/apple").is_file());
+    let r = run(&["--allowed-path", "etc", "apply"]);
+    assert_eq!(r.code, 2, "clap refuses a relative path: {}", r.all());
+    assert!(r.stderr.contains("not an absolute path"), "{}", r.stderr);
 }
