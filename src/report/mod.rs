@@ -138,7 +138,8 @@ pub struct RunReport {
 pub type ReportedResource = Outcome;
 
 impl RunReport {
-    /// A report of a run that stopped before touching anything.
+    /// A report of a run that stopped before touching anything (and the
+    /// base every report starts from).
     pub fn failed_early(
         host: &str,
         mode: Mode,
@@ -183,23 +184,14 @@ impl RunReport {
         } else {
             RunStatus::InSync
         };
-        RunReport {
-            schema: SCHEMA_VERSION,
-            trueup_version: env!("CARGO_PKG_VERSION").to_string(),
-            host: host.to_string(),
-            mode,
-            dry_run,
-            started_at: rfc3339(started),
-            duration_ms: elapsed_ms(started),
-            source,
-            status,
-            summary,
-            resources: outcomes
-                .into_iter()
-                .filter(|o| o.status != Status::InSync)
-                .collect(),
-            errors: vec![],
-        }
+        let mut report =
+            RunReport::failed_early(host, mode, dry_run, started, source, status, vec![]);
+        report.summary = summary;
+        report.resources = outcomes
+            .into_iter()
+            .filter(|o| o.status != Status::InSync)
+            .collect();
+        report
     }
 
     /// The one-line summary people read first (and the note's first line).
