@@ -45,3 +45,7 @@ fi
 if ! command -v cargo-generate-rpm >/dev/null 2>&1; then
   cargo install --locked --quiet cargo-generate-rpm
 fi
+# The short fuzz pass in scripts/test.sh (scripts/fuzz.sh).
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  cargo install --locked --quiet cargo-fuzz
+fi

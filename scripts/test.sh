@@ -20,4 +20,7 @@ cargo clippy --quiet --all-targets -- -D warnings
 step "cargo test (unit, integration and system tiers)"
 cargo test --all-targets 2>&1
 
+step "fuzzing: 30 s each for the state parser and renderer, and the note and report parser"
+./scripts/fuzz.sh 30
+
 printf '\nall tests passed in %ss\n' "$(( $(date +%s) - t0 ))"
