@@ -337,7 +337,7 @@ fn apply_node(
             .files
             .get(path)
             .and_then(|f| f.content.as_ref())
-            .map(|c| c.bytes.as_slice()),
+            .map(|c| &c.bytes[..]),
         _ => None,
     };
     node::execute(opts.root, path, action, content)
@@ -357,7 +357,7 @@ fn backup(backup_dir: &Path, path: &Path, prev: &Previous) -> Result<(), String>
     }
     let rel = path.strip_prefix("/").unwrap_or(path);
     let (dest, bytes) = match prev {
-        Previous::Content(c) => (backup_dir.join(rel), c.as_slice()),
+        Previous::Content(c) => (backup_dir.join(rel), &c[..]),
         Previous::Link(t) => {
             let mut name = rel.as_os_str().to_os_string();
             name.push(".symlink");
@@ -383,7 +383,7 @@ mod tests {
     fn file(content: &str, notify: &[&str], action: NotifyAction) -> FileSpec {
         FileSpec {
             content: Some(FileContent {
-                bytes: content.as_bytes().to_vec(),
+                bytes: content.as_bytes().to_vec().into(),
                 origin: "content".into(),
             }),
             owner: None,

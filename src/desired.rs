@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -56,8 +57,9 @@ pub struct FileSpec {
 /// Rendered file content and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FileContent {
+    /// Shared: every file rendered from one template holds the same bytes.
     #[serde(skip)]
-    pub bytes: Vec<u8>,
+    pub bytes: Arc<[u8]>,
     /// `content`, `template:PATH` or `source:PATH`, for messages.
     pub origin: String,
 }

@@ -18,11 +18,12 @@ use std::path::{Path, PathBuf};
 
 use crate::desired::{DesiredState, NotifyAction};
 use crate::resource::accounts::{Accounts, WantedMeta};
-use crate::resource::node::{NodeAction, NodeObservation, observe_node};
+use crate::resource::node::{NodeAction, NodeObservation, observe_node_in};
 use crate::resource::package::{self, InstalledPackage, PackageAction};
 use crate::resource::service::systemctl::UnitState;
 use crate::resource::service::{self, ServiceAction};
 use crate::resource::{Backends, Drift, Kind, ResourceId, directory, file, symlink};
+use crate::safe_fs::WalkCache;
 
 /// Where systemd looks for unit files: a change to a file or symlink under
 /// one of these is followed by `systemctl daemon-reload`.
@@ -158,14 +159,17 @@ pub fn observe(root: &Path, desired: &DesiredState, backends: &Backends) -> Obse
     }
     let paths = desired
         .files
-        .keys()
-        .map(|p| (p, true))
-        .chain(desired.directories.keys().map(|p| (p, false)))
-        .chain(desired.symlinks.keys().map(|p| (p, true)));
-    // Built in bulk: the paths come in three sorted runs.
+        .iter()
+        .map(|(p, f)| (p, true, f.content.as_ref().map(|c| &c.bytes)))
+        .chain(desired.directories.keys().map(|p| (p, false, None)))
+        .chain(desired.symlinks.keys().map(|p| (p, true, None)));
+    // In path order, so that each walk reuses the directories of the one
+    // before; built in bulk, since the paths come in three sorted runs.
+    let mut walks = WalkCache::default();
     let nodes = paths
-        .map(|(path, want_content)| {
-            let obs = observe_node(root, path, want_content).map_err(|e| e.to_string());
+        .map(|(path, want_content, expected)| {
+            let obs = observe_node_in(&mut walks, root, path, want_content, expected)
+                .map_err(|e| e.to_string());
             (path.clone(), obs)
         })
         .collect();
@@ -509,7 +513,7 @@ mod tests {
     fn file_spec(content: &str) -> FileSpec {
         FileSpec {
             content: Some(FileContent {
-                bytes: content.as_bytes().to_vec(),
+                bytes: content.as_bytes().to_vec().into(),
                 origin: "content".into(),
             }),
             owner: None,

@@ -15,6 +15,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::errno::Errno;
@@ -96,7 +97,8 @@ pub fn components(path: &Path) -> Result<Vec<&OsStr>> {
 /// symlink, and the name of the path inside it.
 #[derive(Debug)]
 pub struct Entry {
-    dir: OwnedFd,
+    /// Shared with a `WalkCache` when the walk reused its directories.
+    dir: Arc<OwnedFd>,
     name: OsString,
     /// The full host path (root prefix included), for messages.
     shown: PathBuf,
@@ -160,6 +162,54 @@ impl Entry {
                 Err(e) => return Err(classify(&dir, part, &shown, &at, e)),
             };
         }
+        Ok(Some(Entry {
+            dir: Arc::new(dir),
+            name: name.to_os_string(),
+            shown,
+        }))
+    }
+
+    /// `open` without `create`, reusing the directories an earlier walk
+    /// through `cache` opened, and leaving this walk's there for the next.
+    pub fn open_cached(cache: &mut WalkCache, root: &Path, path: &Path) -> Result<Option<Entry>> {
+        let parts = components(path)?;
+        let Some((name, parents)) = parts.split_last() else {
+            return Err(SafeFsError::Refused {
+                path: path.into(),
+                what: "the root directory itself cannot be managed".into(),
+            });
+        };
+        let shown = join_root(root, path);
+        let root_fd = match &cache.root {
+            Some((r, fd)) if r == root => fd.clone(),
+            _ => {
+                let fd = Arc::new(open_root(root)?);
+                cache.root = Some((root.to_path_buf(), fd.clone()));
+                cache.chain.clear();
+                fd
+            }
+        };
+        let shared = cache
+            .chain
+            .iter()
+            .zip(parents)
+            .take_while(|((have, _), want)| have.as_os_str() == **want)
+            .count();
+        cache.chain.truncate(shared);
+        for (i, part) in parents.iter().enumerate().skip(shared) {
+            let dir = cache.chain.last().map_or(&root_fd, |(_, fd)| fd);
+            let opened = match open_dir_at(dir, part) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) => return Ok(None),
+                Err(e) => {
+                    let mut at = root.to_path_buf();
+                    at.extend(&parents[..=i]);
+                    return Err(classify(dir, part, &shown, &at, e));
+                }
+            };
+            cache.chain.push((part.to_os_string(), Arc::new(opened)));
+        }
+        let dir = cache.chain.last().map_or(root_fd, |(_, fd)| fd.clone());
         Ok(Some(Entry {
             dir,
             name: name.to_os_string(),
@@ -430,6 +480,20 @@ fn stale_temp_owner(rest: &[u8]) -> Option<u32> {
     pid.parse().ok().filter(|p| *p > 0 && *p <= i32::MAX as u32)
 }
 
+/// The directories of the last walk made through `Entry::open_cached`.
+///
+/// Observing thousands of files in path order would otherwise open and
+/// close every parent directory once per file; each walk keeps the part of
+/// the chain it shares with the one before. These descriptors were opened
+/// with `O_NOFOLLOW` like any walk's, so reusing them follows no symlink.
+/// A cache serves one pass over the machine (one observation), and holds
+/// as many descriptors as the deepest path has parents.
+#[derive(Debug, Default)]
+pub struct WalkCache {
+    root: Option<(PathBuf, Arc<OwnedFd>)>,
+    chain: Vec<(OsString, Arc<OwnedFd>)>,
+}
+
 /// `root` joined with an absolute `path`.
 pub fn join_root(root: &Path, path: &Path) -> PathBuf {
     let rel = path.strip_prefix("/").unwrap_or(path);
@@ -574,5 +638,47 @@ mod tests {
         assert_eq!(e.stat().unwrap().unwrap().kind, NodeKind::Symlink);
         assert!(e.read(100).is_err());
         assert!(e.set_metadata(None, None, Some(0o600)).is_err());
+    }
+
+    #[test]
+    fn cached_walks_read_what_fresh_walks_read() {
+        let root = tempfile::tempdir().unwrap();
+        for (p, text) in [
+            ("a/b/one", "1"),
+            ("a/b/two", "2"),
+            ("a/c/three", "3"),
+            ("top", "t"),
+        ] {
+            let path = root.path().join(p);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("x"), "outside").unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("a/link")).unwrap();
+        let mut cache = WalkCache::default();
+        let read = |cache: &mut WalkCache, p: &str| {
+            Entry::open_cached(cache, root.path(), Path::new(p))
+                .map(|e| e.map(|e| e.read(100).unwrap()))
+        };
+        assert_eq!(read(&mut cache, "/a/b/one").unwrap().unwrap(), b"1");
+        assert_eq!(read(&mut cache, "/a/b/two").unwrap().unwrap(), b"2");
+        // A missing parent ends the walk; the next one still works.
+        assert!(read(&mut cache, "/a/b/nope/four").unwrap().is_none());
+        assert!(matches!(
+            read(&mut cache, "/a/link/x"),
+            Err(SafeFsError::Symlink { .. })
+        ));
+        assert_eq!(read(&mut cache, "/a/c/three").unwrap().unwrap(), b"3");
+        assert_eq!(read(&mut cache, "/top").unwrap().unwrap(), b"t");
+        assert_eq!(read(&mut cache, "/a/b/one").unwrap().unwrap(), b"1");
+        // Another root is walked from that root.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join("top"), "other").unwrap();
+        let e = Entry::open_cached(&mut cache, other.path(), Path::new("/top"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.read(100).unwrap(), b"other");
+        assert!(Entry::open_cached(&mut cache, root.path(), Path::new("/")).is_err());
     }
 }

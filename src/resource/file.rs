@@ -187,7 +187,7 @@ mod tests {
     fn spec(content: Option<&str>, mode: Option<u32>, secret: bool) -> FileSpec {
         FileSpec {
             content: content.map(|c| FileContent {
-                bytes: c.as_bytes().to_vec(),
+                bytes: c.as_bytes().to_vec().into(),
                 origin: "content".into(),
             }),
             owner: None,
@@ -206,7 +206,7 @@ mod tests {
                 gid: 0,
                 mode,
             },
-            content: Some(content.as_bytes().to_vec()),
+            content: Some(content.as_bytes().to_vec().into()),
         }
     }
 
@@ -267,7 +267,7 @@ mod tests {
                 uid: Some(0),
                 gid: Some(0),
                 mode: 0o640,
-                previous: Some(Previous::Content(b"old\n".to_vec()))
+                previous: Some(Previous::Content(b"old\n".to_vec().into()))
             })
         );
     }
@@ -366,7 +366,7 @@ mod tests {
         assert_eq!(
             a,
             Some(NodeAction::Remove {
-                previous: Some(Previous::Content(b"bye".to_vec()))
+                previous: Some(Previous::Content(b"bye".to_vec().into()))
             })
         );
         let (d, a) = diff(

@@ -2,8 +2,9 @@
 //! following symlinks, and the actions that converge them.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::safe_fs::{Entry, NodeKind, SafeFsError};
+use crate::safe_fs::{Entry, NodeKind, SafeFsError, WalkCache};
 
 /// A node on disk, read without following symlinks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,7 +13,7 @@ pub enum NodeObservation {
     File {
         meta: Meta,
         /// `None` when the content was not needed or was too large to read.
-        content: Option<Vec<u8>>,
+        content: Option<Arc<[u8]>>,
     },
     Directory {
         meta: Meta,
@@ -55,7 +56,20 @@ pub fn observe_node(
     path: &Path,
     want_content: bool,
 ) -> Result<NodeObservation, SafeFsError> {
-    let Some(entry) = Entry::open(root, path, false)? else {
+    observe_node_in(&mut WalkCache::default(), root, path, want_content, None)
+}
+
+/// `observe_node` for one of many paths: parent directories are reused
+/// through `cache`, and content equal to `expected` (the declared content)
+/// is kept as that same shared buffer, so a file in sync costs no memory.
+pub fn observe_node_in(
+    cache: &mut WalkCache,
+    root: &Path,
+    path: &Path,
+    want_content: bool,
+    expected: Option<&Arc<[u8]>>,
+) -> Result<NodeObservation, SafeFsError> {
+    let Some(entry) = Entry::open_cached(cache, root, path)? else {
         return Ok(NodeObservation::Missing);
     };
     let Some(st) = entry.stat()? else {
@@ -70,7 +84,11 @@ pub fn observe_node(
         NodeKind::File => NodeObservation::File {
             meta,
             content: if want_content {
-                Some(entry.read(MAX_OBSERVED_FILE)?)
+                let have = entry.read(MAX_OBSERVED_FILE)?;
+                Some(match expected {
+                    Some(want) if want[..] == have[..] => want.clone(),
+                    _ => have.into(),
+                })
             } else {
                 None
             },
@@ -86,7 +104,7 @@ pub fn observe_node(
 /// What was at a path before trueup replaced or removed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Previous {
-    Content(Vec<u8>),
+    Content(Arc<[u8]>),
     Link(PathBuf),
 }
 

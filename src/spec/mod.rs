@@ -593,7 +593,7 @@ impl Builder<'_> {
         if let Some(text) = &raw.content {
             let bytes = self.render_string(&f, text, id, "content")?.into_bytes();
             return Some(FileContent {
-                bytes,
+                bytes: bytes.into(),
                 origin: "content".into(),
             });
         }
@@ -632,7 +632,7 @@ impl Builder<'_> {
         };
         if !is_template {
             return Some(FileContent {
-                bytes,
+                bytes: bytes.into(),
                 origin: format!("source:{path}"),
             });
         }
@@ -652,12 +652,12 @@ impl Builder<'_> {
     fn template_content(
         &mut self,
         path: &RepoPath,
-        rendered: Result<Arc<String>, TemplateFailure>,
+        rendered: Result<Arc<str>, TemplateFailure>,
         id: &str,
     ) -> Option<FileContent> {
         match rendered {
             Ok(out) => Some(FileContent {
-                bytes: out.as_bytes().to_vec(),
+                bytes: out.into(),
                 origin: format!("template:{path}"),
             }),
             Err(fail) => {

@@ -58,7 +58,7 @@ impl std::fmt::Display for TemplateFailure {
 pub struct Renderer {
     hb: Handlebars<'static>,
     context: Context,
-    rendered: HashMap<String, Result<Arc<String>, TemplateFailure>>,
+    rendered: HashMap<String, Result<Arc<str>, TemplateFailure>>,
 }
 
 impl Renderer {
@@ -91,16 +91,16 @@ impl Renderer {
     }
 
     /// What `render_file` gave for this name, if it was rendered already.
-    pub fn rendered(&self, name: &str) -> Option<Result<Arc<String>, TemplateFailure>> {
+    pub fn rendered(&self, name: &str) -> Option<Result<Arc<str>, TemplateFailure>> {
         self.rendered.get(name).cloned()
     }
 
     /// Renders a template file, compiling and rendering it once per name.
-    pub fn render_file(&mut self, name: &str, text: &str) -> Result<Arc<String>, TemplateFailure> {
+    pub fn render_file(&mut self, name: &str, text: &str) -> Result<Arc<str>, TemplateFailure> {
         if let Some(done) = self.rendered.get(name) {
             return done.clone();
         }
-        let result = self.compile_and_render(name, text).map(Arc::new);
+        let result = self.compile_and_render(name, text).map(Arc::from);
         self.rendered.insert(name.to_string(), result.clone());
         result
     }

@@ -76,17 +76,17 @@ fn full_example_renders() {
     .unwrap();
     let f = |p: &str| state.files.get(Path::new(p)).unwrap();
     assert_eq!(
-        f("/etc/app.conf").content.as_ref().unwrap().bytes,
+        &f("/etc/app.conf").content.as_ref().unwrap().bytes[..],
         b"listen 8080 on web1.example.com\n"
     );
     assert_eq!(f("/etc/app.conf").mode, Some(0o640));
     assert_eq!(f("/etc/app.conf").owner.as_deref(), Some("root"));
     assert_eq!(
-        f("/etc/motd").content.as_ref().unwrap().bytes,
+        &f("/etc/motd").content.as_ref().unwrap().bytes[..],
         b"hello web1\n"
     );
     assert_eq!(
-        f("/etc/issue").content.as_ref().unwrap().bytes,
+        &f("/etc/issue").content.as_ref().unwrap().bytes[..],
         b"verbatim {{not rendered}}\n"
     );
     assert!(f("/etc/old").content.is_none());
@@ -109,11 +109,11 @@ fn later_include_and_including_file_win() {
     ])
     .unwrap();
     assert_eq!(
-        state.files[Path::new("/x")].content.as_ref().unwrap().bytes,
+        &state.files[Path::new("/x")].content.as_ref().unwrap().bytes[..],
         b"main A"
     );
     assert_eq!(
-        state.files[Path::new("/y")].content.as_ref().unwrap().bytes,
+        &state.files[Path::new("/y")].content.as_ref().unwrap().bytes[..],
         b"b"
     );
 }
@@ -473,7 +473,7 @@ fn a_template_shared_by_many_files_is_read_once() {
         state
             .files
             .values()
-            .all(|f| f.content.as_ref().unwrap().bytes == b"on web1\n")
+            .all(|f| &f.content.as_ref().unwrap().bytes[..] == b"on web1\n")
     );
 }
 
