@@ -17,8 +17,20 @@ cargo fmt --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --quiet --all-targets -- -D warnings
 
+step "building the .deb and .rpm (scripts/package.sh; the system tests install them)"
+./scripts/package.sh
+
 step "cargo test (unit, integration and system tiers)"
-cargo test --all-targets 2>&1
+# The system tests append their step timings here; printed below.
+timings=target/tmp/system-timings.txt
+rm -f "$timings"
+status=0
+cargo test --all-targets 2>&1 || status=$?
+if [ -s "$timings" ]; then
+  step "system test timings"
+  cat "$timings"
+fi
+[ "$status" = 0 ] || exit "$status"
 
 step "fuzzing: 30 s each for the state parser and renderer, and the note and report parser"
 ./scripts/fuzz.sh 30

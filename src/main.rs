@@ -142,6 +142,18 @@ fn main() -> ExitCode {
     )
     .with_git_options(cli.branch, cli.offline)
     .with_allowed_paths(cli.allowed_paths);
+    // An agent without a repository can only fail the same way again: a
+    // configuration error, which systemd does not restart
+    // (RestartPreventExitStatus=78). A freshly installed package is here
+    // until cloud-init or an admin writes the repository.
+    if matches!(cli.command, Command::Agent) && common.source.is_none() {
+        eprintln!(
+            "trueup: configuration error: no repository: set repo in {} or in a file in \
+             agent.d/ beside it (or give --source), then restart the agent",
+            cli.config.display()
+        );
+        return ExitCode::from(trueup::config::EXIT_CONFIG as u8);
+    }
     let result = match &cli.command {
         Command::Check => commands::check(&common),
         Command::Apply {
@@ -208,7 +220,8 @@ fn generate_assets(out: &std::path::Path) -> anyhow::Result<i32> {
     let man = out.join("man");
     let completions = out.join("completions");
     std::fs::create_dir_all(&man).with_context(|| format!("creating {}", man.display()))?;
-    std::fs::create_dir_all(&completions).with_context(|| format!("creating {}", completions.display()))?;
+    std::fs::create_dir_all(&completions)
+        .with_context(|| format!("creating {}", completions.display()))?;
     let cmd = Cli::command();
     clap_mangen::generate_to(cmd.clone(), &man).context("writing man pages")?;
     for shell in [

@@ -9,3 +9,11 @@ mod smoke;
 
 // Packages and services (issue 4): apt and systemd converged in order.
 mod apt_systemd;
+
+// Packaging (issue 6): the .deb under systemd, cloud-init, the .rpm.
+mod cloud_init;
+mod deb_agent;
+#[path = "../common/gitserver.rs"]
+mod gitserver;
+mod packages;
+mod rpm;
