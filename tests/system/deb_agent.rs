@@ -168,6 +168,17 @@ fn deb_install_converge_repair_reload_stop_remove_purge() {
         c.exec_stdout(&["systemctl", "is-enabled", "trueup"]),
         "enabled"
     );
+    // systemd understands every line of the unit (an unknown or misspelt
+    // directive is only a warning at load time).
+    let verify = c.exec(&["systemd-analyze", "verify", "trueup.service"]);
+    let warnings = String::from_utf8_lossy(&verify.stderr);
+    for line in warnings.lines() {
+        // The test roots have no man pages (dpkg path-exclude) nor `man`.
+        assert!(
+            line.contains("Command 'man "),
+            "systemd-analyze verify trueup.service: {line}\n{warnings}"
+        );
+    }
     // postinst started it, but nothing names a repository yet: a
     // configuration error (78), which Restart=on-failure must not retry.
     c.wait_for(Duration::from_secs(10), "trueup.service to fail", || {
