@@ -179,7 +179,7 @@ fn idle_status(last: &Option<(RunReport, Instant)>) -> String {
                 .source
                 .commit
                 .as_deref()
-                .map(|c| format!(" {}", &c[..c.len().min(7)]))
+                .map(|c| format!(" {}", crate::report::short_id(c, 7)))
                 .unwrap_or_default();
             let s = &r.summary;
             format!(

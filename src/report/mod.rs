@@ -200,19 +200,14 @@ impl RunReport {
             .source
             .commit
             .as_deref()
-            .map(|c| format!(" {}", &c[..c.len().min(12)]))
+            .map(|c| format!(" {}", short_id(c, 12)))
             .unwrap_or_default();
         let s = &self.summary;
         let rejected = self
             .source
             .rejected
             .as_ref()
-            .map(|r| {
-                format!(
-                    " (kept: {} does not render)",
-                    &r.commit[..r.commit.len().min(12)]
-                )
-            })
+            .map(|r| format!(" (kept: {} does not render)", short_id(&r.commit, 12)))
             .unwrap_or_default();
         let line = match self.status {
             RunStatus::Error | RunStatus::Refused => format!(
@@ -253,6 +248,16 @@ impl RunReport {
     }
 }
 
+/// The first `max` bytes of a commit id, cut at a character boundary: a
+/// report read back from a note or `last-run.json` may hold any text.
+pub fn short_id(id: &str, max: usize) -> &str {
+    let mut end = id.len().min(max);
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    &id[..end]
+}
+
 fn mode_word(mode: Mode) -> &'static str {
     match mode {
         Mode::Check => "check",
@@ -270,4 +275,33 @@ fn elapsed_ms(started: std::time::SystemTime) -> u64 {
         .elapsed()
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headline_of_a_report_with_a_non_hex_commit_does_not_panic() {
+        // Regression: a note whose commit held a multi-byte character
+        // across byte 12 panicked in headline() ("not a char boundary"),
+        // and `fleet status` reads every host's notes.
+        assert_eq!(short_id("0123456789abcdef", 12), "0123456789ab");
+        assert_eq!(short_id("aé", 12), "aé");
+        assert_eq!(
+            short_id(&format!("a{}", "é".repeat(20)), 12),
+            format!("a{}", "é".repeat(5))
+        );
+        let text = r#"{"schema":1,"trueup_version":"0","host":"h","mode":"apply","dry_run":false,
+            "started_at":"2026-01-01T00:00:00Z","duration_ms":0,
+            "source":{"location":"x","commit":"aéééééééééééééé"},
+            "status":"in_sync","summary":{"resources":0,"in_sync":0,"drift":0,"changed":0,"failed":0,"skipped":0},
+            "resources":[]}"#;
+        let report: RunReport = serde_json::from_str(text).unwrap();
+        assert!(
+            report.headline().contains(" aééééé:"),
+            "{}",
+            report.headline()
+        );
+    }
 }
