@@ -2,7 +2,7 @@
 # Whole-process benchmarks of trueup. Prints Markdown tables.
 #
 #   bench/run.sh [--sizes "100 1000 10000"] [--runs N] [--slow-runs N]
-#                [--templates shared|distinct] [--with-packages] [--no-build]
+#                [--templates shared|distinct] [--no-packages] [--no-build]
 #                [--keep]
 #
 # For each N it generates a host branch of N files rendered from a template
@@ -22,8 +22,10 @@
 # --templates shared (the default) renders every file from one template, so
 # every file has the same content; distinct gives each file its own
 # template (and content), which adds compiling N templates.
-# --with-packages adds 50 installed packages (from dpkg-query) to every
-# generated state.
+# Every state also declares 50 packages that are installed (the first 50 of
+# `dpkg-query -W`); the scratch root gets a copy of this machine's
+# /var/lib/dpkg/status, which is what the apt backend reads under --root.
+# --no-packages leaves them out (and is implied where dpkg is missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -32,7 +34,7 @@ sizes="100 1000 10000"
 runs=10
 slow_runs=3
 templates=shared
-with_packages=0
+with_packages=1
 build=1
 keep=0
 while [ $# -gt 0 ]; do
@@ -41,10 +43,10 @@ while [ $# -gt 0 ]; do
     --runs) runs=$2; shift 2 ;;
     --slow-runs) slow_runs=$2; shift 2 ;;
     --templates) templates=$2; shift 2 ;;
-    --with-packages) with_packages=1; shift ;;
+    --no-packages) with_packages=0; shift ;;
     --no-build) build=0; shift ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench/run.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -75,10 +77,14 @@ cfg=$work/agent.yaml
 printf 'interval: 1h\nsplay: 0s\nmode: apply\nreport: { notes: false }\n' >"$cfg"
 
 packages_file=""
+if [ "$with_packages" = 1 ] && ! command -v dpkg-query >/dev/null; then
+  log "no dpkg-query: measuring without packages"
+  with_packages=0
+fi
 if [ "$with_packages" = 1 ]; then
   packages_file=$work/packages
   dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' | awk '$1 == "ii" { print $2 }' |
-    sort -u | head -n 50 >"$packages_file"
+    sort -u | awk 'NR <= 50' >"$packages_file"
   [ "$(wc -l <"$packages_file")" = 50 ] || { echo "fewer than 50 installed packages" >&2; exit 1; }
 fi
 
@@ -116,11 +122,14 @@ for n in $sizes; do
   bench/gen.sh "$src" "$n" "$t_count" "$packages_file"
   common=(--config "$cfg" --source "$src" --root "$root" --state-dir "$sd")
   reset="rm -rf '$root' '$sd' && mkdir -p '$root' '$sd'"
+  if [ "$with_packages" = 1 ]; then
+    reset="$reset && mkdir -p '$root/var/lib/dpkg' && cp /var/lib/dpkg/status '$root/var/lib/dpkg/status'"
+  fi
 
   log "N=$n: first apply"
   read -r a_min a_med a_rss < <(timed --runs "$slow_runs" --warmup 0 --prepare "$reset" -- "$bin" apply "${common[@]}")
 
-  (cd "$root" && find . -type f | sort) >"$d/files"
+  (cd "$root" && find ./srv -type f | sort) >"$d/files"
   [ "$(wc -l <"$d/files")" = "$n" ] || { echo "N=$n: apply wrote $(wc -l <"$d/files") files" >&2; exit 1; }
   log "N=$n: sha256sum floor"
   read -r f_min _ _ < <(cd "$root" && timed --runs "$runs" --warmup 2 --args-file "$d/files" -- sha256sum)
@@ -217,7 +226,7 @@ fi
 strip -o "$work/trueup.stripped" "$bin"
 size=$(stat -c %s "$work/trueup.stripped")
 
-echo "## Whole process ($(nproc) cores, $(uname -r), template: $templates$([ "$with_packages" = 1 ] && echo ", with 50 installed packages"))"
+echo "## Whole process ($(nproc) cores, $(uname -r), template: $templates, $([ "$with_packages" = 1 ] && echo "with" || echo "without") 50 installed packages)"
 echo
 cat "$table"
 echo
