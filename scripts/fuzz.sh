@@ -9,6 +9,8 @@
 # New inputs the fuzzer finds go to fuzz/target/corpus/TARGET (not
 # committed); the committed seeds in fuzz/corpus/TARGET are only read. A
 # crash leaves its input in fuzz/target/artifacts/TARGET/ and fails.
+# TARGET.dict, when there is one, gives libFuzzer the words of the format.
+# One state may legitimately hold 1 GiB of content, hence the RSS limit.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 secs=${1:-30}
@@ -19,10 +21,12 @@ export RUSTC_BOOTSTRAP=1
 for t in "${targets[@]}"; do
   mkdir -p "target/corpus/$t" "target/artifacts/$t"
   log="target/fuzz-$t.log"
+  dict=()
+  [ -f "$t.dict" ] && dict=(-dict="$t.dict")
   echo "fuzzing $t for ${secs}s (log: fuzz/$log)"
   if ! cargo fuzz run -O --target-dir target "$t" "target/corpus/$t" "corpus/$t" -- \
-      -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=8192 \
-      -artifact_prefix="target/artifacts/$t/" -print_final_stats=1 >"$log" 2>&1; then
+      -max_total_time="$secs" -timeout=10 -rss_limit_mb=4096 -max_len=8192 \
+      -artifact_prefix="target/artifacts/$t/" -print_final_stats=1 "${dict[@]}" >"$log" 2>&1; then
     tail -n 60 "$log"
     echo "fuzz target $t failed; the input is in fuzz/target/artifacts/$t/" >&2
     exit 1
