@@ -268,17 +268,32 @@ impl Entry {
 
     /// Reads a regular file's content, at most `limit` bytes.
     pub fn read(&self, limit: u64) -> Result<Vec<u8>> {
-        let (file, st) = self.open_regular()?;
+        let (mut file, st) = self.open_regular()?;
         if st.size > limit {
             return Err(SafeFsError::Refused {
                 path: self.shown.clone(),
                 what: format!("is larger than the limit of {limit} bytes"),
             });
         }
-        let mut buf = Vec::with_capacity(st.size as usize);
-        file.take(limit + 1)
-            .read_to_end(&mut buf)
-            .map_err(|e| io(&self.shown, "reading")(errno_of(&e)))?;
+        // One read asking for a byte more than the file holds: a regular
+        // file that returns exactly its size then is at its end, which
+        // spares the read that would only return 0. A file that changed
+        // since fstat (or a short read) goes on to the general loop.
+        let size = st.size as usize;
+        let mut buf = vec![0; size + 1];
+        let first = loop {
+            match file.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break r.map_err(|e| io(&self.shown, "reading")(errno_of(&e)))?,
+            }
+        };
+        buf.truncate(first);
+        if first != size {
+            (&mut file)
+                .take(limit + 1 - first as u64)
+                .read_to_end(&mut buf)
+                .map_err(|e| io(&self.shown, "reading")(errno_of(&e)))?;
+        }
         if buf.len() as u64 > limit {
             return Err(SafeFsError::Refused {
                 path: self.shown.clone(),
@@ -638,6 +653,22 @@ mod tests {
         assert_eq!(e.stat().unwrap().unwrap().kind, NodeKind::Symlink);
         assert!(e.read(100).is_err());
         assert!(e.set_metadata(None, None, Some(0o600)).is_err());
+    }
+
+    #[test]
+    fn reads_whole_files_of_every_size_up_to_the_limit() {
+        let root = tempfile::tempdir().unwrap();
+        for len in [0usize, 1, 4095, 4096, 4097, 200_000] {
+            let text: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            std::fs::write(root.path().join("f"), &text).unwrap();
+            let e = Entry::open(root.path(), Path::new("/f"), false)
+                .unwrap()
+                .unwrap();
+            assert_eq!(e.read(len as u64).unwrap(), text, "{len} bytes");
+            if len > 0 {
+                assert!(e.read(len as u64 - 1).is_err(), "{len} bytes");
+            }
+        }
     }
 
     #[test]
