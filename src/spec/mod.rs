@@ -222,6 +222,8 @@ fn load_into(
         message: tree_error_reason(&e),
     })?;
     let doc = parse_document(&name, &bytes)?;
+    // The text is not needed once parsed; a big branch's is ~1 MB.
+    drop(bytes);
     stack.push(path.clone());
     for inc in &doc.include {
         let target = RepoPath::parse(&inc.value)
