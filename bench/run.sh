@@ -159,7 +159,7 @@ agent_rows=$work/agent
 for n in $sizes; do
   d=$work/$n
   if ! "$bin" agent --help >/dev/null 2>&1; then
-    printf '| %s | n/a (not built yet) | n/a |\n' "$(thousands "$n")" >>"$agent_rows"
+    printf '| %s | n/a (not built yet) | n/a | n/a |\n' "$(thousands "$n")" >>"$agent_rows"
     continue
   fi
   log "N=$n: idle agent after 10 runs"
@@ -184,9 +184,10 @@ for n in $sizes; do
   sleep 2
   rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status")
   hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status")
+  anon=$(awk '/^RssAnon:/ { print $2 }' "/proc/$pid/status")
   kill -TERM "$pid"
   wait "$pid" || true
-  printf '| %s | %s | %s |\n' "$(thousands "$n")" "$(mib "$rss")" "$(mib "$hwm")" >>"$agent_rows"
+  printf '| %s | %s | %s | %s |\n' "$(thousands "$n")" "$(mib "$rss")" "$(mib "$anon")" "$(mib "$hwm")" >>"$agent_rows"
 done
 
 # --- unchanged-remote poll ---
@@ -230,8 +231,8 @@ echo "## Whole process ($(nproc) cores, $(uname -r), template: $templates, $([ "
 echo
 cat "$table"
 echo
-echo "| files | idle agent RSS after 10 runs | agent peak RSS |"
-echo "| ---: | ---: | ---: |"
+echo "| files | idle agent RSS after 10 runs | of which anonymous | agent peak RSS |"
+echo "| ---: | ---: | ---: | ---: |"
 cat "$agent_rows"
 echo
 echo "| unchanged-remote poll (git daemon, warm cache) | time min (median) | bytes moved | peak RSS |"
