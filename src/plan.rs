@@ -286,22 +286,28 @@ pub fn plan(
         found.reverse();
         found
     };
-    let mut steps = Vec::with_capacity(desired.len() + 1);
-    steps.extend(package_steps(desired, installed));
-    // BTreeMap order puts a parent before its children.
-    for mut s in present_dirs {
-        s.requires = parents_of(Path::new(&s.resource.name));
-        steps.push(s);
-    }
     // Files come sorted; only symlinks need merging in (a sort of 10,000
     // steps would also take a scratch copy of them).
     if !desired.symlinks.is_empty() {
         nodes.sort_by(|a, b| a.0.cmp(b.0));
     }
-    for (path, mut s) in nodes {
-        s.requires = parents_of(path);
-        steps.push(s);
+    // The node steps become the plan's buffer in place (a Step is no larger
+    // than a (path, Step)), so that 10,000 steps are not held twice.
+    let mut steps: Vec<Step> = nodes
+        .into_iter()
+        .map(|(path, mut s)| {
+            s.requires = parents_of(path);
+            s
+        })
+        .collect();
+    let mut head = package_steps(desired, installed);
+    // BTreeMap order puts a parent before its children.
+    for mut s in present_dirs {
+        s.requires = parents_of(Path::new(&s.resource.name));
+        head.push(s);
     }
+    steps.reserve_exact(head.len() + absent_dirs.len() + desired.services.len() + 1);
+    steps.splice(0..0, head);
     absent_dirs.reverse();
     steps.extend(absent_dirs);
     service_steps(desired, &mut steps, units, runtime);
