@@ -15,7 +15,7 @@ use trueup::plan::{Observations, plan};
 use trueup::resource::accounts::{Accounts, WantedMeta};
 use trueup::resource::file;
 use trueup::resource::node::{Meta, NodeObservation};
-use trueup::source::{RepoPath, Tree, TreeError};
+use trueup::source::MemTree;
 use trueup::spec;
 
 const SIZES: [usize; 3] = [100, 1_000, 10_000];
@@ -52,36 +52,20 @@ fn state_yaml(n: usize, templates: usize) -> String {
     y
 }
 
-/// A branch held in memory.
-struct MemTree(BTreeMap<String, Vec<u8>>);
-
-impl MemTree {
-    fn new(n: usize, templates: usize) -> MemTree {
-        let mut files = BTreeMap::new();
+/// A generated branch held in memory.
+fn branch(n: usize, templates: usize) -> MemTree {
+    let mut files = BTreeMap::new();
+    files.insert(
+        spec::ENTRY_FILE.to_string(),
+        state_yaml(n, templates).into_bytes(),
+    );
+    for i in 0..templates {
         files.insert(
-            spec::ENTRY_FILE.to_string(),
-            state_yaml(n, templates).into_bytes(),
+            format!("templates/t{i:05}.conf.hbs"),
+            template(i).into_bytes(),
         );
-        for i in 0..templates {
-            files.insert(
-                format!("templates/t{i:05}.conf.hbs"),
-                template(i).into_bytes(),
-            );
-        }
-        MemTree(files)
     }
-}
-
-impl Tree for MemTree {
-    fn read(&self, path: &RepoPath) -> Result<Vec<u8>, TreeError> {
-        self.0
-            .get(path.as_str())
-            .cloned()
-            .ok_or_else(|| TreeError::NotFound(path.clone(), "memory".into()))
-    }
-    fn describe(&self) -> String {
-        "memory".into()
-    }
+    MemTree(files)
 }
 
 fn facts() -> Facts {
@@ -127,7 +111,7 @@ impl Accounts for RootOnly {
 }
 
 fn render(n: usize, templates: usize) -> DesiredState {
-    spec::load(&MemTree::new(n, templates), &facts()).expect("the generated branch renders")
+    spec::load(&branch(n, templates), &facts()).expect("the generated branch renders")
 }
 
 /// What observing a machine where every file is in sync, or every
@@ -181,12 +165,12 @@ fn render_group(c: &mut Criterion) {
     g.sample_size(20);
     for n in SIZES {
         g.throughput(Throughput::Elements(n as u64));
-        let shared = MemTree::new(n, 1);
+        let shared = branch(n, 1);
         g.bench_with_input(BenchmarkId::new("shared-template", n), &shared, |b, t| {
             b.iter(|| spec::load(black_box(t), &facts()).unwrap())
         });
         if n <= 1_000 {
-            let distinct = MemTree::new(n, n);
+            let distinct = branch(n, n);
             g.bench_with_input(
                 BenchmarkId::new("distinct-templates", n),
                 &distinct,

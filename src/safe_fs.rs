@@ -235,10 +235,10 @@ impl Entry {
         }
     }
 
-    /// Opens the entry for reading, refusing symlinks and anything that is
-    /// not a regular file (a FIFO would block, a device would never end).
-    fn open_regular(&self) -> Result<(std::fs::File, NodeStat)> {
-        let fd = nix::fcntl::openat(
+    /// Opens the entry itself read-only, never through a symlink (and
+    /// without blocking on a FIFO or taking a terminal).
+    fn open_nofollow(&self) -> Result<OwnedFd> {
+        nix::fcntl::openat(
             &self.dir,
             self.name.as_os_str(),
             OFlag::O_RDONLY
@@ -254,7 +254,13 @@ impl Entry {
                 at: self.shown.clone(),
             },
             e => io(&self.shown, "opening")(e),
-        })?;
+        })
+    }
+
+    /// Opens the entry for reading, refusing symlinks and anything that is
+    /// not a regular file (a FIFO would block, a device would never end).
+    fn open_regular(&self) -> Result<(std::fs::File, NodeStat)> {
+        let fd = self.open_nofollow()?;
         let st =
             node_stat(&nix::sys::stat::fstat(&fd).map_err(io(&self.shown, "reading metadata"))?);
         if st.kind != NodeKind::File {
@@ -357,23 +363,7 @@ impl Entry {
         gid: Option<u32>,
         mode: Option<u32>,
     ) -> Result<()> {
-        let fd = nix::fcntl::openat(
-            &self.dir,
-            self.name.as_os_str(),
-            OFlag::O_RDONLY
-                | OFlag::O_NOFOLLOW
-                | OFlag::O_NONBLOCK
-                | OFlag::O_CLOEXEC
-                | OFlag::O_NOCTTY,
-            Mode::empty(),
-        )
-        .map_err(|e| match e {
-            Errno::ELOOP => SafeFsError::Symlink {
-                path: self.shown.clone(),
-                at: self.shown.clone(),
-            },
-            e => io(&self.shown, "opening")(e),
-        })?;
+        let fd = self.open_nofollow()?;
         if uid.is_some() || gid.is_some() {
             nix::unistd::fchown(&fd, uid.map(Uid::from_raw), gid.map(Gid::from_raw))
                 .map_err(io(&self.shown, "setting the owner"))?;

@@ -12,22 +12,7 @@ use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
 use trueup::facts::{Facts, OsFacts};
-use trueup::source::{RepoPath, Tree, TreeError};
-
-struct MemTree(BTreeMap<String, Vec<u8>>);
-
-impl Tree for MemTree {
-    fn read(&self, path: &RepoPath) -> Result<Vec<u8>, TreeError> {
-        self.0
-            .get(path.as_str())
-            .cloned()
-            .ok_or_else(|| TreeError::NotFound(path.clone(), "memory".into()))
-    }
-
-    fn describe(&self) -> String {
-        "memory".into()
-    }
-}
+use trueup::source::MemTree;
 
 fn split(data: &[u8]) -> MemTree {
     let mut files = BTreeMap::new();

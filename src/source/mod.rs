@@ -103,3 +103,33 @@ mod tests {
         assert!(RepoPath::parse("./").is_err());
     }
 }
+
+/// A tree held in memory: for tests, benchmarks and fuzzing of the pure
+/// core, where a real directory or repository would only add I/O.
+#[derive(Debug, Clone, Default)]
+pub struct MemTree(pub std::collections::BTreeMap<String, Vec<u8>>);
+
+impl MemTree {
+    /// A tree of (path, content) pairs.
+    pub fn new(files: &[(&str, &str)]) -> MemTree {
+        MemTree(
+            files
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+        )
+    }
+}
+
+impl Tree for MemTree {
+    fn read(&self, path: &RepoPath) -> Result<Vec<u8>, TreeError> {
+        self.0
+            .get(path.as_str())
+            .cloned()
+            .ok_or_else(|| TreeError::NotFound(path.clone(), "memory".into()))
+    }
+
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+}

@@ -5,32 +5,7 @@ use std::path::Path;
 
 use super::*;
 use crate::facts::OsFacts;
-
-/// A tree held in memory, for unit tests of the pure core.
-struct MemTree(BTreeMap<String, Vec<u8>>);
-
-impl MemTree {
-    fn new(files: &[(&str, &str)]) -> MemTree {
-        MemTree(
-            files
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-                .collect(),
-        )
-    }
-}
-
-impl Tree for MemTree {
-    fn read(&self, path: &RepoPath) -> Result<Vec<u8>, TreeError> {
-        self.0
-            .get(path.as_str())
-            .cloned()
-            .ok_or_else(|| TreeError::NotFound(path.clone(), "memory".into()))
-    }
-    fn describe(&self) -> String {
-        "memory".into()
-    }
-}
+use crate::source::MemTree;
 
 fn facts() -> Facts {
     Facts {
