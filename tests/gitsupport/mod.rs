@@ -5,14 +5,9 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use tempfile::TempDir;
-
-/// The binary cargo built for this test run.
-pub fn trueup_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_trueup"))
-}
 
 /// A host branch managing one file, `/etc/motd`, with `text` in it.
 pub fn motd_branch(text: &str) -> Vec<(&'static str, String)> {
@@ -27,39 +22,10 @@ pub fn files<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)
     v.iter().map(|(p, c)| (*p, c.as_str())).collect()
 }
 
-/// A finished `trueup` process.
-#[derive(Debug)]
-pub struct Run {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl From<Output> for Run {
-    fn from(o: Output) -> Run {
-        Run {
-            code: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
-    }
-}
-
-impl Run {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
-                self.stdout, self.stderr
-            )
-        })
-    }
-
-    /// The report's first error (status error or refused).
-    pub fn first_error(&self) -> String {
-        self.json()["errors"][0].as_str().unwrap_or("").to_string()
-    }
-}
+/// A finished `trueup` process (shared with the plain-directory tests).
+#[path = "../support/mod.rs"]
+mod plain;
+pub use plain::{Run, trueup_bin};
 
 /// A host: hostname, root, state directory, configuration.
 pub struct GitHost {

@@ -60,6 +60,7 @@ impl Host {
 }
 
 /// A finished process.
+#[derive(Debug)]
 pub struct Run {
     pub code: i32,
     pub stdout: String,
@@ -84,6 +85,11 @@ impl Run {
                 self.stdout, self.stderr
             )
         })
+    }
+
+    /// The report's first error (status error or refused).
+    pub fn first_error(&self) -> String {
+        self.json()["errors"][0].as_str().unwrap_or("").to_string()
     }
 
     pub fn all(&self) -> String {
