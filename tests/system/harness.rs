@@ -51,7 +51,9 @@ pub const SUITE: &str = "bookworm";
 
 /// Packages of the default base root (`debootstrap --include`).
 /// `cron` is there so a test sees a real, enabled, running service besides
-/// its own; `procps` gives `ps`/`pgrep` inside.
+/// its own; `procps` gives `ps`/`pgrep` inside; `busybox` gives the health
+/// tests a small HTTP server (`busybox httpd`) and `sudo` is what the users
+/// tests check a sudoers drop-in with.
 pub const BASE_PACKAGES: &[&str] = &[
     "systemd",
     "systemd-sysv",
@@ -59,6 +61,8 @@ pub const BASE_PACKAGES: &[&str] = &[
     "ca-certificates",
     "cron",
     "procps",
+    "busybox",
+    "sudo",
 ];
 
 /// Extra packages for the cloud-init variant. debootstrap's dependency
