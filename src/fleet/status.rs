@@ -31,6 +31,10 @@ pub struct HostRow {
     pub behind: Option<bool>,
     /// The run's status, or `unreadable`.
     pub status: String,
+    /// `healthy`, `unhealthy`, `pending` (`unknown` for a word this
+    /// version does not know); absent when the host has no checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
     pub mode: Option<Mode>,
     /// Resources not in sync after the run (found, or failed).
     pub drift: usize,
@@ -128,6 +132,7 @@ pub fn row(
         noted_commit: None,
         behind: None,
         status: "unreadable".into(),
+        health: None,
         mode: None,
         drift: 0,
         at: None,
@@ -170,6 +175,7 @@ fn fill(
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
+    row.health = r.health.as_ref().map(|h| h.status.as_str().to_string());
     row.mode = Some(r.mode);
     row.drift = s.drift + s.failed + s.skipped;
     row.branch = r.source.branch.clone();
@@ -180,10 +186,19 @@ fn fill(
         && !r.dry_run
         && matches!(
             r.status,
-            RunStatus::InSync | RunStatus::Converged | RunStatus::Failed
+            RunStatus::InSync | RunStatus::Converged | RunStatus::Failed | RunStatus::Unhealthy
         );
+    // A rolled-back commit was applied, then left for the healthy one.
+    let rolled_back_to = r
+        .health
+        .as_ref()
+        .and_then(|h| h.rollback.as_ref())
+        .map(|rb| rb.to.clone())
+        .filter(|_| r.status == RunStatus::RolledBack);
     row.applied = if ran_it {
         r.source.commit.clone()
+    } else if rolled_back_to.is_some() {
+        rolled_back_to
     } else {
         r.source.applied.clone()
     };
@@ -233,7 +248,10 @@ pub fn render_table(rows: &[HostRow]) -> String {
                 Some(false) => "no".into(),
                 None => "?".into(),
             },
-            r.status.replace('_', " "),
+            match &r.health {
+                Some(h) => format!("{} ({h})", r.status.replace('_', " ")),
+                None => r.status.replace('_', " "),
+            },
             r.drift.to_string(),
             r.age_seconds.map(age).unwrap_or_else(|| "-".into()),
         ]);
