@@ -14,6 +14,7 @@ pub mod desired;
 pub mod facts;
 pub mod fleet;
 pub mod lock;
+pub mod pipeline;
 pub mod plan;
 pub mod report;
 pub mod resource;

@@ -4,6 +4,8 @@
 //!
 //! A broken state file is an error that names the file, never a silent
 //! reset: forgetting the applied commit would disable the rollback check.
+//! Unknown fields are ignored, so an older agent reads a newer agent's
+//! state (a fleet is upgraded and downgraded host by host).
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +14,6 @@ use serde::{Deserialize, Serialize};
 pub const STATE_FILE: &str = "state.json";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HostState {
     /// The commit last converged (or checked) from the remote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -26,10 +27,26 @@ pub struct HostState {
     /// The last Git note written, to decide when the next one is due.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_note: Option<NoteMark>,
+    /// The commit whose health checks last passed: where a rollback goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_healthy: Option<String>,
+    /// A commit rolled back for failing its health checks; not applied
+    /// again until the branch tip moves past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bad_commit: Option<BadCommit>,
+}
+
+/// A commit that was applied, failed its health checks and was rolled back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadCommit {
+    pub commit: String,
+    /// Why it was rolled back (the failed checks), for people.
+    pub reason: String,
+    /// RFC 3339.
+    pub at: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Disabled {
     pub reason: String,
     /// RFC 3339.
@@ -38,7 +55,6 @@ pub struct Disabled {
 
 /// What the last note said, in brief.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NoteMark {
     pub commit: String,
     pub status: String,
@@ -109,5 +125,21 @@ mod tests {
         std::fs::write(HostState::path(dir.path()), "{\"applied_commit\": 3").unwrap();
         let e = HostState::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("state.json") && e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_from_a_newer_agent_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            HostState::path(dir.path()),
+            r#"{"applied_commit": "abc", "from_the_future": {"x": 1},
+                "disabled": {"reason": "r", "since": "s", "by": "ops"},
+                "bad_commit": {"commit": "def", "reason": "http check", "at": "t", "checks": []}}"#,
+        )
+        .unwrap();
+        let s = HostState::load(dir.path()).unwrap();
+        assert_eq!(s.applied_commit.as_deref(), Some("abc"));
+        assert_eq!(s.disabled.unwrap().reason, "r");
+        assert_eq!(s.bad_commit.unwrap().commit, "def");
     }
 }
