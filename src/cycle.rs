@@ -80,9 +80,11 @@ pub fn run_cycle(
                 location: dir.display().to_string(),
                 ..SourceInfo::default()
             };
-            run(&DirTree::new(dir), info, facts, &run_opts, &|| {
+            let mut report = run(&DirTree::new(dir), info, facts, &run_opts, &|| {
                 control.should_stop()
-            })
+            });
+            report.set_facts(facts);
+            report
         }
         Ok(Location::Git(url)) => {
             git_cycle(settings, facts, opts, &run_opts, &url, started, control)
@@ -184,6 +186,9 @@ fn git_cycle(
         None => (report, tip_hex),
     };
     let tip_hex = applied;
+    // What `validate --fleet` renders this host's state with (issue 11).
+    let mut report = report;
+    report.set_facts(facts);
 
     control.phase(Phase::Reporting);
     if opts.mode == Mode::Apply

@@ -131,6 +131,91 @@ impl Facts {
     }
 }
 
+/// The facts a run report carries, so a fleet's states can be rendered
+/// centrally with each host's own facts (`trueup validate --fleet`).
+///
+/// Every fact but `machine_id`, which machine-id(5) asks to keep
+/// confidential. Read leniently: a report from a newer agent may hold facts
+/// this version does not know, and a missing one reads as empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedFacts {
+    #[serde(default)]
+    pub hostname: String,
+    #[serde(default)]
+    pub fqdn: String,
+    #[serde(default)]
+    pub os: PublishedOs,
+    #[serde(default)]
+    pub arch: String,
+    #[serde(default)]
+    pub cpus: u32,
+    #[serde(default)]
+    pub memory_mb: u64,
+    #[serde(default)]
+    pub ipv4: Vec<String>,
+    #[serde(default)]
+    pub ipv6: Vec<String>,
+    #[serde(default)]
+    pub user: String,
+}
+
+/// `os` of `PublishedFacts`, read leniently like it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedOs {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub id_like: Vec<String>,
+    #[serde(default)]
+    pub version_id: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+impl From<&Facts> for PublishedFacts {
+    fn from(f: &Facts) -> PublishedFacts {
+        PublishedFacts {
+            hostname: f.hostname.clone(),
+            fqdn: f.fqdn.clone(),
+            os: PublishedOs {
+                id: f.os.id.clone(),
+                id_like: f.os.id_like.clone(),
+                version_id: f.os.version_id.clone(),
+                name: f.os.name.clone(),
+            },
+            arch: f.arch.clone(),
+            cpus: f.cpus,
+            memory_mb: f.memory_mb,
+            ipv4: f.ipv4.clone(),
+            ipv6: f.ipv6.clone(),
+            user: f.user.clone(),
+        }
+    }
+}
+
+impl PublishedFacts {
+    /// Facts to render with; `machine_id` is empty (never published).
+    pub fn into_facts(self) -> Facts {
+        Facts {
+            hostname: self.hostname,
+            fqdn: self.fqdn,
+            os: OsFacts {
+                id: self.os.id,
+                id_like: self.os.id_like,
+                version_id: self.os.version_id,
+                name: self.os.name,
+            },
+            arch: self.arch,
+            cpus: self.cpus,
+            memory_mb: self.memory_mb,
+            ipv4: self.ipv4,
+            ipv6: self.ipv6,
+            machine_id: String::new(),
+            user: self.user,
+        }
+    }
+}
+
 /// Parses os-release (`KEY=value` lines, values optionally quoted).
 pub fn parse_os_release(text: &str) -> OsFacts {
     let mut map = BTreeMap::new();
@@ -240,6 +325,24 @@ mod tests {
         let os = parse_os_release("ID=\"rocky\"\nID_LIKE=\"rhel centos fedora\"\n# comment\n");
         assert_eq!(os.id, "rocky");
         assert_eq!(os.id_like, vec!["rhel", "centos", "fedora"]);
+    }
+
+    #[test]
+    fn published_facts_leave_out_the_machine_id_and_read_leniently() {
+        let mut f = Facts::gather();
+        f.machine_id = "0123456789abcdef0123456789abcdef".into();
+        let json = serde_json::to_string(&PublishedFacts::from(&f)).unwrap();
+        assert!(!json.contains("machine_id"), "{json}");
+        assert!(!json.contains(&f.machine_id), "{json}");
+        let back: PublishedFacts = serde_json::from_str(&json).unwrap();
+        let mut expected = f.clone();
+        expected.machine_id = String::new();
+        assert_eq!(back.into_facts(), expected);
+        // A newer agent's extra fact, and an older one's missing ones.
+        let newer: PublishedFacts =
+            serde_json::from_str(r#"{"hostname":"h","gpu":"x","os":{"id":"debian","variant":"y"}}"#)
+                .unwrap();
+        assert_eq!((newer.hostname.as_str(), newer.os.id.as_str()), ("h", "debian"));
     }
 
     #[test]

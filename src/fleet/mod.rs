@@ -3,7 +3,9 @@
 //! waves, and validation of every host's state before a merge.
 
 pub mod config;
+pub mod promote;
 pub mod report;
 pub mod status;
+pub mod tips;
 
 pub use status::{HostRow, age, fleet_status, render_table, row};

@@ -132,6 +132,10 @@ pub struct RunReport {
     /// Errors that stopped the run before any change, one per line.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// The facts this run rendered with, `machine_id` left out, so the
+    /// fleet's states can be validated centrally (`validate --fleet`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<crate::facts::PublishedFacts>,
 }
 
 /// A resource as it appears in a report (the `Outcome` of one step).
@@ -162,6 +166,7 @@ impl RunReport {
             summary: Summary::default(),
             resources: vec![],
             errors,
+            facts: None,
         }
     }
 
@@ -227,6 +232,11 @@ impl RunReport {
             ),
         };
         line + &rejected
+    }
+
+    /// Records the facts the run rendered with (without `machine_id`).
+    pub fn set_facts(&mut self, facts: &crate::facts::Facts) {
+        self.facts = Some(facts.into());
     }
 
     /// Writes the report as `last-run.json` in the state directory.

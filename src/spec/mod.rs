@@ -215,19 +215,56 @@ fn load_into(
 ) -> Result<(), SpecError> {
     let name: Arc<str> = Arc::from(path.as_str());
     let bytes = tree.read(path).map_err(|e| SpecError {
+/// `include:` entries, which may use `{{ }}` over facts (never vars: those
+/// come from the very files being included), so one `trueup.yaml` can name
+/// `hosts/{{facts.hostname}}.yaml` for every host of a fleet.
+struct IncludePaths<'f> {
+    facts: &'f Facts,
+    /// Built on the first templated entry: most branches have none.
+    renderer: Option<Renderer<'static>>,
+}
+
+impl<'f> IncludePaths<'f> {
+    fn new(facts: &'f Facts) -> IncludePaths<'f> {
+        IncludePaths {
+            facts,
+            renderer: None,
+        }
+    }
+
+    fn render(&mut self, raw: &str) -> Result<String, TemplateFailure> {
+        if !raw.contains("{{") {
+            return Ok(raw.to_string());
+        }
+        let facts = self.facts;
+        self.renderer
+            .get_or_insert_with(|| Renderer::new(serde_json::json!({ "facts": facts })))
+            .render_inline(raw)
+    }
+}
+
         file: name.to_string(),
         line: 0,
         column: 0,
         resource: None,
         message: tree_error_reason(&e),
     })?;
+    includes: &mut IncludePaths,
     let doc = parse_document(&name, &bytes)?;
     // The text is not needed once parsed; a big branch's is ~1 MB.
     drop(bytes);
     stack.push(path.clone());
     for inc in &doc.include {
-        let target = RepoPath::parse(&inc.value)
-            .map_err(|m| at(&name, inc, None, format!("include: {m}")))?;
+        let raw = includes.render(&inc.value).map_err(|f| {
+            at(
+                &name,
+                inc,
+                None,
+                format!("include '{}': {}", inc.value, f.reason),
+            )
+        })?;
+        let target =
+            RepoPath::parse(&raw).map_err(|m| at(&name, inc, None, format!("include: {m}")))?;
         if let Some(pos) = stack.iter().position(|p| p == &target) {
             let mut chain: Vec<&str> = stack[pos..].iter().map(RepoPath::as_str).collect();
             chain.push(target.as_str());
@@ -265,7 +302,7 @@ fn load_into(
             }
             Ok(_) => {}
         }
-        load_into(tree, &target, stack, merged)?;
+        load_into(tree, &target, stack, merged, includes)?;
     }
     stack.pop();
     for (k, v) in doc.vars {
@@ -345,7 +382,14 @@ pub fn load(tree: &dyn Tree, facts: &Facts) -> Result<DesiredState, SpecErrors> 
             message: m,
         }])
     })?;
-    load_into(tree, &entry, &mut Vec::new(), &mut merged).map_err(|e| SpecErrors(vec![e]))?;
+    load_into(
+        tree,
+        &entry,
+        &mut Vec::new(),
+        &mut merged,
+        &mut IncludePaths::new(facts),
+    )
+    .map_err(|e| SpecErrors(vec![e]))?;
     let context = serde_json::json!({ "facts": facts, "vars": merged.vars });
     let mut b = Builder {
         tree,

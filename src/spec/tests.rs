@@ -153,6 +153,38 @@ fn missing_include_is_an_error_at_the_include() {
 }
 
 #[test]
+fn include_paths_use_facts_so_one_entry_file_serves_a_fleet() {
+    let files = [
+        (
+            "trueup.yaml",
+            "include: [\"hosts/{{facts.hostname}}.yaml\"]\nfiles:\n  /etc/role: { content: base }\n",
+        ),
+        ("hosts/web1.yaml", "files:\n  /etc/who: { content: web1 }\n"),
+        ("hosts/db1.yaml", "files:\n  /etc/who: { content: db1 }\n"),
+    ];
+    let state = load_files(&files).unwrap();
+    let who = state.files.get(Path::new("/etc/who")).unwrap();
+    assert_eq!(&who.content.as_ref().unwrap().bytes[..], b"web1");
+
+    // A host without its own file: the rendered path, where it was named.
+    let mut other = facts();
+    other.hostname = "web2".into();
+    let errs = load(&MemTree::new(&files), &other).unwrap_err();
+    let e = &errs.0[0];
+    assert_eq!((e.file.as_str(), e.line, e.column), ("trueup.yaml", 1, 11), "{e}");
+    assert!(e.message.contains("'hosts/web2.yaml' does not exist"), "{e}");
+
+    // Only facts: vars come from the very files being included.
+    let e = one_error(&[("trueup.yaml", "include: [\"{{vars.x}}.yaml\"]\nvars: { x: a }\n")]);
+    assert!(e.message.contains("vars.x"), "{e}");
+    // A rendered path is checked like a written one.
+    let mut odd = facts();
+    odd.hostname = "../x".into();
+    let errs = load(&MemTree::new(&files), &odd).unwrap_err();
+    assert!(errs.0[0].message.contains(".."), "{errs}");
+}
+
+#[test]
 fn include_escaping_the_tree_is_refused() {
     let e = one_error(&[("trueup.yaml", "include: [../../etc/passwd]\n")]);
     assert!(e.message.contains(".."), "{e}");
