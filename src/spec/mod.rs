@@ -206,15 +206,6 @@ pub fn parse_document(file: &str, bytes: &[u8]) -> Result<RawDocument, SpecError
     }
 }
 
-/// Loads `path` and its includes, depth-first, into `merged`.
-fn load_into(
-    tree: &dyn Tree,
-    path: &RepoPath,
-    stack: &mut Vec<RepoPath>,
-    merged: &mut Merged,
-) -> Result<(), SpecError> {
-    let name: Arc<str> = Arc::from(path.as_str());
-    let bytes = tree.read(path).map_err(|e| SpecError {
 /// `include:` entries, which may use `{{ }}` over facts (never vars: those
 /// come from the very files being included), so one `trueup.yaml` can name
 /// `hosts/{{facts.hostname}}.yaml` for every host of a fleet.
@@ -243,13 +234,22 @@ impl<'f> IncludePaths<'f> {
     }
 }
 
+/// Loads `path` and its includes, depth-first, into `merged`.
+fn load_into(
+    tree: &dyn Tree,
+    path: &RepoPath,
+    stack: &mut Vec<RepoPath>,
+    merged: &mut Merged,
+    includes: &mut IncludePaths,
+) -> Result<(), SpecError> {
+    let name: Arc<str> = Arc::from(path.as_str());
+    let bytes = tree.read(path).map_err(|e| SpecError {
         file: name.to_string(),
         line: 0,
         column: 0,
         resource: None,
         message: tree_error_reason(&e),
     })?;
-    includes: &mut IncludePaths,
     let doc = parse_document(&name, &bytes)?;
     // The text is not needed once parsed; a big branch's is ~1 MB.
     drop(bytes);
