@@ -14,6 +14,9 @@ use crate::source::DirTree;
 use crate::spec;
 use crate::state::{Disabled, HostState};
 
+pub mod out;
+use out::{out, outln};
+
 /// Text for people or JSON for scripts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -209,10 +212,10 @@ pub fn validate(common: &Common, dir: &Path) -> Result<i32> {
                 Ok(d) => serde_json::json!({ "valid": true, "resources": d.len(), "errors": [] }),
                 Err(e) => serde_json::json!({ "valid": false, "resources": 0, "errors": e }),
             };
-            println!("{}", serde_json::to_string_pretty(&value)?);
+            outln!("{}", serde_json::to_string_pretty(&value)?);
         }
         Format::Text => match &result {
-            Ok(d) => println!("{}: valid, {} resources", dir.display(), d.len()),
+            Ok(d) => outln!("{}: valid, {} resources", dir.display(), d.len()),
             Err(e) => eprintln!("{e}"),
         },
     }
@@ -258,8 +261,8 @@ pub fn render(common: &Common, dir: &Path) -> Result<i32> {
         }
     }
     match common.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&value)?),
-        Format::Text => print!(
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&value)?),
+        Format::Text => out!(
             "{}",
             serde_saphyr::to_string(&value).context("printing the state as YAML")?
         ),
@@ -271,10 +274,10 @@ pub fn render(common: &Common, dir: &Path) -> Result<i32> {
 pub fn print_facts(common: &Common) -> Result<i32> {
     let facts = facts(common)?;
     match common.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&facts)?),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&facts)?),
         Format::Text => {
             for (k, v) in facts.to_lines() {
-                println!("{k:<14} {v}");
+                outln!("{k:<14} {v}");
             }
         }
     }
@@ -325,21 +328,21 @@ pub fn status(common: &Common) -> Result<i32> {
                 "mode": common.settings.mode,
                 "last_run": last,
             });
-            println!("{}", serde_json::to_string_pretty(&value)?);
+            outln!("{}", serde_json::to_string_pretty(&value)?);
         }
         Format::Text => {
             match agent {
-                Some(pid) if pid > 0 => println!("agent:    running (pid {pid})"),
-                Some(_) => println!("agent:    running"),
-                None => println!("agent:    not running"),
+                Some(pid) if pid > 0 => outln!("agent:    running (pid {pid})"),
+                Some(_) => outln!("agent:    running"),
+                None => outln!("agent:    not running"),
             }
             if let Some(d) = &state.disabled {
-                println!("disabled: since {}: {}", d.since, d.reason);
+                outln!("disabled: since {}: {}", d.since, d.reason);
             } else if common.settings.mode == AgentMode::Check {
-                println!("mode:     check (audit: drift is reported, not repaired)");
+                outln!("mode:     check (audit: drift is reported, not repaired)");
             }
             if let Some(c) = &state.applied_commit {
-                println!(
+                outln!(
                     "applied:  {c}{}",
                     state
                         .applied_at
@@ -349,8 +352,8 @@ pub fn status(common: &Common) -> Result<i32> {
                 );
             }
             match &last {
-                Some(r) => println!("last run: {} ({})", r.headline(), r.started_at),
-                None => println!("last run: none"),
+                Some(r) => outln!("last run: {} ({})", r.headline(), r.started_at),
+                None => outln!("last run: none"),
             }
         }
     }
@@ -368,7 +371,7 @@ pub fn disable(common: &Common, reason: &str) -> Result<i32> {
         since: crate::report::rfc3339(std::time::SystemTime::now()),
     });
     state.save(&common.state_dir)?;
-    println!("convergence paused: {reason} (checks still run; `trueup enable` resumes)");
+    outln!("convergence paused: {reason} (checks still run; `trueup enable` resumes)");
     Ok(exit::OK)
 }
 
@@ -378,12 +381,12 @@ pub fn enable(common: &Common) -> Result<i32> {
     match state.disabled.take() {
         Some(d) => {
             state.save(&common.state_dir)?;
-            println!(
+            outln!(
                 "convergence resumed (was paused since {}: {})",
                 d.since, d.reason
             );
         }
-        None => println!("convergence was not paused"),
+        None => outln!("convergence was not paused"),
     }
     Ok(exit::OK)
 }
@@ -405,7 +408,7 @@ pub fn fleet_status(common: &Common) -> Result<i32> {
         crate::fleet::fleet_status(&url, &common.settings.auth, std::time::SystemTime::now())
             .with_context(|| format!("reading the notes of {url}"))?;
     match common.format {
-        Format::Json => println!(
+        Format::Json => outln!(
             "{}",
             serde_json::to_string_pretty(
                 &serde_json::json!({ "repository": url.redacted(), "hosts": rows })
@@ -413,9 +416,9 @@ pub fn fleet_status(common: &Common) -> Result<i32> {
         ),
         Format::Text => {
             if rows.is_empty() {
-                println!("no host has written a note to {url} yet");
+                outln!("no host has written a note to {url} yet");
             } else {
-                print!("{}", crate::fleet::render_table(&rows));
+                out!("{}", crate::fleet::render_table(&rows));
             }
         }
     }

@@ -174,6 +174,8 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        // The reader of our output went away (`| head`): nothing to say.
+        Err(e) if commands::out::is_closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("trueup: error: {e}");
             for cause in e.chain().skip(1) {
