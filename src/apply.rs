@@ -19,7 +19,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::desired::DesiredState;
 use crate::plan::{Action, Plan, Step};
-use crate::resource::node::{self, Previous};
+use crate::resource::accounts::WantedMeta;
+use crate::resource::command::CommandRun;
+use crate::resource::node::{self, NodeAction, Previous};
+use crate::resource::package::PackageChange;
+use crate::resource::user;
 use crate::resource::package::PackageChange;
 use crate::resource::{Backends, Drift, Kind, ResourceId};
 
@@ -48,6 +52,10 @@ pub struct Outcome {
     pub action: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// How a command (or a file's `validate:` command) ended: its exit
+    /// status and the tail of its output. Never for a `secret` command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<CommandRun>,
 }
 
 impl Outcome {
@@ -59,16 +67,18 @@ impl Outcome {
             drift: step.drift.clone(),
             action: step.action.as_ref().map(Action::describe),
             error: step.error.clone(),
+            run: None,
         }
     }
 }
 
 /// The outcomes of a plan that is only looked at (check, dry run).
-/// Follow-ups are left out: they are consequences, not drift.
+/// Follow-ups are left out: they are consequences, not drift (a command
+/// is not: `check` lists the commands that would run).
 pub fn check(plan: &Plan) -> Vec<Outcome> {
     plan.steps
         .iter()
-        .filter(|s| !s.is_follow_up())
+        .filter(|s| !s.is_follow_up() || s.resource.kind == Kind::Command)
         .map(|s| {
             let status = if s.error.is_some() {
                 Status::Failed
@@ -102,7 +112,23 @@ pub fn apply(plan: &Plan, desired: &DesiredState, opts: &ApplyOptions) -> Vec<Ou
     let mut packages = PackageBatch::of(plan);
     let mut out = Vec::with_capacity(plan.steps.len());
     for step in &plan.steps {
-        if step.is_follow_up() {
+        let command = step.resource.kind == Kind::Command;
+        if command && step.is_follow_up() && !step.triggered_by.iter().any(|t| changed.contains(t))
+        {
+            // What it watches did not change after all: it does not run.
+            let mut o = Outcome::new(step, Status::InSync);
+            o.action = None;
+            o.drift.clear();
+            if let Some(t) = step.triggered_by.iter().find(|t| broken.contains(t)) {
+                o.status = Status::Skipped;
+                o.drift = step.drift.clone();
+                o.error = Some(format!("not run because {t} failed"));
+                broken.insert(&step.resource);
+            }
+            out.push(o);
+            continue;
+        }
+        if step.is_follow_up() && !command {
             if !step.triggered_by.iter().any(|t| changed.contains(t)) {
                 continue;
             }
@@ -157,8 +183,34 @@ pub fn apply(plan: &Plan, desired: &DesiredState, opts: &ApplyOptions) -> Vec<Ou
             out.push(Outcome::new(step, Status::Drift));
             continue;
         };
-        let result = run_action(step, action, desired, opts, &mut packages);
+        if let Some(why) = not_run_here(step, action, desired, opts) {
+            broken.insert(&step.resource);
+            let mut o = Outcome::new(step, Status::Skipped);
+            o.error = Some(why);
+            out.push(o);
+            continue;
+        }
+        if stages {
+            match writes.stage(step, desired, opts) {
+                Ok(()) => {
+                    // Changed once the batch is in place; see commit.
+                    writes.pending.push((out.len(), &step.resource));
+                    out.push(Outcome::new(step, Status::Changed));
+                }
+                Err(e) => {
+                    broken.insert(&step.resource);
+                    let mut o = Outcome::new(step, Status::Failed);
+                    o.error = Some(e);
+                    out.push(o);
+                }
+            }
+            continue;
+        }
         let mut o = Outcome::new(step, Status::Changed);
+        let result = match action {
+            Action::Command => run_command(step, desired, opts, &mut o),
+            _ => run_action(step, action, desired, opts, &mut packages),
+        };
         match result {
             Ok(()) => {
                 changed.insert(&step.resource);
@@ -196,6 +248,185 @@ fn run_action(
                 action.describe()
             )
         }),
+        Action::Group(g) => {
+            let (tool, args) = g.args(&step.resource.name);
+            opts.backends.accounts.run_tool(tool, &args)
+        }
+        Action::User(u) => apply_user(&step.resource.name, u, desired, opts),
+        Action::Deferred => apply_deferred(&step.resource, desired, opts),
+        Action::Command => Err("a command runs through run_command".into()),
+    }
+}
+
+/// Why a step cannot run under this root, if it cannot: commands and
+/// `validate:` run on the host, so not under another `--root`.
+fn not_run_here(
+    step: &Step,
+    action: &Action,
+    desired: &DesiredState,
+    opts: &ApplyOptions,
+) -> Option<String> {
+    if opts.backends.commands.live {
+        return None;
+    }
+    match action {
+        Action::Command => Some(format!(
+            "commands do not run under --root {}",
+            opts.root.display()
+        )),
+        Action::Node(NodeAction::WriteFile { .. }) | Action::Deferred
+            if step.resource.kind == Kind::File
+                && desired
+                    .files
+                    .get(Path::new(&step.resource.name))
+                    .is_some_and(|f| !f.validate.is_empty()) =>
+        {
+            Some(format!(
+                "validate does not run under --root {}, so the file is not written",
+                opts.root.display()
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Runs a declared command; its exit status and output tail go into the
+/// outcome unless it is secret.
+fn run_command(
+    step: &Step,
+    desired: &DesiredState,
+    opts: &ApplyOptions,
+    o: &mut Outcome,
+) -> Result<(), String> {
+    let spec = desired
+        .commands
+        .get(&step.resource.name)
+        .ok_or("the command is not declared")?;
+    let run = opts.backends.commands.run(spec)?;
+    let ok = run.success();
+    let status = run.status.clone();
+    tracing::info!(command = %step.resource.name, status = %if spec.secret { "(secret)" } else { &status }, "command ran");
+    if !spec.secret {
+        o.run = Some(run);
+    }
+    if ok {
+        Ok(())
+    } else if spec.secret {
+        Err("the command failed (secret: its status and output are not shown)".into())
+    } else {
+        Err(format!("`{}` failed ({status})", spec.run.join(" ")))
+    }
+}
+
+/// Creates, changes or removes a user with the account tools, then writes
+/// its `authorized_keys` (owned by the user, in a 0700 `~/.ssh`).
+fn apply_user(
+    name: &str,
+    action: &user::UserAction,
+    desired: &DesiredState,
+    opts: &ApplyOptions,
+) -> Result<(), String> {
+    let accounts = opts.backends.accounts;
+    if let Some((tool, args)) = action.tool(name) {
+        accounts.run_tool(tool, &args)?;
+    }
+    if !action.write_keys {
+        return Ok(());
+    }
+    let spec = desired.users.get(name).ok_or("the user is not declared")?;
+    let keys = spec.authorized_keys.as_deref().unwrap_or_default();
+    let db = accounts.observe()?;
+    let entry = db
+        .users
+        .get(name)
+        .ok_or_else(|| format!("user '{name}' is not in the user database after creating it"))?;
+    let home = user::home_of(spec, Some(entry)).unwrap_or_default();
+    let keys_path = user::keys_path(&home);
+    let ssh_dir = keys_path.parent().unwrap_or(Path::new("/"));
+    let (uid, gid) = (Some(entry.uid), Some(entry.gid));
+    let dir_action =
+        match node::observe_node(opts.root, ssh_dir, false).map_err(|e| e.to_string())? {
+            node::NodeObservation::Missing => NodeAction::CreateDirectory {
+                uid,
+                gid,
+                mode: user::SSH_DIR_MODE,
+            },
+            node::NodeObservation::Directory { .. } => NodeAction::SetMetadata {
+                uid,
+                gid,
+                mode: Some(user::SSH_DIR_MODE),
+            },
+            other => {
+                return Err(format!(
+                    "{} is a {}, not a directory",
+                    ssh_dir.display(),
+                    other.describe()
+                ));
+            }
+        };
+    node::execute(opts.root, ssh_dir, &dir_action, None)?;
+    let previous = node::Previous::of(
+        node::observe_node(opts.root, &keys_path, true).map_err(|e| e.to_string())?,
+    );
+    if let Some(prev) = &previous {
+        backup(&opts.backup_dir, &keys_path, prev)?;
+    }
+    let write = NodeAction::WriteFile {
+        uid,
+        gid,
+        mode: user::KEYS_MODE,
+        previous,
+    };
+    node::execute(
+        opts.root,
+        &keys_path,
+        &write,
+        Some(&user::keys_content(keys)),
+    )
+}
+
+/// A node whose owner or group was pending at planning: names are looked
+/// up afresh now that packages, groups and users ran, the node observed
+/// and compared again, and converged. A name still missing fails this
+/// node alone.
+fn apply_deferred(
+    id: &ResourceId,
+    desired: &DesiredState,
+    opts: &ApplyOptions,
+) -> Result<(), String> {
+    let path = Path::new(&id.name);
+    let lookup = opts.backends.accounts.lookup();
+    let obs =
+        |want_content| node::observe_node(opts.root, path, want_content).map_err(|e| e.to_string());
+    let (_, action) = match id.kind {
+        Kind::File => {
+            let spec = desired.files.get(path).ok_or("the file is not declared")?;
+            let want = WantedMeta::resolve(
+                spec.owner.as_deref(),
+                spec.group.as_deref(),
+                spec.mode,
+                &*lookup,
+            )?;
+            crate::resource::file::diff(path, spec, &want, obs(true)?, &*lookup)
+        }
+        Kind::Directory => {
+            let spec = desired
+                .directories
+                .get(path)
+                .ok_or("the directory is not declared")?;
+            let want = WantedMeta::resolve(
+                spec.owner.as_deref(),
+                spec.group.as_deref(),
+                spec.mode,
+                &*lookup,
+            )?;
+            crate::resource::directory::diff(path, spec, &want, obs(false)?, &*lookup)
+        }
+        _ => return Err(format!("{id} cannot wait for its owner")),
+    };
+    match action {
+        Some(a) => apply_node(id, &a, desired, opts),
+        None => Ok(()),
     }
 }
 
@@ -332,15 +563,52 @@ fn apply_node(
     if let Some(prev) = action.previous() {
         backup(&opts.backup_dir, path, prev)?;
     }
-    let content = match id.kind {
-        Kind::File => desired
-            .files
-            .get(path)
-            .and_then(|f| f.content.as_ref())
-            .map(|c| &c.bytes[..]),
+    let spec = match id.kind {
+        Kind::File => desired.files.get(path),
         _ => None,
     };
+    let content = spec.and_then(|f| f.content.as_ref()).map(|c| &c.bytes[..]);
+    if let (Some(spec), Some(content), NodeAction::WriteFile { uid, gid, mode, .. }) =
+        (spec, content, action)
+        && !spec.validate.is_empty()
+    {
+        return write_validated(opts, path, &spec.validate, content, *uid, *gid, *mode);
+    }
     node::execute(opts.root, path, action, content)
+}
+
+/// Writes a file whose `validate:` command must accept the new content
+/// first; when it does not, the file stays as it was and the error holds
+/// the command's own words.
+fn write_validated(
+    opts: &ApplyOptions,
+    path: &Path,
+    argv: &[String],
+    content: &[u8],
+    uid: Option<u32>,
+    gid: Option<u32>,
+    mode: u32,
+) -> Result<(), String> {
+    let entry = crate::safe_fs::Entry::open(opts.root, path, true)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{}: the parent directory is missing", path.display()))?;
+    let runner = opts.backends.commands;
+    let mut check = |tmp: &Path| {
+        let run = runner.validate(argv, tmp)?;
+        if run.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "validate `{}` refused the new content ({}): {}; the file was not replaced",
+                argv.join(" "),
+                run.status,
+                crate::resource::tool::tail(&run.output, 12)
+            ))
+        }
+    };
+    entry
+        .write_atomic_validated(content, uid, gid, mode, &mut check)
+        .map_err(|e| e.to_string())
 }
 
 /// Keeps what is about to be replaced: `<backup_dir>/<path>` holds the old
@@ -391,7 +659,9 @@ mod tests {
             mode: None,
             notify: notify.iter().map(|s| s.to_string()).collect(),
             notify_action: action,
+            notify_actions: Default::default(),
             secret: false,
+            validate: vec![],
         }
     }
 
@@ -431,6 +701,9 @@ mod tests {
         backup: tempfile::TempDir,
         packages: FakePackages,
         units: FakeUnits,
+        accounts: crate::resource::fake::FakeAccountDb,
+        /// Whether commands run (real processes, on this machine).
+        live: bool,
     }
 
     impl Host {
@@ -440,6 +713,8 @@ mod tests {
                 backup: tempfile::tempdir().unwrap(),
                 packages,
                 units,
+                accounts: Default::default(),
+                live: false,
             }
         }
 
@@ -447,6 +722,8 @@ mod tests {
             Backends {
                 packages: Some(&self.packages),
                 units: &self.units,
+                accounts: &self.accounts,
+                commands: crate::resource::command::Runner { live: self.live },
             }
         }
 
@@ -766,5 +1043,382 @@ mod tests {
         );
         assert!(h.packages.batches.borrow().is_empty());
         assert!(out.iter().all(|o| o.status == Status::Skipped), "{out:?}");
+    }
+    // --- users, groups, commands, validate, pending owners -------------
+
+    use crate::desired::{CommandSpec, GroupSpec, UserSpec};
+    use crate::resource::group::GroupEntry;
+    use crate::resource::user::{AccountControl, PasswdEntry};
+
+    fn me() -> (u32, u32) {
+        (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        )
+    }
+
+    /// A host whose account database holds root, `adm` and `olduser`;
+    /// owners resolve from that database, and commands run for real.
+    fn account_host() -> Host {
+        let mut h = Host::new(FakePackages::default(), FakeUnits::new(&[]));
+        h.live = true;
+        {
+            let mut db = h.accounts.db.borrow_mut();
+            for (name, id) in [("root", 0), ("olduser", 4000)] {
+                db.users.insert(
+                    name.into(),
+                    PasswdEntry {
+                        name: name.into(),
+                        uid: id,
+                        gid: id,
+                        home: format!("/home/{name}"),
+                        shell: "/bin/sh".into(),
+                    },
+                );
+            }
+            for (name, id) in [("root", 0), ("adm", 4)] {
+                db.groups.insert(
+                    name.into(),
+                    GroupEntry {
+                        name: name.into(),
+                        gid: id,
+                        members: vec![],
+                    },
+                );
+            }
+        }
+        h
+    }
+
+    impl Host {
+        /// Plans with owners looked up in the (fake) account database.
+        fn plan_accounts(&self, d: &DesiredState) -> Result<Plan, Vec<plan::PlanError>> {
+            let obs = plan::observe(self.root.path(), d, &self.backends());
+            plan::plan(d, obs, &*self.accounts.lookup())
+        }
+
+        fn apply_accounts(&self, d: &DesiredState) -> Vec<Outcome> {
+            let p = self.plan_accounts(d).unwrap();
+            apply(
+                &p,
+                d,
+                &ApplyOptions {
+                    root: self.root.path(),
+                    backup_dir: self.backup.path().join("b"),
+                    stop: &|| false,
+                    backends: self.backends(),
+                },
+            )
+        }
+    }
+
+    fn app_user(uid: u32, keys: &[&str]) -> UserSpec {
+        UserSpec {
+            present: true,
+            uid: Some(uid),
+            group: Some("app".into()),
+            groups: Some(vec!["adm".into()]),
+            home: Some("/srv/app".into()),
+            shell: Some("/usr/sbin/nologin".into()),
+            system: true,
+            authorized_keys: Some(keys.iter().map(|k| k.to_string()).collect()),
+        }
+    }
+
+    fn accounts_state() -> DesiredState {
+        let (uid, gid) = me();
+        let mut d = DesiredState::default();
+        d.groups.insert(
+            "app".into(),
+            GroupSpec {
+                present: true,
+                gid: Some(gid),
+                system: true,
+            },
+        );
+        d.users
+            .insert("app".into(), app_user(uid, &["ssh-ed25519 AAAA ops@example.com"]));
+        d.users.insert(
+            "olduser".into(),
+            UserSpec {
+                present: false,
+                ..UserSpec::default()
+            },
+        );
+        d
+    }
+
+    #[test]
+    fn users_and_groups_converge_then_plan_nothing() {
+        use std::os::unix::fs::MetadataExt;
+        let h = account_host();
+        let d = accounts_state();
+        let p = h.plan_accounts(&d).unwrap();
+        let order: Vec<String> = p.steps.iter().map(|s| s.resource.to_string()).collect();
+        assert_eq!(order, ["group app", "user app", "user olduser"]);
+        assert_eq!(p.steps[1].requires, [ResourceId::new(Kind::Group, "app")]);
+        let out = h.apply_accounts(&d);
+        let r = by_resource(&out);
+        assert_eq!(r["group app"].0, Status::Changed, "{r:?}");
+        assert_eq!(r["user app"].0, Status::Changed, "{r:?}");
+        assert_eq!(r["user app"].1.as_deref(), Some("create, write authorized_keys"));
+        assert_eq!(r["user olduser"].0, Status::Changed);
+        let calls = h.accounts.calls.borrow().clone();
+        assert!(calls[0].starts_with("groupadd --gid"), "{calls:?}");
+        assert!(calls[1].starts_with("useradd --uid"), "{calls:?}");
+        assert_eq!(calls[2], "userdel -- olduser");
+        let keys = h.root.path().join("srv/app/.ssh/authorized_keys");
+        assert_eq!(
+            std::fs::read_to_string(&keys).unwrap(),
+            "ssh-ed25519 AAAA ops@example.com\n"
+        );
+        let meta = std::fs::metadata(&keys).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o600);
+        assert_eq!(meta.uid(), me().0);
+        let dir = std::fs::metadata(keys.parent().unwrap()).unwrap();
+        assert_eq!(dir.mode() & 0o7777, 0o700);
+        // In sync now.
+        let again = h.plan_accounts(&d).unwrap();
+        assert!(again.steps.iter().all(Step::in_sync), "{again:?}");
+
+        // Drift by hand: a shell, an edited key file, then the user gone.
+        h.accounts
+            .run_tool("usermod", &["--shell".into(), "/bin/bash".into(), "app".into()])
+            .unwrap();
+        std::fs::write(&keys, "ssh-rsa BBBB intruder\n").unwrap();
+        let p = h.plan_accounts(&d).unwrap();
+        let user = p.steps.iter().find(|s| s.resource.name == "app" && s.resource.kind == Kind::User).unwrap();
+        let attrs: Vec<_> = user.drift.iter().map(|d| d.attribute).collect();
+        assert_eq!(
+            attrs,
+            [crate::resource::Attribute::Shell, crate::resource::Attribute::AuthorizedKeys]
+        );
+        let out = h.apply_accounts(&d);
+        assert_eq!(by_resource(&out)["user app"].1.as_deref(), Some("modify, write authorized_keys"));
+        assert!(h.plan_accounts(&d).unwrap().steps.iter().all(Step::in_sync));
+        // The replaced keys were kept.
+        assert!(
+            walk(h.backup.path()).iter().any(|p| p.ends_with("srv/app/.ssh/authorized_keys")),
+            "{:?}",
+            walk(h.backup.path())
+        );
+        h.accounts.run_tool("userdel", &["app".into()]).unwrap();
+        let out = h.apply_accounts(&d);
+        assert_eq!(by_resource(&out)["user app"].0, Status::Changed);
+        assert!(h.plan_accounts(&d).unwrap().steps.iter().all(Step::in_sync));
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                out.extend(walk(&e.path()));
+            } else {
+                out.push(e.path());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_file_owned_by_a_user_of_the_same_run_waits_for_it() {
+        let h = account_host();
+        let mut d = accounts_state();
+        let mut conf = file("x=1\n", &[], NotifyAction::Restart);
+        conf.owner = Some("app".into());
+        conf.group = Some("app".into());
+        d.files.insert("/etc/app.conf".into(), conf);
+        let p = h.plan_accounts(&d).unwrap();
+        let step = p.steps.iter().find(|s| s.resource.kind == Kind::File).unwrap();
+        assert_eq!(step.action, Some(Action::Deferred));
+        let shown: Vec<String> = step
+            .drift
+            .iter()
+            .map(|d| format!("{} {}: {}", d.attribute.as_str(), d.expected, d.actual))
+            .collect();
+        assert_eq!(
+            shown,
+            ["presence file: absent", "owner app: not present yet", "group app: not present yet"]
+        );
+        assert_eq!(
+            step.requires,
+            [ResourceId::new(Kind::User, "app"), ResourceId::new(Kind::Group, "app")]
+        );
+        assert_eq!(check(&p).iter().filter(|o| o.status == Status::Drift).count(), 4);
+        let out = h.apply_accounts(&d);
+        assert_eq!(by_resource(&out)["file /etc/app.conf"].0, Status::Changed, "{out:?}");
+        assert!(h.plan_accounts(&d).unwrap().steps.iter().all(Step::in_sync));
+    }
+
+    #[test]
+    fn a_missing_owner_is_pending_only_while_something_could_create_it() {
+        let h = account_host();
+        let mut d = DesiredState::default();
+        let mut conf = file("x\n", &[], NotifyAction::Restart);
+        conf.owner = Some("uuidd".into());
+        d.files.insert("/etc/uuidd.conf".into(), conf);
+        d.files.insert("/etc/motd".into(), file("hi\n", &[], NotifyAction::Restart));
+        let errs = h.plan_accounts(&d).unwrap_err();
+        assert_eq!(errs[0].to_string(), "file /etc/uuidd.conf: owner 'uuidd' does not exist");
+        // A package to install may create it; this one does not: the file
+        // fails alone, the rest of the run goes on.
+        d.packages.insert("uuid-runtime".into(), present());
+        let p = h.plan_accounts(&d).unwrap();
+        let step = p.steps.iter().find(|s| s.resource.name == "/etc/uuidd.conf").unwrap();
+        assert_eq!(step.action, Some(Action::Deferred));
+        assert!(step.requires.is_empty());
+        let out = h.apply_accounts(&d);
+        let r = by_resource(&out);
+        assert_eq!(r["package uuid-runtime"].0, Status::Changed);
+        assert_eq!(r["file /etc/motd"].0, Status::Changed);
+        assert_eq!(r["file /etc/uuidd.conf"].0, Status::Failed);
+        assert_eq!(r["file /etc/uuidd.conf"].2.as_deref(), Some("owner 'uuidd' does not exist"));
+        // Installed now, and still no uuidd: the branch is broken again.
+        assert!(h.plan_accounts(&d).is_err());
+    }
+
+    fn command(run: &[&str]) -> CommandSpec {
+        CommandSpec {
+            run: run.iter().map(|s| s.to_string()).collect(),
+            timeout_secs: 30,
+            ..CommandSpec::default()
+        }
+    }
+
+    #[test]
+    fn commands_run_when_their_file_changes_or_their_guard_says() {
+        let h = account_host();
+        let marker = h.root.path().join("ran");
+        let done = h.root.path().join("done");
+        let mut d = DesiredState::default();
+        d.files.insert("/etc/sysctl.d/90-app.conf".into(), file("a=1\n", &[], NotifyAction::Restart));
+        let mut reload = command(&["sh", "-c", "echo reload >> \"$0\"; echo reloaded", marker.to_str().unwrap()]);
+        reload.on_change = vec![ResourceId::new(Kind::File, "/etc/sysctl.d/90-app.conf")];
+        d.commands.insert("sysctl-reload".into(), reload);
+        let mut init = command(&["sh", "-c", "echo init >> \"$0\" && touch \"$1\"", marker.to_str().unwrap(), done.to_str().unwrap()]);
+        init.creates = Some("/done".into());
+        d.commands.insert("init-db".into(), init);
+        let p = h.plan_accounts(&d).unwrap();
+        let order: Vec<String> = p.steps.iter().map(|s| s.resource.to_string()).collect();
+        assert_eq!(order, ["file /etc/sysctl.d/90-app.conf", "command init-db", "command sysctl-reload"]);
+        let checked = check(&p);
+        assert_eq!(checked.len(), 3, "check lists the commands that would run");
+        assert!(checked.iter().all(|o| o.status == Status::Drift), "{checked:?}");
+
+        let out = h.apply_accounts(&d);
+        let r = by_resource(&out);
+        assert_eq!(r["command sysctl-reload"].0, Status::Changed, "{out:?}");
+        assert_eq!(r["command init-db"].0, Status::Changed);
+        let run = out.iter().find(|o| o.resource == "sysctl-reload").unwrap().run.clone().unwrap();
+        assert_eq!(run.exit_code, Some(0));
+        assert_eq!(run.output, "reloaded\n");
+        let runs = || std::fs::read_to_string(&marker).unwrap();
+        assert_eq!(runs(), "init\nreload\n");
+
+        // Nothing changed: nothing runs, nothing is due.
+        let p = h.plan_accounts(&d).unwrap();
+        assert!(p.steps.iter().all(Step::in_sync), "{p:?}");
+        let out = h.apply_accounts(&d);
+        assert!(out.iter().all(|o| o.status == Status::InSync), "{out:?}");
+        assert_eq!(runs(), "init\nreload\n");
+
+        // The file changes: only the on_change command runs.
+        d.files.insert("/etc/sysctl.d/90-app.conf".into(), file("a=2\n", &[], NotifyAction::Restart));
+        h.apply_accounts(&d);
+        assert_eq!(runs(), "init\nreload\nreload\n");
+    }
+
+    #[test]
+    fn a_failing_or_secret_command_and_one_under_another_root() {
+        let mut h = account_host();
+        let mut d = DesiredState::default();
+        let mut bad = command(&["sh", "-c", "echo oops; exit 4"]);
+        bad.creates = Some("/never".into());
+        d.commands.insert("bad".into(), bad.clone());
+        let mut secret = command(&["sh", "-c", "echo hunter2; exit 1"]);
+        secret.creates = Some("/never".into());
+        secret.secret = true;
+        d.commands.insert("secret".into(), secret);
+        let out = h.apply_accounts(&d);
+        let r = by_resource(&out);
+        assert_eq!(r["command bad"].0, Status::Failed);
+        assert_eq!(r["command bad"].2.as_deref(), Some("`sh -c echo oops; exit 4` failed (exit status 4)"));
+        let run = out.iter().find(|o| o.resource == "bad").unwrap().run.clone().unwrap();
+        assert_eq!((run.exit_code, run.output.as_str()), (Some(4), "oops\n"));
+        let s = out.iter().find(|o| o.resource == "secret").unwrap();
+        assert_eq!(s.status, Status::Failed);
+        assert!(s.run.is_none());
+        assert!(!format!("{s:?}").contains("hunter2"));
+
+        h.live = false;
+        let out = h.apply_accounts(&d);
+        let r = by_resource(&out);
+        assert_eq!(r["command bad"].0, Status::Skipped);
+        assert!(r["command bad"].2.as_deref().unwrap().starts_with("commands do not run under --root"));
+    }
+
+    #[test]
+    fn validate_keeps_the_old_file_when_the_new_content_is_refused() {
+        let h = account_host();
+        std::fs::create_dir_all(h.root.path().join("etc/sudoers.d")).unwrap();
+        std::fs::write(h.root.path().join("etc/sudoers.d/app"), "good old\n").unwrap();
+        let argv: Vec<String> = [
+            "sh",
+            "-c",
+            "grep -q good \"$0\" || { echo \"$0: syntax error near line 1\" >&2; exit 1; }",
+            "{path}",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut d = DesiredState::default();
+        let mut sudoers = file("bad new\n", &[], NotifyAction::Restart);
+        sudoers.validate = argv.clone();
+        d.files.insert("/etc/sudoers.d/app".into(), sudoers);
+        d.files.insert("/etc/motd".into(), file("hi\n", &[], NotifyAction::Restart));
+        let out = h.apply_accounts(&d);
+        let r = by_resource(&out);
+        assert_eq!(r["file /etc/sudoers.d/app"].0, Status::Failed);
+        let err = r["file /etc/sudoers.d/app"].2.clone().unwrap();
+        assert!(err.contains("syntax error near line 1"), "{err}");
+        assert!(err.contains("the file was not replaced"), "{err}");
+        assert_eq!(r["file /etc/motd"].0, Status::Changed);
+        assert_eq!(
+            std::fs::read_to_string(h.root.path().join("etc/sudoers.d/app")).unwrap(),
+            "good old\n"
+        );
+        let left: Vec<_> = std::fs::read_dir(h.root.path().join("etc/sudoers.d")).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file left: {left:?}");
+        // Accepted content is written; then nothing to do.
+        let mut sudoers = file("good new\n", &[], NotifyAction::Restart);
+        sudoers.validate = argv;
+        d.files.insert("/etc/sudoers.d/app".into(), sudoers);
+        let out = h.apply_accounts(&d);
+        assert_eq!(by_resource(&out)["file /etc/sudoers.d/app"].0, Status::Changed);
+        assert_eq!(
+            std::fs::read_to_string(h.root.path().join("etc/sudoers.d/app")).unwrap(),
+            "good new\n"
+        );
+        assert!(h.plan_accounts(&d).unwrap().steps.iter().all(Step::in_sync));
+    }
+
+    #[test]
+    fn notify_mapping_reloads_per_unit() {
+        let h = Host::new(
+            FakePackages::with(&[("app", "1.0"), ("tool", "1.0")]),
+            FakeUnits::new(&[("app.service", true, true), ("web.service", true, true)]),
+        );
+        let mut d = app_state();
+        d.services.insert("web.service".into(), running(None));
+        let conf = d.files.get_mut(Path::new("/etc/app.conf")).unwrap();
+        conf.notify = vec!["app.service".into(), "web.service".into()];
+        conf.notify_actions = [
+            ("app.service".to_string(), NotifyAction::Reload),
+            ("web.service".to_string(), NotifyAction::Restart),
+        ]
+        .into();
+        h.apply(&d);
+        let calls = h.units.calls();
+        assert!(calls.contains(&"reload app.service".to_string()), "{calls:?}");
+        assert!(calls.contains(&"try-restart web.service".to_string()), "{calls:?}");
     }
 }

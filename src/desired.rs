@@ -18,6 +18,12 @@ pub struct DesiredState {
     pub symlinks: BTreeMap<PathBuf, SymlinkSpec>,
     pub packages: BTreeMap<String, PackageSpec>,
     pub services: BTreeMap<String, ServiceSpec>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, GroupSpec>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub users: BTreeMap<String, UserSpec>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub commands: BTreeMap<String, CommandSpec>,
 }
 
 impl DesiredState {
@@ -28,6 +34,9 @@ impl DesiredState {
             + self.symlinks.len()
             + self.packages.len()
             + self.services.len()
+            + self.groups.len()
+            + self.users.len()
+            + self.commands.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -50,8 +59,26 @@ pub struct FileSpec {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<String>,
     pub notify_action: NotifyAction,
+    /// Per-unit actions of the mapping form (`notify: { UNIT: reload }`);
+    /// a unit not in here gets `notify_action`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub notify_actions: BTreeMap<String, NotifyAction>,
     /// Content never appears in diffs, reports or logs.
     pub secret: bool,
+    /// A command run on the new content before it replaces the file; one
+    /// argument is `{path}`, the temporary file. Empty: no validation.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub validate: Vec<String>,
+}
+
+impl FileSpec {
+    /// What a change to this file does to `unit`, which it notifies.
+    pub fn notify_action_for(&self, unit: &str) -> NotifyAction {
+        self.notify_actions
+            .get(unit)
+            .copied()
+            .unwrap_or(self.notify_action)
+    }
 }
 
 /// Rendered file content and where it came from.
@@ -115,6 +142,67 @@ pub struct ServiceSpec {
     /// unit without its suffix (`nginx` for `nginx.service`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub package: Option<String>,
+}
+
+/// A group, keyed by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupSpec {
+    pub present: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// Created as a system group (`groupadd -r`); not compared afterwards.
+    pub system: bool,
+}
+
+/// A user, keyed by name. Passwords are never managed: new users are
+/// locked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UserSpec {
+    pub present: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// The primary group, by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Supplementary groups, exactly these (sorted); `None`: not managed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub home: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shell: Option<String>,
+    /// Created as a system user (`useradd -r`); not compared afterwards.
+    pub system: bool,
+    /// `~/.ssh/authorized_keys`, exactly these lines; `None`: not managed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorized_keys: Option<Vec<String>>,
+}
+
+/// A command run when something it watches changed, or while a guard
+/// says it has not run yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CommandSpec {
+    /// Program and arguments; no shell.
+    pub run: Vec<String>,
+    /// Declared resources: runs only in a run where one of them changed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub on_change: Vec<crate::resource::ResourceId>,
+    /// Skipped while this path exists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub creates: Option<PathBuf>,
+    /// Skipped while this (read-only) command exits 0; run during check too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unless: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<PathBuf>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Seconds before the command is killed.
+    pub timeout_secs: u64,
+    /// Output and exit status never appear in reports or logs.
+    pub secret: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]

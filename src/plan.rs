@@ -18,10 +18,13 @@ use std::path::{Path, PathBuf};
 
 use crate::desired::{DesiredState, NotifyAction};
 use crate::resource::accounts::{Accounts, WantedMeta};
-use crate::resource::node::{NodeAction, NodeObservation, observe_node_in};
+use crate::resource::command::{self, CommandObservation};
+use crate::resource::group::GroupAction;
+use crate::resource::node::{NodeAction, NodeObservation, observe_node, observe_node_in};
 use crate::resource::package::{self, InstalledPackage, PackageAction};
 use crate::resource::service::systemctl::UnitState;
 use crate::resource::service::{self, ServiceAction};
+use crate::resource::user::{self, AccountChange, AccountDb, UserAction};
 use crate::resource::{Backends, Drift, Kind, ResourceId, directory, file, symlink};
 use crate::safe_fs::WalkCache;
 
@@ -52,6 +55,14 @@ pub enum Action {
     Restart {
         reload: bool,
     },
+    Group(GroupAction),
+    User(UserAction),
+    /// Run a declared command.
+    Command,
+    /// A file or directory whose owner or group does not exist yet but is
+    /// created earlier in this run (by a package, a group or a user): it is
+    /// observed and compared again, with fresh names, when its turn comes.
+    Deferred,
 }
 
 impl Action {
@@ -63,6 +74,10 @@ impl Action {
             Action::DaemonReload => "daemon-reload".into(),
             Action::Restart { reload: false } => "restart".into(),
             Action::Restart { reload: true } => "reload".into(),
+            Action::Group(g) => g.describe(),
+            Action::User(u) => u.describe(),
+            Action::Command => "run".into(),
+            Action::Deferred => "converge once its owner exists".into(),
         }
     }
 }
@@ -132,6 +147,12 @@ pub struct Observations {
     /// Whether systemd runs the managed root (see
     /// [`service::UnitControl::runtime`]).
     pub systemd_runtime: bool,
+    /// The account databases, when a user or group is declared.
+    pub accounts: Option<Result<AccountDb, String>>,
+    /// The `authorized_keys` file of each declared user that has keys.
+    pub keys: BTreeMap<String, Result<NodeObservation, String>>,
+    /// What each command's guards found.
+    pub commands: BTreeMap<String, CommandObservation>,
 }
 
 /// Reads every declared resource under `root`: paths one by one, packages
@@ -173,11 +194,38 @@ pub fn observe(root: &Path, desired: &DesiredState, backends: &Backends) -> Obse
             (path.clone(), obs)
         })
         .collect();
+    let accounts = (!desired.users.is_empty() || !desired.groups.is_empty())
+        .then(|| backends.accounts.observe());
+    let mut keys = BTreeMap::new();
+    if let Some(Ok(db)) = &accounts {
+        for (name, spec) in desired.users.iter().filter(|(_, s)| s.present) {
+            if spec.authorized_keys.is_some()
+                && let Some(home) = user::home_of(spec, db.users.get(name))
+            {
+                let obs =
+                    observe_node(root, &user::keys_path(&home), true).map_err(|e| e.to_string());
+                keys.insert(name.clone(), obs);
+            }
+        }
+    }
+    let commands = desired
+        .commands
+        .iter()
+        .map(|(name, spec)| {
+            (
+                name.clone(),
+                command::observe(root, spec, backends.commands),
+            )
+        })
+        .collect();
     Observations {
         nodes,
         packages,
         units,
         systemd_runtime: backends.units.runtime(),
+        accounts,
+        keys,
+        commands,
     }
 }
 
@@ -210,9 +258,12 @@ pub fn plan(
     observed.extend(obs.nodes);
     let mut take = |p: &Path| observed.remove(p).unwrap_or(Ok(NodeObservation::Missing));
     let (installed, units, runtime) = (obs.packages, obs.units, obs.systemd_runtime);
+    let mut head = package_steps(desired, installed);
+    head.extend(account_steps(desired, obs.accounts, obs.keys));
+    let pending = Pending::of(&head);
     let mut resolve =
         |id: &ResourceId, owner: Option<&str>, group: Option<&str>, mode: Option<u32>| {
-            WantedMeta::resolve(owner, group, mode, accounts)
+            resolve_meta(owner, group, mode, accounts, &pending)
                 .map_err(|message| {
                     errors.push(PlanError {
                         resource: id.clone(),
@@ -230,9 +281,14 @@ pub fn plan(
         else {
             continue;
         };
-        let step = node_step(id, take(path), |o| {
-            directory::diff(path, spec, &want, o, accounts)
-        });
+        let step = match want {
+            Resolved::Now(want) => node_step(id, take(path), |o| {
+                directory::diff(path, spec, &want, o, accounts)
+            }),
+            Resolved::Later(later) => deferred_step(id, take(path), later, |o, want| {
+                directory::diff(path, spec, want, o, accounts)
+            }),
+        };
         if spec.present {
             present_dirs.push(step);
         } else {
@@ -246,12 +302,15 @@ pub fn plan(
         else {
             continue;
         };
-        nodes.push((
-            path,
-            node_step(id, take(path), |o| {
+        let step = match want {
+            Resolved::Now(want) => node_step(id, take(path), |o| {
                 file::diff(path, spec, &want, o, accounts)
             }),
-        ));
+            Resolved::Later(later) => deferred_step(id, take(path), later, |o, want| {
+                file::diff(path, spec, want, o, accounts)
+            }),
+        };
+        nodes.push((path, step));
     }
     for (path, spec) in &desired.symlinks {
         let id = ResourceId::new(Kind::Symlink, path.display().to_string());
@@ -296,22 +355,278 @@ pub fn plan(
     let mut steps: Vec<Step> = nodes
         .into_iter()
         .map(|(path, mut s)| {
-            s.requires = parents_of(path);
+            s.requires.splice(0..0, parents_of(path));
             s
         })
         .collect();
-    let mut head = package_steps(desired, installed);
     // BTreeMap order puts a parent before its children.
     for mut s in present_dirs {
-        s.requires = parents_of(Path::new(&s.resource.name));
+        s.requires
+            .splice(0..0, parents_of(Path::new(&s.resource.name)));
         head.push(s);
     }
     steps.reserve_exact(head.len() + absent_dirs.len() + desired.services.len() + 1);
     steps.splice(0..0, head);
     absent_dirs.reverse();
     steps.extend(absent_dirs);
-    service_steps(desired, &mut steps, units, runtime);
+    service_steps(desired, &mut steps, units, runtime, obs.commands);
     Ok(Plan { steps })
+}
+
+/// Owner and group of a node: resolved now, or later in the run.
+enum Resolved {
+    Now(WantedMeta),
+    Later(Later),
+}
+
+/// A node whose owner or group is created earlier in the same run.
+struct Later {
+    /// What can be resolved now (the pending names left out).
+    partial: WantedMeta,
+    /// "owner uuidd: not present yet".
+    drift: Vec<Drift>,
+    /// The declared users and groups that create the names.
+    requires: Vec<ResourceId>,
+}
+
+/// What this run is about to create: any package install may bring users
+/// and groups (its maintainer scripts create them), and declared users and
+/// groups bring their own names.
+#[derive(Default)]
+struct Pending {
+    packages: bool,
+    users: HashMap<String, ResourceId>,
+    groups: HashMap<String, ResourceId>,
+}
+
+impl Pending {
+    fn of(steps: &[Step]) -> Pending {
+        let mut p = Pending::default();
+        for s in steps.iter().filter(|s| s.error.is_none()) {
+            match &s.action {
+                Some(Action::Package(PackageAction::Install { .. })) => p.packages = true,
+                Some(Action::Group(GroupAction::Create { .. })) => {
+                    p.groups.insert(s.resource.name.clone(), s.resource.clone());
+                }
+                Some(Action::User(UserAction {
+                    account: Some(AccountChange::Create(args)),
+                    ..
+                })) => {
+                    p.users.insert(s.resource.name.clone(), s.resource.clone());
+                    if args.iter().any(|a| a == "--user-group") {
+                        p.groups
+                            .entry(s.resource.name.clone())
+                            .or_insert_with(|| s.resource.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        p
+    }
+
+    /// `Some(step)` when `name` is created in this run: `Some(None)` when a
+    /// package may bring it, `None` when nothing pending could.
+    fn creates(
+        &self,
+        names: &HashMap<String, ResourceId>,
+        name: &str,
+    ) -> Option<Option<ResourceId>> {
+        match names.get(name) {
+            Some(id) => Some(Some(id.clone())),
+            None if self.packages => Some(None),
+            None => None,
+        }
+    }
+}
+
+/// Resolves a node's owner and group. A name that does not exist is an
+/// error for the whole run, unless something earlier in this run creates
+/// it: then the node is converged after that (`Action::Deferred`).
+fn resolve_meta(
+    owner: Option<&str>,
+    group: Option<&str>,
+    mode: Option<u32>,
+    accounts: &dyn Accounts,
+    pending: &Pending,
+) -> Result<Resolved, String> {
+    if let Ok(want) = WantedMeta::resolve(owner, group, mode, accounts) {
+        return Ok(Resolved::Now(want));
+    }
+    let mut later = Later {
+        partial: WantedMeta::default(),
+        drift: vec![],
+        requires: vec![],
+    };
+    let owner_now = match owner {
+        Some(o) if WantedMeta::resolve(Some(o), None, None, accounts).is_err() => {
+            let Some(by) = pending.creates(&pending.users, o) else {
+                return Err(format!("owner '{o}' does not exist"));
+            };
+            later.drift.push(Drift::new(
+                crate::resource::Attribute::Owner,
+                o,
+                "not present yet",
+            ));
+            later.requires.extend(by);
+            None
+        }
+        o => o,
+    };
+    let group_now = match group {
+        Some(g) if WantedMeta::resolve(None, Some(g), None, accounts).is_err() => {
+            let Some(by) = pending.creates(&pending.groups, g) else {
+                return Err(format!("group '{g}' does not exist"));
+            };
+            later.drift.push(Drift::new(
+                crate::resource::Attribute::Group,
+                g,
+                "not present yet",
+            ));
+            later.requires.extend(by);
+            None
+        }
+        g => g,
+    };
+    later.partial = WantedMeta::resolve(owner_now, group_now, mode, accounts)?;
+    Ok(Resolved::Later(later))
+}
+
+/// The step of a node with a pending owner: its other drift now, and the
+/// whole comparison again when it runs.
+fn deferred_step(
+    resource: ResourceId,
+    obs: Result<NodeObservation, String>,
+    later: Later,
+    diff: impl FnOnce(NodeObservation, &WantedMeta) -> (Vec<Drift>, Option<NodeAction>),
+) -> Step {
+    let partial = later.partial;
+    let mut step = node_step(resource, obs, |o| diff(o, &partial));
+    if step.error.is_none() {
+        step.drift.extend(later.drift);
+        step.action = Some(Action::Deferred);
+        step.requires = later.requires;
+    }
+    step
+}
+
+/// Groups to create or change, then users (created, changed or removed),
+/// then groups to remove: a group is removed after the users in it.
+fn account_steps(
+    desired: &DesiredState,
+    accounts: Option<Result<AccountDb, String>>,
+    mut keys: BTreeMap<String, Result<NodeObservation, String>>,
+) -> Vec<Step> {
+    let db = match accounts {
+        None => return Vec::new(),
+        Some(Ok(db)) => Ok(db),
+        Some(Err(e)) => Err(format!("reading the account databases: {e}")),
+    };
+    let mut present = Vec::new();
+    let mut absent = Vec::new();
+    for (name, spec) in &desired.groups {
+        let mut step = Step::new(ResourceId::new(Kind::Group, name.clone()));
+        match &db {
+            Ok(db) => {
+                let (drift, action) = crate::resource::group::diff(spec, db.groups.get(name));
+                step.drift = drift;
+                step.action = action.map(Action::Group);
+            }
+            Err(e) => step.error = Some(e.clone()),
+        }
+        if spec.present {
+            present.push(step);
+        } else {
+            absent.push(step);
+        }
+    }
+    let declared_group = |g: &str| {
+        desired
+            .groups
+            .get(g)
+            .is_some_and(|s| s.present)
+            .then(|| ResourceId::new(Kind::Group, g))
+    };
+    for (name, spec) in &desired.users {
+        let mut step = Step::new(ResourceId::new(Kind::User, name.clone()));
+        match &db {
+            Ok(db) => {
+                let keys_obs = match keys.remove(name) {
+                    Some(Ok(o)) => Some(o),
+                    Some(Err(e)) => {
+                        step.error = Some(format!("reading authorized_keys: {e}"));
+                        None
+                    }
+                    None => None,
+                };
+                let group_exists = db.groups.contains_key(name) || declared_group(name).is_some();
+                let (drift, action) = user::diff(name, spec, db, keys_obs.as_ref(), group_exists);
+                step.drift = drift;
+                step.action = action.map(Action::User);
+            }
+            Err(e) => step.error = Some(e.clone()),
+        }
+        if spec.present {
+            let mut wanted: Vec<&str> = spec.group.iter().map(String::as_str).collect();
+            wanted.extend(spec.groups.iter().flatten().map(String::as_str));
+            if spec.group.is_none() {
+                wanted.push(name);
+            }
+            for g in wanted {
+                if let Some(id) = declared_group(g)
+                    && !step.requires.contains(&id)
+                {
+                    step.requires.push(id);
+                }
+            }
+        }
+        present.push(step);
+    }
+    present.extend(absent);
+    present
+}
+
+/// One step per command: it runs when its guards allow and, with
+/// `on_change`, only when one of those resources changes in this run (a
+/// follow-up of them).
+fn command_steps(
+    desired: &DesiredState,
+    changing: &HashSet<ResourceId>,
+    mut observed: BTreeMap<String, CommandObservation>,
+) -> Vec<Step> {
+    desired
+        .commands
+        .iter()
+        .map(|(name, spec)| {
+            let mut step = Step::new(ResourceId::new(Kind::Command, name.clone()));
+            let obs = observed.remove(name).unwrap_or_default();
+            let triggers: Option<Vec<ResourceId>> = (!spec.on_change.is_empty()).then(|| {
+                spec.on_change
+                    .iter()
+                    .filter(|t| changing.contains(*t))
+                    .cloned()
+                    .collect()
+            });
+            let shown: Option<Vec<String>> = triggers
+                .as_ref()
+                .map(|t| t.iter().map(ToString::to_string).collect());
+            match command::diff(spec, &obs, shown.as_deref()) {
+                Ok(None) => {}
+                Ok(Some(d)) => {
+                    step.drift.push(d);
+                    step.action = Some(Action::Command);
+                    step.triggered_by = triggers.unwrap_or_default();
+                }
+                Err(e) => step.error = Some(e),
+            }
+            if let Some(u) = &spec.user
+                && desired.users.get(u).is_some_and(|s| s.present)
+            {
+                step.requires.push(ResourceId::new(Kind::User, u.clone()));
+            }
+            step
+        })
+        .collect()
 }
 
 /// One step per declared package, compared with the installed packages.
@@ -362,6 +677,7 @@ fn service_steps(
     steps: &mut Vec<Step>,
     mut units: BTreeMap<String, Result<UnitState, String>>,
     runtime: bool,
+    commands: BTreeMap<String, CommandObservation>,
 ) {
     let changing: HashSet<ResourceId> = steps
         .iter()
@@ -394,6 +710,9 @@ fn service_steps(
         s.triggered_by = reload_triggers;
         steps.push(s);
     }
+    // Commands go here, after the daemon-reload and before services; one
+    // that watches a service goes after the services.
+    let commands_at = steps.len();
 
     let mut restarts = Vec::new();
     for (name, spec) in &desired.services {
@@ -444,7 +763,7 @@ fn service_steps(
                     f.notify.iter().any(|n| n == name)
                         && changing.contains(&ResourceId::new(Kind::File, p.display().to_string()))
                 })
-                .map(|(p, f)| (p, f.notify_action))
+                .map(|(p, f)| (p, f.notify_action_for(name)))
                 .collect();
             if !notifying.is_empty() {
                 let mut r = Step::new(id.clone());
@@ -462,6 +781,18 @@ fn service_steps(
             }
         }
         steps.push(step);
+    }
+    if !desired.commands.is_empty() {
+        let changing: HashSet<ResourceId> = steps
+            .iter()
+            .filter(|s| s.action.is_some() && s.error.is_none() && !s.is_follow_up())
+            .map(|s| s.resource.clone())
+            .collect();
+        let (late, early): (Vec<Step>, Vec<Step>) = command_steps(desired, &changing, commands)
+            .into_iter()
+            .partition(|s| s.triggered_by.iter().any(|t| t.kind == Kind::Service));
+        steps.splice(commands_at..commands_at, early);
+        steps.extend(late);
     }
     steps.extend(restarts);
 }
@@ -533,7 +864,9 @@ mod tests {
             notify: vec![],
             notify_action: NotifyAction::Restart,
             secret: false,
+            notify_actions: Default::default(),
         }
+            validate: vec![],
     }
 
     fn dir_spec(present: bool) -> DirectorySpec {

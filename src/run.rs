@@ -13,8 +13,10 @@ use crate::plan;
 use crate::report::{Mode, RunReport, RunStatus, SourceInfo};
 use crate::resource::Backends;
 use crate::resource::accounts::SystemAccounts;
+use crate::resource::command;
 use crate::resource::package::{self, PackageSettings};
 use crate::resource::service::systemctl::Systemctl;
+use crate::resource::user::ShadowUtils;
 use crate::source::Tree;
 use crate::spec;
 
@@ -119,9 +121,12 @@ pub fn run(
                 root: &opts.root,
                 backup_dir,
                 stop,
+    let account_tools = ShadowUtils::new(&opts.root);
                 backends,
             },
         );
+        accounts: &account_tools,
+        commands: command::Runner::for_root(&opts.root),
         for o in outcomes
             .iter()
             .filter(|o| o.status != apply::Status::InSync)

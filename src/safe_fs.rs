@@ -474,6 +474,66 @@ impl Entry {
     }
 }
 
+/// Why a validated write left the file as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum ValidatedWriteError {
+    #[error(transparent)]
+    Fs(#[from] SafeFsError),
+    /// The check refused the new content; its words.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+impl Entry {
+    /// `write_atomic`, with `check` run on the complete temporary file
+    /// (given its path, which lies beside the entry) before it replaces the
+    /// entry: when `check` refuses, the temporary file is removed and the
+    /// entry is left exactly as it was. For `validate:` commands, which
+    /// must see the file where it will live (`visudo`, `nginx -t`).
+    pub fn write_atomic_validated(
+        &self,
+        content: &[u8],
+        uid: Option<u32>,
+        gid: Option<u32>,
+        mode: u32,
+        check: &mut dyn FnMut(&Path) -> std::result::Result<(), String>,
+    ) -> std::result::Result<(), ValidatedWriteError> {
+        self.remove_stale_temps();
+        let tmp = self.temp_name();
+        let fd = nix::fcntl::openat(
+            &self.dir,
+            tmp.as_os_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(io(&self.shown, "creating a temporary file"))?;
+        let tmp_path = self.shown.parent().unwrap_or(Path::new("/")).join(&tmp);
+        let result = (|| {
+            let mut file = std::fs::File::from(fd);
+            file.write_all(content)
+                .map_err(|e| io(&self.shown, "writing a temporary file")(errno_of(&e)))?;
+            if uid.is_some() || gid.is_some() {
+                nix::unistd::fchown(file.as_fd(), uid.map(Uid::from_raw), gid.map(Gid::from_raw))
+                    .map_err(io(&self.shown, "setting the owner"))?;
+            }
+            nix::sys::stat::fchmod(file.as_fd(), Mode::from_bits_truncate(mode))
+                .map_err(io(&self.shown, "setting the mode"))?;
+            file.sync_all()
+                .map_err(|e| io(&self.shown, "syncing a temporary file")(errno_of(&e)))?;
+            drop(file);
+            check(&tmp_path).map_err(ValidatedWriteError::Rejected)?;
+            nix::fcntl::renameat(&self.dir, tmp.as_os_str(), &self.dir, self.name.as_os_str())
+                .map_err(io(&self.shown, "renaming into place"))?;
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = nix::unistd::unlinkat(&self.dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+            return result;
+        }
+        Ok(self.sync_dir()?)
+    }
+}
+
 /// The pid in the tail `<pid>-<n>` of a temporary file's name.
 fn stale_temp_owner(rest: &[u8]) -> Option<u32> {
     let text = std::str::from_utf8(rest).ok()?;

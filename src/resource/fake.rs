@@ -183,3 +183,155 @@ impl UnitControl for FakeUnits {
         Ok(())
     }
 }
+
+/// Account databases in memory, changed by reading the arguments trueup
+/// gives `useradd`, `usermod`, `userdel`, `groupadd`, `groupmod` and
+/// `groupdel`; every call is recorded.
+#[derive(Default)]
+pub struct FakeAccountDb {
+    pub db: RefCell<super::user::AccountDb>,
+    pub calls: RefCell<Vec<String>>,
+}
+
+impl FakeAccountDb {
+    fn next_id(&self) -> u32 {
+        let db = self.db.borrow();
+        let used = db
+            .users
+            .values()
+            .map(|u| u.uid)
+            .chain(db.groups.values().map(|g| g.gid));
+        used.max().unwrap_or(999) + 1
+    }
+}
+
+impl super::user::AccountControl for FakeAccountDb {
+    fn observe(&self) -> Result<super::user::AccountDb, String> {
+        Ok(self.db.borrow().clone())
+    }
+
+    fn run_tool(&self, tool: &str, args: &[String]) -> Result<(), String> {
+        use super::group::GroupEntry;
+        use super::user::PasswdEntry;
+        self.calls
+            .borrow_mut()
+            .push(format!("{tool} {}", args.join(" ")));
+        let name = args.last().cloned().unwrap_or_default();
+        let opt = |flag: &str| {
+            args.iter()
+                .position(|a| a == flag)
+                .and_then(|i| args.get(i + 1))
+                .cloned()
+        };
+        let id = self.next_id();
+        let mut db = self.db.borrow_mut();
+        let gid_of = |db: &super::user::AccountDb, g: &str| {
+            db.groups
+                .get(g)
+                .map(|e| e.gid)
+                .ok_or_else(|| format!("{tool}: group '{g}' does not exist"))
+        };
+        match tool {
+            "groupadd" => {
+                let gid = opt("--gid").map(|g| g.parse().unwrap()).unwrap_or(id);
+                db.groups.insert(
+                    name.clone(),
+                    GroupEntry {
+                        name,
+                        gid,
+                        members: vec![],
+                    },
+                );
+            }
+            "groupmod" => {
+                let gid = opt("--gid").map(|g| g.parse().unwrap()).unwrap_or(id);
+                db.groups.get_mut(&name).ok_or("no such group")?.gid = gid;
+            }
+            "groupdel" => {
+                db.groups.remove(&name).ok_or("no such group")?;
+            }
+            "useradd" | "usermod" => {
+                let mut entry = match (tool, db.users.get(&name)) {
+                    ("useradd", Some(_)) => return Err(format!("user '{name}' already exists")),
+                    ("useradd", None) => PasswdEntry {
+                        name: name.clone(),
+                        uid: id,
+                        gid: id,
+                        home: format!("/home/{name}"),
+                        shell: "/bin/sh".into(),
+                    },
+                    (_, Some(u)) => u.clone(),
+                    (_, None) => return Err(format!("user '{name}' does not exist")),
+                };
+                if let Some(u) = opt("--uid") {
+                    entry.uid = u.parse().unwrap();
+                }
+                if args.iter().any(|a| a == "--user-group") {
+                    db.groups.insert(
+                        name.clone(),
+                        GroupEntry {
+                            name: name.clone(),
+                            gid: entry.uid,
+                            members: vec![],
+                        },
+                    );
+                    entry.gid = entry.uid;
+                }
+                if let Some(g) = opt("--gid") {
+                    entry.gid = gid_of(&db, &g)?;
+                }
+                if let Some(h) = opt("--home-dir").or(opt("--home")) {
+                    entry.home = h;
+                }
+                if let Some(s) = opt("--shell") {
+                    entry.shell = s;
+                }
+                if let Some(groups) = opt("--groups") {
+                    let want: Vec<&str> = groups.split(',').filter(|g| !g.is_empty()).collect();
+                    for g in &want {
+                        gid_of(&db, g)?;
+                    }
+                    for g in db.groups.values_mut() {
+                        g.members.retain(|m| m != &name);
+                        if want.contains(&g.name.as_str()) {
+                            g.members.push(name.clone());
+                        }
+                    }
+                }
+                db.users.insert(name, entry);
+            }
+            "userdel" => {
+                db.users.remove(&name).ok_or("no such user")?;
+            }
+            other => return Err(format!("unknown tool {other}")),
+        }
+        Ok(())
+    }
+
+    fn lookup(&self) -> Box<dyn super::accounts::Accounts + '_> {
+        Box::new(DbAccounts(self.db.borrow().clone()))
+    }
+}
+
+/// Names and ids from an `AccountDb`, for owners in unit tests.
+pub struct DbAccounts(pub super::user::AccountDb);
+
+impl super::accounts::Accounts for DbAccounts {
+    fn uid(&self, name: &str) -> Option<u32> {
+        self.0.users.get(name).map(|u| u.uid)
+    }
+    fn gid(&self, name: &str) -> Option<u32> {
+        self.0.groups.get(name).map(|g| g.gid)
+    }
+    fn user_name(&self, uid: u32) -> String {
+        self.0
+            .users
+            .values()
+            .find(|u| u.uid == uid)
+            .map(|u| u.name.clone())
+            .unwrap_or_else(|| uid.to_string())
+    }
+    fn group_name(&self, gid: u32) -> String {
+        self.0.group_name(gid)
+    }
+}

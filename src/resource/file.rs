@@ -206,7 +206,9 @@ mod tests {
                 gid: 0,
                 mode,
             },
+            notify_actions: Default::default(),
             content: Some(content.as_bytes().to_vec().into()),
+            validate: vec![],
         }
     }
 

@@ -6,24 +6,30 @@
 //! so the comparison is tested with plain values.
 
 pub mod accounts;
+pub mod command;
 pub mod directory;
 #[cfg(test)]
 pub mod fake;
 pub mod file;
+pub mod group;
 pub mod node;
 pub mod package;
 pub mod service;
 pub mod symlink;
 pub mod tool;
+pub mod user;
 
 use serde::{Deserialize, Serialize};
 
-/// The tools that observe and change packages and units on this host.
+/// The tools that observe and change packages, units, users and groups
+/// on this host, and whether commands run.
 #[derive(Clone, Copy)]
 pub struct Backends<'a> {
     /// `None` when no package is declared: no backend is chosen then.
     pub packages: Option<&'a dyn package::PackageBackend>,
     pub units: &'a dyn service::UnitControl,
+    pub accounts: &'a dyn user::AccountControl,
+    pub commands: command::Runner,
 }
 
 /// The kinds of resource a branch can declare.
@@ -35,6 +41,9 @@ pub enum Kind {
     Symlink,
     Package,
     Service,
+    User,
+    Group,
+    Command,
 }
 
 impl Kind {
@@ -45,6 +54,9 @@ impl Kind {
             Kind::Symlink => "symlink",
             Kind::Package => "package",
             Kind::Service => "service",
+            Kind::User => "user",
+            Kind::Group => "group",
+            Kind::Command => "command",
         }
     }
 }
@@ -113,6 +125,17 @@ pub enum Attribute {
     Enabled,
     State,
     Masked,
+    Uid,
+    Gid,
+    /// Supplementary groups of a user.
+    Groups,
+    Home,
+    Shell,
+    /// A user's `~/.ssh/authorized_keys`.
+    #[serde(rename = "authorized_keys")]
+    AuthorizedKeys,
+    /// A command that is due to run, and why.
+    Run,
 }
 
 impl Attribute {
@@ -128,6 +151,13 @@ impl Attribute {
             Attribute::Enabled => "enabled",
             Attribute::State => "state",
             Attribute::Masked => "masked",
+            Attribute::Uid => "uid",
+            Attribute::Gid => "gid",
+            Attribute::Groups => "groups",
+            Attribute::Home => "home",
+            Attribute::Shell => "shell",
+            Attribute::AuthorizedKeys => "authorized_keys",
+            Attribute::Run => "run",
         }
     }
 }

@@ -7,6 +7,8 @@
 //! before anything on the host is touched, and every error names the file,
 //! line and column it comes from.
 
+pub mod accounts;
+pub mod commands;
 pub mod render;
 pub mod schema;
 
@@ -161,6 +163,9 @@ struct Merged {
     symlinks: BTreeMap<String, Located<RawSymlink>>,
     packages: BTreeMap<String, Located<RawPackage>>,
     services: BTreeMap<String, Located<RawService>>,
+    groups: BTreeMap<String, Located<accounts::RawGroup>>,
+    users: BTreeMap<String, Located<accounts::RawUser>>,
+    commands: BTreeMap<String, Located<commands::RawCommand>>,
 }
 
 /// Parses one YAML document. An empty file is an empty document.
@@ -353,6 +358,35 @@ fn load_into(
     merged
         .services
         .extend(doc.services.into_iter().map(|(k, v)| (k, located(v))));
+    merged.groups.extend(doc.groups.into_iter().map(|(k, v)| {
+        (
+            k,
+            Located {
+                file: name.clone(),
+                value: v,
+            },
+        )
+    }));
+    merged.users.extend(doc.users.into_iter().map(|(k, v)| {
+        (
+            k,
+            Located {
+                file: name.clone(),
+                value: v,
+            },
+        )
+    }));
+    merged
+        .commands
+        .extend(doc.commands.into_iter().map(|(k, v)| {
+            (
+                k,
+                Located {
+                    file: name.clone(),
+                    value: v,
+                },
+            )
+        }));
     Ok(())
 }
 
@@ -463,6 +497,23 @@ impl Builder<'_> {
                 state.services.insert(name, spec);
             }
         }
+        for (name, loc) in &merged.groups {
+            if let Some(spec) = self.group(loc, name, &format!("group {name}")) {
+                state.groups.insert(name.clone(), spec);
+            }
+        }
+        for (name, loc) in &merged.users {
+            if let Some(spec) = self.user(loc, name, &format!("user {name}")) {
+                state.users.insert(name.clone(), spec);
+            }
+        }
+        self.check_user_groups(&state.users, &state.groups);
+        for (name, loc) in &merged.commands {
+            if let Some(spec) = self.command(loc, name, &format!("command {name}")) {
+                state.commands.insert(name.clone(), spec);
+            }
+        }
+        self.resolve_on_change(&merged.commands, &mut state);
         for (path, file) in &state.files {
             for unit in &file.notify {
                 if !state.services.contains_key(unit) {
@@ -586,6 +637,30 @@ impl Builder<'_> {
         let owner = self.owner(f, raw.owner.as_deref(), id, "owner");
         let group = self.owner(f, raw.group.as_deref(), id, "group");
         let mode = self.mode(f, raw.mode.as_deref(), id);
+        let validate = self.validate(f, raw.validate.as_deref(), id);
+        let (notify, notify_actions) = match &raw.notify {
+            None => (vec![], BTreeMap::new()),
+            Some(commands::RawNotify::List(units)) => (units.clone(), BTreeMap::new()),
+            Some(commands::RawNotify::Map(map)) => {
+                if raw.notify_action.is_some() {
+                    self.error(
+                        loc,
+                        id,
+                        "notify_action goes with the list form of notify; the mapping form names each unit's action".into(),
+                    );
+                    return None;
+                }
+                (map.keys().cloned().collect(), map.clone())
+            }
+        };
+        if absent && raw.validate.is_some() {
+            self.error(
+                loc,
+                id,
+                "a file with state: absent takes no validate".into(),
+            );
+            return None;
+        }
         if absent {
             if sources > 0 {
                 self.error(
@@ -630,9 +705,11 @@ impl Builder<'_> {
             owner: owner.ok()?,
             group: group.ok()?,
             mode: mode.ok()?,
-            notify: raw.notify.clone().unwrap_or_default(),
+            notify,
             notify_action: raw.notify_action.unwrap_or_default(),
+            notify_actions,
             secret: raw.secret.unwrap_or(false),
+            validate: validate.ok()?,
         })
     }
 

@@ -29,6 +29,14 @@ pub struct RawDocument {
     pub packages: BTreeMap<String, Spanned<RawPackage>>,
     #[serde(default)]
     pub services: BTreeMap<String, Spanned<RawService>>,
+    /// `spec::accounts`.
+    #[serde(default)]
+    pub groups: BTreeMap<String, Spanned<super::accounts::RawGroup>>,
+    #[serde(default)]
+    pub users: BTreeMap<String, Spanned<super::accounts::RawUser>>,
+    /// `spec::commands`.
+    #[serde(default)]
+    pub commands: BTreeMap<String, Spanned<super::commands::RawCommand>>,
 }
 
 /// `state:` of files, directories, symlinks and packages.
@@ -52,9 +60,11 @@ pub struct RawFile {
     pub group: Option<Box<Spanned<IdName>>>,
     pub mode: Option<Box<Spanned<String>>>,
     pub state: Option<RawPresence>,
-    pub notify: Option<Vec<String>>,
+    pub notify: Option<super::commands::RawNotify>,
     pub notify_action: Option<NotifyAction>,
     pub secret: Option<bool>,
+    /// A command run on the new content first (`spec::commands`).
+    pub validate: Option<Box<Spanned<Vec<Spanned<String>>>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
