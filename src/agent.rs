@@ -37,6 +37,8 @@ pub enum Phase {
     Fetching,
     Rendering,
     Converging,
+    /// The health window after a change.
+    Checking,
     Reporting,
 }
 
@@ -47,6 +49,7 @@ impl Phase {
             Phase::Fetching => "fetching",
             Phase::Rendering => "rendering",
             Phase::Converging => "converging",
+            Phase::Checking => "checking health",
             Phase::Reporting => "reporting",
         }
     }
@@ -182,8 +185,30 @@ fn idle_status(last: &Option<(RunReport, Instant)>) -> String {
                 .map(|c| format!(" {}", crate::report::short_id(c, 7)))
                 .unwrap_or_default();
             let s = &r.summary;
+            // "healthy", "unhealthy", or where a rollback went.
+            let health = match &r.health {
+                Some(h) => match &h.rollback {
+                    Some(rb) => format!(", back on {}", crate::report::short_id(&rb.to, 7)),
+                    None => format!(", {}", h.status.as_str()),
+                },
+                None => String::new(),
+            };
+            // A newer commit kept out: rolled back, or not rendering.
+            let kept = r
+                .source
+                .rejected
+                .as_ref()
+                .map(|j| {
+                    let why = if j.reason.starts_with("rolled back") {
+                        "rolled back"
+                    } else {
+                        "does not render"
+                    };
+                    format!(", {} {why}", crate::report::short_id(&j.commit, 7))
+                })
+                .unwrap_or_default();
             format!(
-                "{}{commit}, {} drift, {}s ago",
+                "{}{commit}, {} drift{health}{kept}, {}s ago",
                 r.status.as_str(),
                 s.drift + s.changed + s.failed + s.skipped,
                 at.elapsed().as_secs()

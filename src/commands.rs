@@ -151,7 +151,10 @@ pub fn apply(common: &Common, dry_run: bool, detailed: bool) -> Result<i32> {
     if matches!(report.status, RunStatus::Error | RunStatus::Refused) {
         return Ok(exit::ERROR);
     }
-    let failed = s.failed + s.skipped > 0;
+    // A commit that failed its health checks (rolled back or kept) is a
+    // failure too.
+    let failed = s.failed + s.skipped > 0
+        || matches!(report.status, RunStatus::RolledBack | RunStatus::Unhealthy);
     let changed = s.changed > 0 || (dry_run && s.drift > 0);
     Ok(if detailed {
         (if changed { exit::CHANGED } else { 0 }) | (if failed { exit::FAILED } else { 0 })
@@ -337,6 +340,10 @@ pub fn status(common: &Common) -> Result<i32> {
                 None => outln!("agent:    not running"),
             }
             if let Some(d) = &state.disabled {
+                "health": last.as_ref().and_then(|r| r.health.as_ref()).map(|h| h.status),
+                "last_healthy": state.last_healthy,
+                "bad_commit": state.bad_commit,
+                "pending_health": state.pending_health,
                 outln!("disabled: since {}: {}", d.since, d.reason);
             } else if common.settings.mode == AgentMode::Check {
                 outln!("mode:     check (audit: drift is reported, not repaired)");
@@ -366,6 +373,34 @@ pub fn disable(common: &Common, reason: &str) -> Result<i32> {
         bail!("give a reason: trueup disable --reason TEXT");
     }
     let mut state = HostState::load(&common.state_dir)?;
+            if let Some(p) = &state.pending_health {
+                outln!(
+                    "health:   pending for {} (window ends {})",
+                    crate::report::short_id(&p.commit, 12),
+                    crate::report::rfc3339(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(p.deadline)
+                    )
+                );
+            } else if let Some(h) = last.as_ref().and_then(|r| r.health.as_ref()) {
+                let failed = h.failed_required();
+                outln!(
+                    "health:   {}{}",
+                    h.status.as_str(),
+                    if failed.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", failed.join("; "))
+                    }
+                );
+            }
+            if let Some(b) = &state.bad_commit {
+                outln!(
+                    "rolled back: {} at {} ({}); not applied again until the branch moves",
+                    crate::report::short_id(&b.commit, 12),
+                    b.at,
+                    b.reason
+                );
+            }
     state.disabled = Some(Disabled {
         reason: reason.to_string(),
         since: crate::report::rfc3339(std::time::SystemTime::now()),
@@ -423,4 +458,82 @@ pub fn fleet_status(common: &Common) -> Result<i32> {
         }
     }
     Ok(exit::OK)
+}
+
+/// `trueup health`: runs the checks of the applied commit (or of the
+/// directory source) now, one look each. Exit 0 healthy, 2 unhealthy, 1
+/// error.
+pub fn health(common: &Common) -> Result<i32> {
+    use crate::health::{self, HealthReport, HealthStatus};
+    use crate::source::remote::{self, Location};
+    let facts = facts(common)?;
+    let Some(source) = common.settings.repo.as_deref() else {
+        bail!("no source: give --source DIR|URL or set repo in the configuration");
+    };
+    let (desired, commit) = match remote::locate(source).map_err(anyhow::Error::msg)? {
+        Location::Dir(dir) => (spec::load(&DirTree::new(&dir), &facts), None),
+        Location::Git(url) => {
+            let state = HostState::load(&common.state_dir)?;
+            let cache = crate::source::git::GitCache::open(&common.state_dir)?;
+            let branch = common.settings.branch_for(&facts);
+            let oid = match &state.applied_commit {
+                Some(c) => git2::Oid::from_str(c)
+                    .with_context(|| format!("state.json: applied commit '{c}'"))?,
+                None => cache.cached_tip(&branch).with_context(|| {
+                    format!("no commit applied yet, and none of {branch} cached")
+                })?,
+            };
+            let hex = oid.to_string();
+            let tree = cache.tree(
+                oid,
+                format!(
+                    "commit {} of {url} ({branch})",
+                    crate::report::short_id(&hex, 12)
+                ),
+            )?;
+            (spec::load(&tree, &facts), Some(hex))
+        }
+    };
+    let desired = desired.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let Some(spec) = &desired.health else {
+        match common.format {
+            Format::Json => outln!(
+                "{}",
+                serde_json::json!({ "status": "healthy", "checks": [] })
+            ),
+            Format::Text => outln!("no health checks declared"),
+        }
+        return Ok(exit::OK);
+    };
+    let started = std::time::Instant::now();
+    let mut prober = health::MachineProber::new(&common.root, std::time::Duration::ZERO);
+    // One look each: the deadline is now.
+    let checks = health::watch(
+        &spec.checks,
+        &mut prober,
+        started,
+        health::PROBE_INTERVAL,
+        &|| false,
+    );
+    let report = HealthReport {
+        status: health::status_of(&checks, true),
+        commit,
+        window_ms: 0,
+        duration_ms: health::millis(started.elapsed()),
+        checks,
+        rollback: None,
+        note: None,
+    };
+    match common.format {
+        Format::Json => outln!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Text => {
+            let mut out = anstream::stdout().lock();
+            write!(out, "{}", crate::report::text::health(&report))?;
+        }
+    }
+    Ok(if report.status == HealthStatus::Healthy {
+        exit::OK
+    } else {
+        exit::DRIFT
+    })
 }

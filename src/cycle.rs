@@ -18,8 +18,8 @@ use crate::agent::{Phase, RunControl};
 use crate::config::Settings;
 use crate::facts::Facts;
 use crate::report::notes;
-use crate::report::{Mode, RunReport, RunStatus, SourceInfo};
-use crate::run::{RunOptions, run};
+use crate::report::{Mode, RunReport, RunStatus, SourceInfo, short_id};
+use crate::run::{RunOptions, run, run_with_state};
 use crate::source::DirTree;
 use crate::source::git::{GitCache, valid_branch};
 use crate::source::remote::{self, Location, RemoteUrl};
@@ -80,9 +80,23 @@ pub fn run_cycle(
                 location: dir.display().to_string(),
                 ..SourceInfo::default()
             };
-            let mut report = run(&DirTree::new(dir), info, facts, &run_opts, &|| {
-                control.should_stop()
-            });
+            let stop = || control.should_stop();
+            let (mut report, desired) =
+                run_with_state(&DirTree::new(dir), info, facts, &run_opts, &stop);
+            // A directory has no commit: checks run and are reported,
+            // nothing is rolled back, and state.json is left alone.
+            if let Ok(mut state) = HostState::load(&settings.state_dir) {
+                control.phase(Phase::Checking);
+                crate::health::Stage {
+                    root: &settings.root,
+                    state_dir: &settings.state_dir,
+                    can_roll_back: false,
+                    stop: &stop,
+                }
+                .after_run(&mut report, desired.as_ref(), &mut state, &mut |_| {
+                    (report_without_rollback(&run_opts, facts), None)
+                });
+            }
             report.set_facts(facts);
             report
         }
@@ -154,22 +168,49 @@ fn git_cycle(
     let tip_hex = tip.to_string();
     info.commit = Some(tip_hex.clone());
     info.applied = state.applied_commit.clone().filter(|a| *a != tip_hex);
+    // A commit rolled back for failing its health checks is not applied
+    // again until the branch tip moves; the last healthy commit is.
+    let stay = crate::health::stay_on_healthy(&mut state, &tip_hex);
 
+    let mut desired = None;
     let report = match refusal(&cache, tip, &state, settings) {
         Some(reason) => {
             warn!(commit = %tip_hex, reason = %reason, "commit refused");
             early(&info, RunStatus::Refused, reason)
         }
         None => {
-            let describe = format!("commit {} of {} ({branch})", &tip_hex[..12], url);
-            match cache.tree(tip, describe) {
+            let (commit, info) = match &stay {
+                Some(s) => (
+                    Oid::from_str(&s.commit).unwrap_or(tip),
+                    SourceInfo {
+                        commit: Some(s.commit.clone()),
+                        applied: None,
+                        rejected: Some(crate::report::Rejected {
+                            commit: tip_hex.clone(),
+                            reason: s.reason.clone(),
+                        }),
+                        ..info
+                    },
+                ),
+                None => (tip, info),
+            };
+            let hex = commit.to_string();
+            let describe = format!("commit {} of {} ({branch})", &hex[..12], url);
+            match cache.tree(commit, describe) {
                 Err(e) => early(&info, RunStatus::Error, e.to_string()),
                 Ok(tree) => {
                     control.phase(Phase::Converging);
-                    run(&tree, info, facts, run_opts, &|| control.should_stop())
+                    let (r, d) =
+                        run_with_state(&tree, info, facts, run_opts, &|| control.should_stop());
+                    desired = d;
+                    r
                 }
             }
         }
+    };
+    let tip_hex = match &stay {
+        Some(s) if report.status != RunStatus::Refused => s.commit.clone(),
+        _ => tip_hex,
     };
     // A new commit that does not render is not applied; the host keeps
     // converging the last good commit, and the broken one gets a note
@@ -186,6 +227,21 @@ fn git_cycle(
         None => (report, tip_hex),
     };
     let tip_hex = applied;
+    {
+        control.phase(Phase::Checking);
+        let stop = || control.should_stop();
+        let stage = crate::health::Stage {
+            root: &settings.root,
+            state_dir: &settings.state_dir,
+            can_roll_back: settings.root == std::path::Path::new("/"),
+            stop: &stop,
+        };
+        stage.after_run(&mut report, desired.as_ref(), &mut state, &mut |commit| {
+            converge_commit(
+                &cache, commit, url, &branch, facts, run_opts, started, control,
+            )
+        });
+    }
     // What `validate --fleet` renders this host's state with (issue 11).
     let mut report = report;
     report.set_facts(facts);
@@ -195,7 +251,7 @@ fn git_cycle(
         && !opts.dry_run
         && matches!(
             report.status,
-            RunStatus::Converged | RunStatus::InSync | RunStatus::Failed
+            RunStatus::Converged | RunStatus::InSync | RunStatus::Failed | RunStatus::Unhealthy
         )
     {
         state.applied_commit = Some(tip_hex);
@@ -370,4 +426,67 @@ fn converge_last_good(
             )],
         ),
     }
+}
+
+/// Converges `commit` (the last healthy one, on a rollback) and hands back
+/// its report and rendered state.
+#[allow(clippy::too_many_arguments)]
+fn converge_commit(
+    cache: &GitCache,
+    commit: &str,
+    url: &RemoteUrl,
+    branch: &str,
+    facts: &Facts,
+    run_opts: &RunOptions,
+    started: SystemTime,
+    control: &RunControl,
+) -> (RunReport, Option<crate::desired::DesiredState>) {
+    let info = SourceInfo {
+        location: url.redacted().to_string(),
+        branch: Some(branch.to_string()),
+        commit: Some(commit.to_string()),
+        ..SourceInfo::default()
+    };
+    let tree = Oid::from_str(commit)
+        .map_err(|e| e.to_string())
+        .and_then(|oid| {
+            cache
+                .tree(
+                    oid,
+                    format!("commit {} of {url} ({branch})", short_id(commit, 12)),
+                )
+                .map_err(|e| e.to_string())
+        });
+    match tree {
+        Ok(tree) => {
+            control.phase(Phase::Converging);
+            run_with_state(&tree, info, facts, run_opts, &|| control.should_stop())
+        }
+        Err(e) => (
+            RunReport::failed_early(
+                &facts.hostname,
+                run_opts.mode,
+                run_opts.dry_run,
+                started,
+                info,
+                RunStatus::Error,
+                vec![format!("the commit {commit} is not in the cache: {e}")],
+            ),
+            None,
+        ),
+    }
+}
+
+/// A directory source never rolls back; this report stands in for the
+/// converge a rollback would run.
+fn report_without_rollback(run_opts: &RunOptions, facts: &Facts) -> RunReport {
+    RunReport::failed_early(
+        &facts.hostname,
+        run_opts.mode,
+        run_opts.dry_run,
+        SystemTime::now(),
+        SourceInfo::default(),
+        RunStatus::Error,
+        vec!["a directory source has no commit to roll back to".into()],
+    )
 }

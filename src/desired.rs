@@ -18,6 +18,9 @@ pub struct DesiredState {
     pub symlinks: BTreeMap<PathBuf, SymlinkSpec>,
     pub packages: BTreeMap<String, PackageSpec>,
     pub services: BTreeMap<String, ServiceSpec>,
+    /// Checks run after a change; not a resource (not counted by `len`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::health::HealthSpec>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub groups: BTreeMap<String, GroupSpec>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]

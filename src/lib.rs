@@ -13,6 +13,7 @@ pub mod cycle;
 pub mod desired;
 pub mod facts;
 pub mod fleet;
+pub mod health;
 pub mod lock;
 pub mod pipeline;
 pub mod plan;

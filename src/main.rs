@@ -85,6 +85,8 @@ enum Command {
     /// The whole fleet, read from the repository's notes.
     Fleet {
         #[command(subcommand)]
+    /// Run the branch's health checks now. Exit 0 healthy, 2 unhealthy, 1 error.
+    Health,
         command: FleetCommand,
     },
     /// Write the man pages and shell completions (for packaging).
@@ -233,6 +235,7 @@ fn generate_assets(out: &std::path::Path) -> anyhow::Result<i32> {
     ] {
         clap_complete::generate_to(shell, &mut cmd.clone(), "trueup", &completions)
             .with_context(|| format!("writing {shell} completions"))?;
+        Command::Health => commands::health(&common),
     }
     Ok(0)
 }

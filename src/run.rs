@@ -48,11 +48,24 @@ pub fn run(
     opts: &RunOptions,
     stop: &dyn Fn() -> bool,
 ) -> RunReport {
+    run_with_state(tree, source, facts, opts, stop).0
+}
+
+/// [`run`], also handing back the desired state it rendered (when it
+/// rendered): the health stage needs the branch's checks and, for a
+/// rollback, what the healthy commit declares.
+pub fn run_with_state(
+    tree: &dyn Tree,
+    source: SourceInfo,
+    facts: &Facts,
+    opts: &RunOptions,
+    stop: &dyn Fn() -> bool,
+) -> (RunReport, Option<crate::desired::DesiredState>) {
     let started = SystemTime::now();
     let span = info_span!("run", source = %source.location, commit = source.commit.as_deref().unwrap_or(""));
     let _guard = span.enter();
     let early = |status, errors| {
-        RunReport::failed_early(
+        let report = RunReport::failed_early(
             &facts.hostname,
             opts.mode,
             opts.dry_run,
@@ -60,7 +73,8 @@ pub fn run(
             source.clone(),
             status,
             errors,
-        )
+        );
+        (report, None)
     };
 
     let desired = match spec::load(tree, facts) {
@@ -135,14 +149,15 @@ pub fn run(
         }
         outcomes
     };
-    RunReport::from_outcomes(
+    let report = RunReport::from_outcomes(
         &facts.hostname,
         opts.mode,
         opts.dry_run,
         started,
         source,
         outcomes,
-    )
+    );
+    (report, Some(desired))
 }
 
 /// A name for one run's backup directory: its start time, sortable.

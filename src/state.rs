@@ -34,6 +34,10 @@ pub struct HostState {
     /// again until the branch tip moves past it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bad_commit: Option<BadCommit>,
+    /// A health window in progress (its commit, deadline, and what the
+    /// commit created), so an agent restarted during it finishes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_health: Option<crate::health::PendingHealth>,
 }
 
 /// A commit that was applied, failed its health checks and was rolled back.

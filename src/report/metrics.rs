@@ -8,13 +8,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{RunReport, RunStatus};
 
-const STATUSES: [RunStatus; 6] = [
+const STATUSES: [RunStatus; 8] = [
     RunStatus::InSync,
     RunStatus::Drift,
     RunStatus::Converged,
     RunStatus::Failed,
     RunStatus::Error,
     RunStatus::Refused,
+    RunStatus::Unhealthy,
+    RunStatus::RolledBack,
 ];
 
 /// The metrics text for one run that finished at `finished`.
@@ -79,6 +81,51 @@ pub fn render(report: &RunReport, finished: SystemTime) -> String {
         "Resources that failed or were skipped in the last run.",
         &[(String::new(), (s.failed + s.skipped) as f64)],
     );
+    if let Some(h) = &report.health {
+        use crate::health::{CheckStatus, HealthStatus};
+        let lines: Vec<(String, f64)> = [
+            HealthStatus::Healthy,
+            HealthStatus::Unhealthy,
+            HealthStatus::Pending,
+        ]
+        .iter()
+        .map(|s| {
+            (
+                format!("{{status=\"{}\"}}", s.as_str()),
+                if *s == h.status { 1.0 } else { 0.0 },
+            )
+        })
+        .collect();
+        gauge(
+            "trueup_health_status",
+            "Health after the last run (1 for the current one); after a rollback, the rolled-back commit's.",
+            &lines,
+        );
+        let checks: Vec<(String, f64)> = h
+            .checks
+            .iter()
+            .map(|c| {
+                (
+                    format!(
+                        "{{check=\"{}\",kind=\"{}\",required=\"{}\"}}",
+                        escape(&c.name),
+                        escape(&c.kind),
+                        c.required
+                    ),
+                    if c.status == CheckStatus::Passed {
+                        1.0
+                    } else {
+                        0.0
+                    },
+                )
+            })
+            .collect();
+        gauge(
+            "trueup_health_check_passed",
+            "Whether each health check passed at the end of the last run's window.",
+            &checks,
+        );
+    }
     if let Some(commit) = &report.source.commit {
         gauge(
             "trueup_applied_commit_info",

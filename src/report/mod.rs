@@ -42,6 +42,15 @@ pub enum RunStatus {
     Error,
     /// The commit was not trusted; nothing was applied.
     Refused,
+    /// Applied, but required health checks failed at the end of the
+    /// window, and the commit was left in place (see `health.note`).
+    Unhealthy,
+    /// Applied, failed its health checks, and the host went back to the
+    /// last healthy commit (`health.rollback`).
+    RolledBack,
+    /// A status this version does not know (a newer agent wrote it).
+    #[serde(other)]
+    Unknown,
 }
 
 impl RunStatus {
@@ -53,6 +62,9 @@ impl RunStatus {
             RunStatus::Failed => "failed",
             RunStatus::Error => "error",
             RunStatus::Refused => "refused",
+            RunStatus::Unhealthy => "unhealthy",
+            RunStatus::RolledBack => "rolled back",
+            RunStatus::Unknown => "unknown",
         }
     }
 }
@@ -132,6 +144,9 @@ pub struct RunReport {
     /// Errors that stopped the run before any change, one per line.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// The health checks after the run, and a rollback if there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::health::HealthReport>,
     /// The facts this run rendered with, `machine_id` left out, so the
     /// fleet's states can be validated centrally (`validate --fleet`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -166,6 +181,7 @@ impl RunReport {
             summary: Summary::default(),
             resources: vec![],
             errors,
+            health: None,
             facts: None,
         }
     }
@@ -212,7 +228,16 @@ impl RunReport {
             .source
             .rejected
             .as_ref()
-            .map(|r| format!(" (kept: {} does not render)", short_id(&r.commit, 12)))
+            .map(|r| {
+                // A commit rolled back for failing its checks, or one that
+                // does not render.
+                let why = if r.reason.starts_with("rolled back") {
+                    "was rolled back"
+                } else {
+                    "does not render"
+                };
+                format!(" (kept: {} {why})", short_id(&r.commit, 12))
+            })
             .unwrap_or_default();
         let line = match self.status {
             RunStatus::Error | RunStatus::Refused => format!(
@@ -220,6 +245,27 @@ impl RunReport {
                 mode_word(self.mode),
                 self.status.as_str(),
                 self.errors.first().map(String::as_str).unwrap_or("")
+            ),
+            RunStatus::RolledBack => {
+                let h = self.health.as_ref();
+                let to = h
+                    .and_then(|h| h.rollback.as_ref())
+                    .map(|r| short_id(&r.to, 12).to_string())
+                    .unwrap_or_default();
+                format!(
+                    "trueup {} rolled back{commit} to {to}: {}",
+                    mode_word(self.mode),
+                    h.map(|h| h.failed_required().join("; "))
+                        .unwrap_or_default()
+                )
+            }
+            RunStatus::Unhealthy => format!(
+                "trueup {} unhealthy{commit}: {}",
+                mode_word(self.mode),
+                self.health
+                    .as_ref()
+                    .map(|h| h.failed_required().join("; "))
+                    .unwrap_or_default()
             ),
             _ => format!(
                 "trueup {} {}{commit}: {} resources, {} drift, {} changed, {} failed",

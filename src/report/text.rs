@@ -64,6 +64,9 @@ pub fn render(report: &RunReport) -> String {
             let _ = writeln!(out, "         {RED}error:{RED:#} {e}");
         }
     }
+    if let Some(h) = &report.health {
+        out.push_str(&health(h));
+    }
     let style = match report.status {
         RunStatus::InSync | RunStatus::Converged => GREEN,
         RunStatus::Drift => YELLOW,
@@ -71,4 +74,86 @@ pub fn render(report: &RunReport) -> String {
     };
     let _ = writeln!(out, "{style}{}{style:#}", report.headline());
     out
+}
+
+/// The health block: one line per check, then the rollback.
+pub fn health(h: &crate::health::HealthReport) -> String {
+    let mut out = String::new();
+    render_health(&mut out, h);
+    out
+}
+
+fn render_health(out: &mut String, h: &crate::health::HealthReport) {
+    use crate::health::{CheckStatus, HealthStatus};
+    let style = match h.status {
+        HealthStatus::Healthy => GREEN,
+        HealthStatus::Pending => YELLOW,
+        _ => RED,
+    };
+    let _ = writeln!(
+        out,
+        "{style}{:>8}{style:#} {BOLD}health{BOLD:#} ({} checks, {:.1}s){}",
+        h.status.as_str(),
+        h.checks.len(),
+        h.duration_ms as f64 / 1000.0,
+        h.note
+            .as_deref()
+            .map(|n| format!(": {n}"))
+            .unwrap_or_default()
+    );
+    let check_lines = |out: &mut String, checks: &[crate::health::CheckResult]| {
+        for c in checks {
+            let (word, style) = match c.status {
+                CheckStatus::Passed => ("passed", GREEN),
+                CheckStatus::Skipped => ("skipped", YELLOW),
+                CheckStatus::Failed if !c.required => ("failed", YELLOW),
+                _ => ("failed", RED),
+            };
+            let _ = writeln!(
+                out,
+                "         {style}{word}{style:#} {} ({} {}{}): {}",
+                c.name,
+                c.kind,
+                c.target,
+                if c.required { "" } else { ", not required" },
+                c.message
+            );
+            if let Some(o) = &c.output {
+                for line in o
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                {
+                    let _ = writeln!(out, "           | {line}");
+                }
+            }
+        }
+    };
+    check_lines(out, &h.checks);
+    if let Some(r) = &h.rollback {
+        let _ = writeln!(
+            out,
+            "{RED}rolled back{RED:#} {} → {}: {}",
+            super::short_id(&r.from, 12),
+            super::short_id(&r.to, 12),
+            if r.healthy_after {
+                "healthy again"
+            } else {
+                "still unhealthy"
+            }
+        );
+        for p in &r.removed {
+            let _ = writeln!(out, "         removed {p}");
+        }
+        for l in &r.left {
+            let _ = writeln!(out, "         left {l} (a rollback does not remove it)");
+        }
+        for e in &r.errors {
+            let _ = writeln!(out, "         {RED}error:{RED:#} {e}");
+        }
+        check_lines(out, &r.checks_after);
+    }
 }

@@ -9,6 +9,7 @@
 
 pub mod accounts;
 pub mod commands;
+pub mod health;
 pub mod render;
 pub mod schema;
 
@@ -163,6 +164,7 @@ struct Merged {
     symlinks: BTreeMap<String, Located<RawSymlink>>,
     packages: BTreeMap<String, Located<RawPackage>>,
     services: BTreeMap<String, Located<RawService>>,
+    health: health::MergedHealth,
     groups: BTreeMap<String, Located<accounts::RawGroup>>,
     users: BTreeMap<String, Located<accounts::RawUser>>,
     commands: BTreeMap<String, Located<commands::RawCommand>>,
@@ -358,6 +360,7 @@ fn load_into(
     merged
         .services
         .extend(doc.services.into_iter().map(|(k, v)| (k, located(v))));
+    merged.health.merge(&name, doc.health);
     merged.groups.extend(doc.groups.into_iter().map(|(k, v)| {
         (
             k,
@@ -497,6 +500,7 @@ impl Builder<'_> {
                 state.services.insert(name, spec);
             }
         }
+        state.health = self.health(merged.health);
         for (name, loc) in &merged.groups {
             if let Some(spec) = self.group(loc, name, &format!("group {name}")) {
                 state.groups.insert(name.clone(), spec);

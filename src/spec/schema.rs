@@ -29,6 +29,9 @@ pub struct RawDocument {
     pub packages: BTreeMap<String, Spanned<RawPackage>>,
     #[serde(default)]
     pub services: BTreeMap<String, Spanned<RawService>>,
+    /// Checks run after a change (`spec::health`).
+    #[serde(default)]
+    pub health: Option<super::health::RawHealth>,
     /// `spec::accounts`.
     #[serde(default)]
     pub groups: BTreeMap<String, Spanned<super::accounts::RawGroup>>,

@@ -17,3 +17,6 @@ mod deb_agent;
 mod gitserver;
 mod packages;
 mod rpm;
+
+// Health checks and rollback (issue 12).
+mod health;
