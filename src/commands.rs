@@ -329,6 +329,10 @@ pub fn status(common: &Common) -> Result<i32> {
                 "applied_at": state.applied_at,
                 "disabled": state.disabled,
                 "mode": common.settings.mode,
+                "health": last.as_ref().and_then(|r| r.health.as_ref()).map(|h| h.status),
+                "last_healthy": state.last_healthy,
+                "bad_commit": state.bad_commit,
+                "pending_health": state.pending_health,
                 "last_run": last,
             });
             outln!("{}", serde_json::to_string_pretty(&value)?);
@@ -340,10 +344,6 @@ pub fn status(common: &Common) -> Result<i32> {
                 None => outln!("agent:    not running"),
             }
             if let Some(d) = &state.disabled {
-                "health": last.as_ref().and_then(|r| r.health.as_ref()).map(|h| h.status),
-                "last_healthy": state.last_healthy,
-                "bad_commit": state.bad_commit,
-                "pending_health": state.pending_health,
                 outln!("disabled: since {}: {}", d.since, d.reason);
             } else if common.settings.mode == AgentMode::Check {
                 outln!("mode:     check (audit: drift is reported, not repaired)");
@@ -362,17 +362,6 @@ pub fn status(common: &Common) -> Result<i32> {
                 Some(r) => outln!("last run: {} ({})", r.headline(), r.started_at),
                 None => outln!("last run: none"),
             }
-        }
-    }
-    Ok(exit::OK)
-}
-
-/// `trueup disable --reason TEXT`.
-pub fn disable(common: &Common, reason: &str) -> Result<i32> {
-    if reason.trim().is_empty() {
-        bail!("give a reason: trueup disable --reason TEXT");
-    }
-    let mut state = HostState::load(&common.state_dir)?;
             if let Some(p) = &state.pending_health {
                 outln!(
                     "health:   pending for {} (window ends {})",
@@ -401,6 +390,17 @@ pub fn disable(common: &Common, reason: &str) -> Result<i32> {
                     b.reason
                 );
             }
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// `trueup disable --reason TEXT`.
+pub fn disable(common: &Common, reason: &str) -> Result<i32> {
+    if reason.trim().is_empty() {
+        bail!("give a reason: trueup disable --reason TEXT");
+    }
+    let mut state = HostState::load(&common.state_dir)?;
     state.disabled = Some(Disabled {
         reason: reason.to_string(),
         since: crate::report::rfc3339(std::time::SystemTime::now()),

@@ -74,6 +74,8 @@ enum Command {
     Agent,
     /// The last run, whether the agent runs, and whether the host is paused.
     Status,
+    /// Run the branch's health checks now. Exit 0 healthy, 2 unhealthy, 1 error.
+    Health,
     /// Pause convergence on this host (checks still run and report).
     Disable {
         /// Why, shown by `status` and in reports.
@@ -85,8 +87,6 @@ enum Command {
     /// The whole fleet, read from the repository's notes.
     Fleet {
         #[command(subcommand)]
-    /// Run the branch's health checks now. Exit 0 healthy, 2 unhealthy, 1 error.
-    Health,
         command: FleetCommand,
     },
     /// Write the man pages and shell completions (for packaging).
@@ -167,6 +167,7 @@ fn main() -> ExitCode {
         Command::Facts => commands::print_facts(&common),
         Command::Agent => commands::agent(&common),
         Command::Status => commands::status(&common),
+        Command::Health => commands::health(&common),
         Command::Disable { reason } => commands::disable(&common, reason),
         Command::Enable => commands::enable(&common),
         Command::Fleet {
@@ -235,7 +236,6 @@ fn generate_assets(out: &std::path::Path) -> anyhow::Result<i32> {
     ] {
         clap_complete::generate_to(shell, &mut cmd.clone(), "trueup", &completions)
             .with_context(|| format!("writing {shell} completions"))?;
-        Command::Health => commands::health(&common),
     }
     Ok(0)
 }
