@@ -95,11 +95,14 @@ pub struct Rejected {
     pub reason: String,
 }
 
-/// Counts per outcome.
+/// Counts per outcome, computed once per run; the text headline and the
+/// JSON print these same numbers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
     pub resources: usize,
     pub in_sync: usize,
+    /// Resources found drifted at the start of the run, before any change
+    /// (so after an apply that repaired them all, `drift` = `changed`).
     pub drift: usize,
     pub changed: usize,
     pub failed: usize,
@@ -113,9 +116,12 @@ impl Summary {
             ..Summary::default()
         };
         for o in outcomes {
+            if o.status == Status::Drift || !o.drift.is_empty() {
+                s.drift += 1;
+            }
             match o.status {
                 Status::InSync => s.in_sync += 1,
-                Status::Drift => s.drift += 1,
+                Status::Drift => {}
                 Status::Changed => s.changed += 1,
                 Status::Failed => s.failed += 1,
                 Status::Skipped => s.skipped += 1,
@@ -123,6 +129,24 @@ impl Summary {
         }
         s
     }
+}
+
+/// Reports list resources grouped by kind as the plan orders kinds, and
+/// within a kind in natural order (`conf-2` before `conf-10`), whatever
+/// order they were converged in.
+fn sort_naturally(resources: &mut [Outcome]) {
+    let mut kinds: Vec<crate::resource::Kind> = Vec::new();
+    for r in resources.iter() {
+        if !kinds.contains(&r.kind) {
+            kinds.push(r.kind);
+        }
+    }
+    let rank = |k: &crate::resource::Kind| kinds.iter().position(|x| x == k);
+    resources.sort_by(|a, b| {
+        rank(&a.kind)
+            .cmp(&rank(&b.kind))
+            .then_with(|| natord::compare(&a.resource, &b.resource))
+    });
 }
 
 /// One run, end to end.
@@ -212,6 +236,7 @@ impl RunReport {
             .into_iter()
             .filter(|o| o.status != Status::InSync)
             .collect();
+        sort_naturally(&mut report.resources);
         report
     }
 
@@ -272,7 +297,7 @@ impl RunReport {
                 mode_word(self.mode),
                 self.status.as_str(),
                 s.resources,
-                s.drift + s.changed + s.failed + s.skipped,
+                s.drift,
                 s.changed,
                 s.failed + s.skipped
             ),
