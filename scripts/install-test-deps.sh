@@ -8,6 +8,8 @@ pkgs=(
   git openssh-server openssh-client nginx fcgiwrap ssl-cert openssl
   # signature verification
   gpgv gnupg
+  # age secrets: Debian's age writes the files trueup must read (issue 17)
+  age
   # real package managers
   dnf rpm createrepo-c
   # system tier

@@ -211,7 +211,7 @@ pub fn locked_run(
 pub fn validate(common: &Common, dir: &Path) -> Result<i32> {
     let facts = facts(common)?;
     let tree = DirTree::new(dir);
-    let result = spec::load(&tree, &facts);
+    let result = spec::load_with_secrets(&tree, &facts, &crate::secrets::Secrets::Unread);
     match common.format {
         Format::Json => {
             let value = match &result {
@@ -236,7 +236,7 @@ pub fn validate(common: &Common, dir: &Path) -> Result<i32> {
 pub fn render(common: &Common, dir: &Path) -> Result<i32> {
     let facts = facts(common)?;
     let tree = DirTree::new(dir);
-    let desired = match spec::load(&tree, &facts) {
+    let desired = match spec::load_with_secrets(&tree, &facts, &crate::secrets::Secrets::Unread) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("{e}");

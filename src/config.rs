@@ -73,6 +73,16 @@ pub struct Fragment {
     pub report: ReportFragment,
     #[serde(default)]
     pub packages: PackagesFragment,
+    #[serde(default)]
+    pub secrets: SecretsFragment,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsFragment {
+    /// The SSH private key age secrets are decrypted with (default
+    /// /etc/ssh/ssh_host_ed25519_key; `--root` does not move it).
+    pub identity: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -170,6 +180,8 @@ pub struct Settings {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Auth {
     pub ssh_key: Option<PathBuf>,
+    /// `secrets.identity`: the host key that decrypts age secrets.
+    pub secrets_identity: PathBuf,
     pub known_hosts: Option<PathBuf>,
     pub accept_new_host_keys: bool,
     pub ca_file: Option<PathBuf>,
@@ -232,6 +244,7 @@ impl Settings {
             apt_lists_max_age: self.apt_lists_max_age,
             dnf_options: self.dnf_options.clone(),
         }
+            secrets_identity: PathBuf::from(crate::secrets::DEFAULT_IDENTITY),
     }
 
     /// The host branch for these facts: `hosts/{hostname}` → `hosts/web1`.
@@ -417,6 +430,9 @@ fn duration(file: &Path, v: &Spanned<String>, field: &str) -> Result<Duration, C
         ConfigError::at(
             file,
             v,
+        if let Some(v) = &f.secrets.identity {
+            s.secrets_identity = abs_path(file, v, "secrets.identity")?;
+        }
             format!(
                 "{field}: '{}' is not a duration such as 30s or 5m ({e})",
                 v.value
@@ -517,3 +533,23 @@ mod tests {
         assert_eq!(s.branch_for(&f), "hosts/web1");
     }
 }
+    #[test]
+    fn secrets_identity_is_an_absolute_path_with_a_default() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(
+            s.secrets_identity,
+            PathBuf::from("/etc/ssh/ssh_host_ed25519_key")
+        );
+        let s = settings(&[frag(
+            "a.yaml",
+            "secrets: { identity: /etc/trueup/host_key }\n",
+        )])
+        .unwrap();
+        assert_eq!(s.secrets_identity, PathBuf::from("/etc/trueup/host_key"));
+        let e = settings(&[frag("a.yaml", "secrets:\n  identity: host_key\n")]).unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        assert!(e.message.contains("secrets.identity"), "{e}");
+        let e = parse_fragment(Path::new("a.yaml"), "secrets:\n  identty: /k\n").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+    }
+

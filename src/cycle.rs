@@ -51,6 +51,7 @@ pub fn run_cycle(
         dry_run: opts.dry_run,
         packages: settings.package_settings(),
         allowed_paths: settings.allowed_paths.clone(),
+        secrets_identity: settings.secrets_identity.clone(),
     };
     let error = |location: String, message: String| {
         RunReport::failed_early(

@@ -92,6 +92,11 @@ pub struct FileContent {
     pub bytes: Arc<[u8]>,
     /// `content`, `template:PATH` or `source:PATH`, for messages.
     pub origin: String,
+    /// Set when the content is an age secret that this host could not
+    /// decrypt: why (the file and the reason). The file then fails alone,
+    /// and `bytes` is empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undecryptable: Option<String>,
 }
 
 /// What a change to a file does to the services it notifies.

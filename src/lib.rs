@@ -21,6 +21,7 @@ pub mod report;
 pub mod resource;
 pub mod run;
 pub mod safe_fs;
+pub mod secrets;
 pub mod source;
 pub mod spec;
 pub mod state;

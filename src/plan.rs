@@ -857,6 +857,7 @@ mod tests {
             content: Some(FileContent {
                 bytes: content.as_bytes().to_vec().into(),
                 origin: "content".into(),
+                undecryptable: None,
             }),
             owner: None,
             group: None,

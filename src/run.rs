@@ -35,6 +35,8 @@ pub struct RunOptions {
     /// Managed paths must lie under one of these (`allowed_paths`); a
     /// branch declaring anything else is refused whole. Empty allows all.
     pub allowed_paths: Vec<PathBuf>,
+    /// The host key age secrets are decrypted with (`secrets.identity`).
+    pub secrets_identity: PathBuf,
 }
 
 /// Renders `tree` with `facts` and checks or converges the machine.
@@ -77,7 +79,16 @@ pub fn run_with_state(
         (report, None)
     };
 
-    let desired = match spec::load(tree, facts) {
+    // Loaded once per run; a key that cannot be read fails only the
+    // files made from secrets.
+    let secrets = crate::secrets::Secrets::for_host(&opts.secrets_identity);
+    let host_key = secrets.public_key().map(str::to_string);
+    let early = |status, errors| {
+        let (mut report, desired) = early(status, errors);
+        report.host_key = host_key.clone();
+        (report, desired)
+    };
+    let desired = match spec::load_with_secrets(tree, facts, &secrets) {
         Ok(d) => d,
         Err(errs) => {
             for e in &errs.0 {
@@ -149,7 +160,7 @@ pub fn run_with_state(
         }
         outcomes
     };
-    let report = RunReport::from_outcomes(
+    let mut report = RunReport::from_outcomes(
         &facts.hostname,
         opts.mode,
         opts.dry_run,
@@ -161,6 +172,7 @@ pub fn run_with_state(
 }
 
 /// A name for one run's backup directory: its start time, sortable.
+    report.host_key = host_key;
 fn run_id(started: SystemTime) -> String {
     let ts: String = crate::report::rfc3339(started)
         .chars()

@@ -163,6 +163,11 @@ pub struct RunReport {
     pub source: SourceInfo,
     pub status: RunStatus,
     pub summary: Summary,
+    /// The host's SSH public key (`ssh-ed25519 AAAA...`), the one its age
+    /// secrets are decrypted with: `trueup secrets recipients` lists it
+    /// for review beside the key fleet.yaml pins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
     /// Every resource that is not in sync (in-sync ones are only counted).
     pub resources: Vec<ReportedResource>,
     /// Errors that stopped the run before any change, one per line.
@@ -232,6 +237,7 @@ impl RunReport {
         let mut report =
             RunReport::failed_early(host, mode, dry_run, started, source, status, vec![]);
         report.summary = summary;
+            host_key: None,
         report.resources = outcomes
             .into_iter()
             .filter(|o| o.status != Status::InSync)

@@ -48,6 +48,16 @@ pub fn diff(
             }
         };
     };
+    if let Some(why) = &content.undecryptable {
+        // Nothing to compare with: this file fails alone, whatever is on
+        // disk stays as it is, and the rest of the run goes on.
+        drift.push(Drift::new(
+            Attribute::Content,
+            "(secret)",
+            "(secret, cannot be decrypted on this host)",
+        ));
+        return (drift, Some(NodeAction::Refuse(why.clone())));
+    }
     let write = |uid, gid, mode, previous| NodeAction::WriteFile {
         uid,
         gid,
@@ -189,6 +199,7 @@ mod tests {
             content: content.map(|c| FileContent {
                 bytes: c.as_bytes().to_vec().into(),
                 origin: "content".into(),
+                undecryptable: None,
             }),
             owner: None,
             group: None,
@@ -379,6 +390,28 @@ mod tests {
             &FakeAccounts,
         );
         assert!(d.is_empty() && a.is_none());
+    }
+
+    #[test]
+    fn an_undecryptable_secret_is_refused_and_touches_nothing() {
+        let mut s = spec(Some(""), None, true);
+        if let Some(c) = s.content.as_mut() {
+            c.undecryptable = Some("cannot decrypt secrets/a.age: not a recipient".into());
+        }
+        let (d, a) = diff(
+            Path::new("/a"),
+            &s,
+            &want(None, None),
+            file("old", 0o600),
+            &FakeAccounts,
+        );
+        assert_eq!(d.len(), 1);
+        assert_eq!(
+            a,
+            Some(NodeAction::Refuse(
+                "cannot decrypt secrets/a.age: not a recipient".into()
+            ))
+        );
     }
 
     #[test]

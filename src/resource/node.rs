@@ -189,6 +189,11 @@ pub fn execute(
     action: &NodeAction,
     content: Option<&[u8]>,
 ) -> Result<(), String> {
+    // Before the path is opened: a missing parent must not turn a refusal
+    // into "nothing to do".
+    if let NodeAction::Refuse(why) = action {
+        return Err(why.clone());
+    }
     let create = matches!(
         action,
         NodeAction::WriteFile { .. } | NodeAction::CreateDirectory { .. } | NodeAction::Link { .. }

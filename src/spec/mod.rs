@@ -24,8 +24,10 @@ use crate::desired::{
     DesiredState, DirectorySpec, FileContent, FileSpec, PackageSpec, ServiceSpec, SymlinkSpec,
 };
 use crate::facts::Facts;
+use crate::secrets::{Opened, Secrets};
 use crate::source::{RepoPath, Tree, TreeError};
 use render::{Renderer, TemplateFailure};
+use schema::RawEncryption;
 use schema::{
     IdName, RawDirectory, RawDocument, RawFile, RawPackage, RawPresence, RawService, RawSymlink,
 };
@@ -408,7 +410,22 @@ fn tree_error_reason(e: &TreeError) -> String {
 }
 
 /// Reads, merges, renders and validates a branch into its desired state.
+///
+/// No host key is given: every age secret fails its own file (use
+/// `load_with_secrets` on a host, or with `Secrets::Unread` to check a
+/// branch without decrypting).
 pub fn load(tree: &dyn Tree, facts: &Facts) -> Result<DesiredState, SpecErrors> {
+    let none = Secrets::NoIdentity("no host key was given to this render".into());
+    load_with_secrets(tree, facts, &none)
+}
+
+/// `load`, opening age-encrypted sources and `{{secret}}` as `secrets`
+/// says.
+pub fn load_with_secrets(
+    tree: &dyn Tree,
+    facts: &Facts,
+    secrets: &Secrets,
+) -> Result<DesiredState, SpecErrors> {
     let mut merged = Merged::default();
     let entry = RepoPath::parse(ENTRY_FILE).map_err(|m| {
         SpecErrors(vec![SpecError {
@@ -430,9 +447,11 @@ pub fn load(tree: &dyn Tree, facts: &Facts) -> Result<DesiredState, SpecErrors> 
     let context = serde_json::json!({ "facts": facts, "vars": merged.vars });
     let mut b = Builder {
         tree,
-        renderer: Renderer::new(context),
+        renderer: Renderer::with_secrets(context, tree, secrets.clone()),
         errors: Vec::new(),
         content_bytes: 0,
+        secrets: secrets.clone(),
+        content_secret: false,
     };
     let state = b.build(merged);
     if b.errors.is_empty() {
@@ -449,6 +468,10 @@ struct Builder<'t> {
     errors: Vec<SpecError>,
     /// File content held so far, against `MAX_STATE_CONTENT`.
     content_bytes: usize,
+    /// How age secrets are opened.
+    secrets: Secrets,
+    /// Set by `content` when the file's content came from a secret.
+    content_secret: bool,
 }
 
 impl Builder<'_> {
@@ -462,7 +485,7 @@ impl Builder<'_> {
         for (path, loc) in merged.files {
             let id = format!("file {path}");
             if let Some(p) = self.host_path(&loc, &path, &id, &mut kinds, "file")
-                && let Some(spec) = self.file(&loc, &id)
+                && let Some(spec) = self.file_with_secrets(&loc, &id)
             {
                 files.push((p, spec));
             }
@@ -575,6 +598,17 @@ impl Builder<'_> {
         field: &str,
     ) -> Option<String> {
         match self.renderer.render_inline(&value.value) {
+            Ok(_) if field != "content" && self.renderer.inline_secret_use().used => {
+                self.errors.push(at(
+                    loc_file,
+                    value,
+                    Some(id),
+                    format!(
+                        "{field}: {{{{secret}}}} may only be used in a file's content or template"
+                    ),
+                ));
+                None
+            }
             Ok(s) => Some(s),
             Err(f) => {
                 self.errors.push(at(
@@ -717,14 +751,103 @@ impl Builder<'_> {
         })
     }
 
+    /// `file`, then what a secret source or `{{secret}}` implies: the file
+    /// is secret and mode 0600 unless its mode is declared.
+    fn file_with_secrets(&mut self, loc: &Located<RawFile>, id: &str) -> Option<FileSpec> {
+        let raw = &loc.value.value;
+        if raw.encrypted.is_some() && raw.source.is_none() {
+            self.error(
+                loc,
+                id,
+                "encrypted: age applies to a source: (an age file in the branch)".into(),
+            );
+            return None;
+        }
+        let encrypted = self.is_encrypted(raw);
+        if encrypted && raw.secret == Some(false) {
+            self.error(
+                loc,
+                id,
+                "an encrypted source is always secret: remove secret: false".into(),
+            );
+            return None;
+        }
+        self.content_secret = false;
+        let mut spec = self.file(loc, id)?;
+        if std::mem::take(&mut self.content_secret) {
+            spec.secret = true;
+            spec.mode.get_or_insert(0o600);
+        }
+        Some(spec)
+    }
+
+    fn is_encrypted(&self, raw: &RawFile) -> bool {
+        raw.encrypted == Some(RawEncryption::Age)
+            || raw
+                .source
+                .as_deref()
+                .is_some_and(|s| s.value.ends_with(".age"))
+    }
+
+    /// Content from an age file: decrypted, or empty and marked
+    /// undecryptable so that this file alone fails on this host.
+    fn secret_content(
+        &mut self,
+        loc: &Located<RawFile>,
+        spanned: &Spanned<String>,
+        path: &RepoPath,
+        ciphertext: &[u8],
+        id: &str,
+    ) -> Option<FileContent> {
+        self.content_secret = true;
+        let origin = format!("source:{path}");
+        match self.secrets.open(ciphertext) {
+            Ok(Opened::Plain(plain)) => Some(FileContent {
+                bytes: plain.into(),
+                origin,
+                undecryptable: None,
+            }),
+            Ok(Opened::Unread) => Some(FileContent {
+                bytes: Arc::from(&b""[..]),
+                origin,
+                undecryptable: None,
+            }),
+            Err(e) if matches!(self.secrets, Secrets::Unread) => {
+                self.error_at(loc, spanned, id, format!("source '{path}': {e}"));
+                None
+            }
+            Err(e) => Some(FileContent {
+                bytes: Arc::from(&b""[..]),
+                origin,
+                undecryptable: Some(format!("cannot decrypt {path}: {e}")),
+            }),
+        }
+    }
+
+    /// Marks content rendered with `{{secret}}` as secret, and as
+    /// undecryptable when a secret it used did not open.
+    fn with_secret_use(&mut self, mut c: FileContent, used: render::SecretUse) -> FileContent {
+        if used.used {
+            self.content_secret = true;
+            if let Some(why) = used.failure {
+                c.bytes = Arc::from(&b""[..]);
+                c.undecryptable = Some(why);
+            }
+        }
+        c
+    }
+
     fn content(&mut self, loc: &Located<RawFile>, raw: &RawFile, id: &str) -> Option<FileContent> {
         let f = loc.file.clone();
         if let Some(text) = &raw.content {
             let bytes = self.render_string(&f, text, id, "content")?.into_bytes();
-            return Some(FileContent {
+            let used = self.renderer.inline_secret_use();
+            let c = FileContent {
                 bytes: bytes.into(),
                 origin: "content".into(),
-            });
+                undecryptable: None,
+            };
+            return Some(self.with_secret_use(c, used));
         }
         let (spanned, is_template) = match (raw.template.as_deref(), raw.source.as_deref()) {
             (Some(t), _) => (t, true),
@@ -759,10 +882,14 @@ impl Builder<'_> {
                 return None;
             }
         };
+        if !is_template && self.is_encrypted(raw) {
+            return self.secret_content(loc, spanned, &path, &bytes, id);
+        }
         if !is_template {
             return Some(FileContent {
                 bytes: bytes.into(),
                 origin: format!("source:{path}"),
+                undecryptable: None,
             });
         }
         let Ok(text) = String::from_utf8(bytes) else {
@@ -785,10 +912,15 @@ impl Builder<'_> {
         id: &str,
     ) -> Option<FileContent> {
         match rendered {
-            Ok(out) => Some(FileContent {
-                bytes: out.into(),
-                origin: format!("template:{path}"),
-            }),
+            Ok(out) => {
+                let c = FileContent {
+                    bytes: out.into(),
+                    origin: format!("template:{path}"),
+                    undecryptable: None,
+                };
+                let used = self.renderer.file_secret_use(path.as_str());
+                Some(self.with_secret_use(c, used))
+            }
             Err(fail) => {
                 self.errors.push(template_error(path, &fail, id));
                 None

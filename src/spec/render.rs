@@ -11,10 +11,15 @@
 //! overflows), blocks nest at most `MAX_TEMPLATE_DEPTH` deep, `{{#each}}`
 //! iterates at most `MAX_EACH_ITERATIONS` times per run over every template,
 //! and one template renders at most `MAX_RENDERED_BYTES`.
+//!
+//! `{{secret "db.password"}}` inserts the decrypted `secrets/db.password.age`
+//! of the same tree. A template that uses it makes its file secret; a
+//! secret that does not decrypt on this host fails only the files that use
+//! it, so the helper records the failure instead of failing the render.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use handlebars::template::{Parameter, Template, TemplateElement};
 use handlebars::{
@@ -22,6 +27,9 @@ use handlebars::{
     RenderContext, RenderError, RenderErrorReason, Renderable,
 };
 use serde_json::Value as Json;
+
+use crate::secrets::{Opened, Secrets};
+use crate::source::{RepoPath, Tree, TreeError};
 
 /// Deepest nesting of blocks and subexpressions accepted in a template.
 pub const MAX_TEMPLATE_DEPTH: usize = 64;
@@ -54,15 +62,51 @@ impl std::fmt::Display for TemplateFailure {
     }
 }
 
-/// Renders templates against one context.
-pub struct Renderer {
-    hb: Handlebars<'static>,
-    context: Context,
-    rendered: HashMap<String, Result<Arc<str>, TemplateFailure>>,
+/// Whether a render used `{{secret}}`, and why a secret failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretUse {
+    pub used: bool,
+    /// The first secret that could not be decrypted: file and reason.
+    pub failure: Option<String>,
 }
 
-impl Renderer {
-    pub fn new(context: serde_json::Value) -> Renderer {
+/// Renders templates against one context.
+pub struct Renderer<'t> {
+    hb: Handlebars<'t>,
+    context: Context,
+    rendered: HashMap<String, Result<Arc<str>, TemplateFailure>>,
+    /// What the `secret` helper saw during the render in hand.
+    secret_use: Arc<Mutex<SecretUse>>,
+    /// The same, per rendered template file.
+    file_secret_use: HashMap<String, SecretUse>,
+}
+
+impl Renderer<'static> {
+    /// A renderer without the `secret` helper.
+    pub fn new(context: serde_json::Value) -> Renderer<'static> {
+        Renderer::build(context)
+    }
+}
+
+impl<'t> Renderer<'t> {
+    /// A renderer whose `{{secret "NAME"}}` opens `secrets/NAME.age` of
+    /// `tree` as `secrets` says.
+    pub fn with_secrets(
+        context: serde_json::Value,
+        tree: &'t dyn Tree,
+        secrets: Secrets,
+    ) -> Renderer<'t> {
+        let mut r = Renderer::build(context);
+        let helper = SecretHelper {
+            tree,
+            secrets,
+            seen: r.secret_use.clone(),
+        };
+        r.hb.register_helper("secret", Box::new(helper));
+        r
+    }
+
+    fn build(context: serde_json::Value) -> Renderer<'t> {
         let mut hb = Handlebars::new();
         hb.set_strict_mode(true);
         hb.register_escape_fn(handlebars::no_escape);
@@ -76,12 +120,37 @@ impl Renderer {
             hb,
             context: Context::from(context),
             rendered: HashMap::new(),
+            secret_use: Arc::default(),
+            file_secret_use: HashMap::new(),
         }
+    }
+
+    fn take_secret_use(&self) -> SecretUse {
+        std::mem::take(
+            &mut *self
+                .secret_use
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    /// Whether the last `render_inline` used a secret.
+    pub fn inline_secret_use(&self) -> SecretUse {
+        self.secret_use
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether the template file rendered under `name` used a secret.
+    pub fn file_secret_use(&self, name: &str) -> SecretUse {
+        self.file_secret_use.get(name).cloned().unwrap_or_default()
     }
 
     /// Renders a string that may hold `{{ }}` expressions. Text without any
     /// is returned as it is, without going through handlebars.
     pub fn render_inline(&mut self, text: &str) -> Result<String, TemplateFailure> {
+        self.take_secret_use();
         if !text.contains("{{") {
             return Ok(text.to_string());
         }
@@ -100,12 +169,75 @@ impl Renderer {
         if let Some(done) = self.rendered.get(name) {
             return done.clone();
         }
+        self.take_secret_use();
         let result = self.compile_and_render(name, text).map(Arc::from);
+        let used = self.take_secret_use();
+        if used.used {
+            self.file_secret_use.insert(name.to_string(), used);
+        }
         self.rendered.insert(name.to_string(), result.clone());
         result
     }
 
-    fn compile_and_render(&mut self, name: &str, text: &str) -> Result<String, TemplateFailure> {
+    /// Whether a template file is compiled under `name` already.
+    pub fn is_compiled(&self, name: &str) -> bool {
+        self.hb.get_template(name).is_some()
+    }
+
+    /// Renders the template file `name` for one file that carries its own
+    /// `vars:`, laid key by key over the run's vars. The template is
+    /// compiled once (from `text`, needed only the first time) and then
+    /// rendered per file; these renders are not shared between files.
+    pub fn render_file_with_vars(
+        &mut self,
+        name: &str,
+        text: Option<&str>,
+        vars: &serde_json::Map<String, Json>,
+    ) -> Result<Arc<str>, TemplateFailure> {
+        if !self.is_compiled(name) {
+            let text = text.unwrap_or_default();
+            self.compile(name, text)?;
+        }
+        let context = self.context_with_vars(vars);
+        self.take_secret_use();
+        let result = self.render_registered(name, &context).map(Arc::from);
+        let used = self.take_secret_use();
+        if used.used {
+            self.file_secret_use.insert(name.to_string(), used);
+        }
+        result
+    }
+
+    /// `render_inline` for a file that carries its own `vars:`.
+    pub fn render_inline_with_vars(
+        &mut self,
+        text: &str,
+        vars: &serde_json::Map<String, Json>,
+    ) -> Result<String, TemplateFailure> {
+        self.take_secret_use();
+        if !text.contains("{{") {
+            return Ok(text.to_string());
+        }
+        let context = self.context_with_vars(vars);
+        let result = self
+            .compile(INLINE_NAME, text)
+            .and_then(|()| self.render_registered(INLINE_NAME, &context));
+        self.hb.unregister_template(INLINE_NAME);
+        result
+    }
+
+    /// The run's context with `vars` laid over its vars, key by key.
+    fn context_with_vars(&self, vars: &serde_json::Map<String, Json>) -> Context {
+        let mut data = self.context.data().clone();
+        if let Some(Json::Object(run_vars)) = data.get_mut("vars") {
+            for (k, v) in vars {
+                run_vars.insert(k.clone(), v.clone());
+            }
+        }
+        Context::from(data)
+    }
+
+    fn compile(&mut self, name: &str, text: &str) -> Result<(), TemplateFailure> {
         let template = Template::compile(text).map_err(|e| {
             let pos = e.pos();
             TemplateFailure {
@@ -116,13 +248,25 @@ impl Renderer {
         })?;
         check_template(&template, 0)?;
         self.hb.register_template(name, template);
+        Ok(())
+    }
+
+    fn compile_and_render(&mut self, name: &str, text: &str) -> Result<String, TemplateFailure> {
+        self.compile(name, text)?;
+        let context = std::mem::take(&mut self.context);
+        let result = self.render_registered(name, &context);
+        self.context = context;
+        result
+    }
+
+    fn render_registered(&self, name: &str, context: &Context) -> Result<String, TemplateFailure> {
         let mut out = CappedOutput {
             buf: Vec::new(),
             overflowed: false,
         };
         match self
             .hb
-            .render_with_context_to_write(name, &self.context, &mut out)
+            .render_with_context_to_write(name, context, &mut out)
         {
             // Every segment handlebars writes is a `&str`.
             Ok(()) => String::from_utf8(out.buf).map_err(|_| TemplateFailure {
@@ -225,6 +369,81 @@ fn check_parameter(p: &Parameter, depth: usize) -> Result<(), TemplateFailure> {
             Ok(())
         }
         _ => Ok(()),
+    }
+}
+
+/// `{{secret "NAME"}}`: the decrypted `secrets/NAME.age`.
+///
+/// A name that is missing or escapes the tree is an error of the branch
+/// (every host would see it). A secret this host cannot decrypt writes
+/// nothing and is recorded, so only the files using it fail.
+struct SecretHelper<'t> {
+    tree: &'t dyn Tree,
+    secrets: Secrets,
+    seen: Arc<Mutex<SecretUse>>,
+}
+
+impl HelperDef for SecretHelper<'_> {
+    fn call<'reg: 'rc, 'rc>(
+        &self,
+        h: &Helper<'rc>,
+        _: &'reg Handlebars<'reg>,
+        _: &'rc Context,
+        _: &mut RenderContext<'reg, 'rc>,
+        out: &mut dyn Output,
+    ) -> HelperResult {
+        let usage = || {
+            RenderErrorReason::Other(
+                "secret takes the name of a secret, such as {{secret \"db.password\"}} for secrets/db.password.age"
+                    .into(),
+            )
+        };
+        let name = h
+            .param(0)
+            .and_then(|p| p.value().as_str())
+            .ok_or_else(usage)?;
+        if h.params().len() != 1 || name.is_empty() {
+            return Err(usage().into());
+        }
+        let path = RepoPath::parse(&format!("secrets/{name}.age"))
+            .map_err(|m| RenderErrorReason::Other(format!("secret '{name}': {m}")))?;
+        let bytes = self.tree.read(&path).map_err(|e| {
+            RenderErrorReason::Other(match e {
+                TreeError::NotFound(..) => format!("secret '{name}': {path} does not exist"),
+                TreeError::Refused(_, why) | TreeError::Io(_, why) => {
+                    format!("secret '{name}': {path}: {why}")
+                }
+            })
+        })?;
+        let opened = self.secrets.open(&bytes);
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        seen.used = true;
+        match opened {
+            Ok(Opened::Plain(plain)) => match String::from_utf8(plain) {
+                Ok(text) => out.write(&text)?,
+                Err(_) => {
+                    seen.failure.get_or_insert_with(|| {
+                        format!(
+                            "cannot use {path}: {}",
+                            crate::secrets::DecryptFailure::NotText
+                        )
+                    });
+                }
+            },
+            Ok(Opened::Unread) => {}
+            // Without a key (validate, render) a malformed file is a
+            // mistake in the branch, reported with the template.
+            Err(e) if matches!(self.secrets, Secrets::Unread) => {
+                return Err(
+                    RenderErrorReason::Other(format!("secret '{name}': {path}: {e}")).into(),
+                );
+            }
+            Err(e) => {
+                seen.failure
+                    .get_or_insert_with(|| format!("cannot decrypt {path}: {e}"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -398,7 +617,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn renderer() -> Renderer {
+    fn renderer() -> Renderer<'static> {
         Renderer::new(json!({"facts": {"hostname": "web1"}, "vars": {"port": 8080, "html": "<b>"}}))
     }
 

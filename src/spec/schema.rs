@@ -68,6 +68,16 @@ pub struct RawFile {
     pub secret: Option<bool>,
     /// A command run on the new content first (`spec::commands`).
     pub validate: Option<Box<Spanned<Vec<Spanned<String>>>>>,
+    /// `age`: `source` is an age-encrypted file, decrypted on the host
+    /// (also implied by a source ending in `.age`).
+    pub encrypted: Option<RawEncryption>,
+}
+
+/// `encrypted:` of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawEncryption {
+    Age,
 }
 
 #[derive(Debug, Default, Deserialize)]
