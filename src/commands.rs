@@ -298,6 +298,9 @@ pub fn agent(common: &Common) -> Result<i32> {
             crate::config::DEFAULT_CONFIG
         );
     }
+    if let Some(warning) = crate::report::notes::lateral_movement_warning(&common.settings) {
+        tracing::warn!("{warning}");
+    }
     let facts = facts(common)?;
     let opts = crate::agent::AgentOptions {
         interval: common.settings.interval,

@@ -122,6 +122,11 @@ pub struct ReportFragment {
     pub heartbeat: Option<Spanned<String>>,
     /// Prometheus textfile to write after each run.
     pub metrics: Option<Spanned<String>>,
+    /// A repository of its own for the notes (`report: { repo: URL }`), so
+    /// the fleet repository can stay read-only for hosts.
+    pub repo: Option<Spanned<String>>,
+    /// Credentials for the reports repository (same keys as `auth:`).
+    pub auth: Option<AuthFragment>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -208,6 +213,11 @@ pub struct ReportSettings {
     pub notes: bool,
     pub heartbeat: Duration,
     pub metrics: Option<PathBuf>,
+    /// `report.repo`: where notes are pushed instead of the fleet
+    /// repository (a Git URL, validated at load).
+    pub repo: Option<String>,
+    /// `report.auth`: credentials for `report.repo` (not those of `auth:`).
+    pub auth: Auth,
 }
 
 impl Default for Settings {
@@ -228,6 +238,8 @@ impl Default for Settings {
                 notes: true,
                 heartbeat: Duration::from_secs(3600),
                 metrics: None,
+                repo: None,
+                auth: Auth::default(),
             },
             apt_lists_max_age: Duration::from_secs(24 * 3600),
             package_backend: None,
@@ -359,25 +371,7 @@ pub fn settings(fragments: &[Located]) -> Result<Settings, ConfigError> {
                 .map(|v| abs_path(file, v, "allowed_paths"))
                 .collect::<Result<_, _>>()?;
         }
-        let a = &f.auth;
-        if let Some(v) = &a.ssh_key {
-            s.auth.ssh_key = Some(abs_path(file, v, "auth.ssh_key")?);
-        }
-        if let Some(v) = &a.known_hosts {
-            s.auth.known_hosts = Some(abs_path(file, v, "auth.known_hosts")?);
-        }
-        if let Some(b) = a.accept_new_host_keys {
-            s.auth.accept_new_host_keys = b;
-        }
-        if let Some(v) = &a.ca_file {
-            s.auth.ca_file = Some(abs_path(file, v, "auth.ca_file")?);
-        }
-        if let Some(v) = &a.token_file {
-            s.auth.token_file = Some(abs_path(file, v, "auth.token_file")?);
-        }
-        if let Some(v) = &a.credentials_file {
-            s.auth.credentials_file = Some(abs_path(file, v, "auth.credentials_file")?);
-        }
+        merge_auth(file, &f.auth, &mut s.auth, "auth")?;
         let t = &f.trust;
         if let Some(v) = &t.allowed_signers {
             s.trust.allowed_signers = Some(abs_path(file, v, "trust.allowed_signers")?);
@@ -397,6 +391,21 @@ pub fn settings(fragments: &[Located]) -> Result<Settings, ConfigError> {
         }
         if let Some(v) = &r.metrics {
             s.report.metrics = Some(abs_path(file, v, "report.metrics")?);
+        }
+        if let Some(v) = &r.repo {
+            match crate::source::remote::RemoteUrl::parse(&v.value) {
+                Ok(_) => s.report.repo = Some(v.value.trim().to_string()),
+                Err(e) => {
+                    return Err(ConfigError::at(
+                        file,
+                        v,
+                        format!("report.repo: {e} (a Git URL: git://, ssh://, https://, file://)"),
+                    ));
+                }
+            }
+        }
+        if let Some(a) = &r.auth {
+            merge_auth(file, a, &mut s.report.auth, "report.auth")?;
         }
         if let Some(v) = &f.packages.apt_lists_max_age {
             s.apt_lists_max_age = duration(file, v, "packages.apt_lists_max_age")?;
@@ -423,6 +432,34 @@ pub fn settings(fragments: &[Located]) -> Result<Settings, ConfigError> {
         }
     }
     Ok(s)
+}
+
+/// Applies one `auth:`-shaped fragment (`auth` or `report.auth`).
+fn merge_auth(
+    file: &Path,
+    a: &AuthFragment,
+    into: &mut Auth,
+    field: &str,
+) -> Result<(), ConfigError> {
+    if let Some(v) = &a.ssh_key {
+        into.ssh_key = Some(abs_path(file, v, &format!("{field}.ssh_key"))?);
+    }
+    if let Some(v) = &a.known_hosts {
+        into.known_hosts = Some(abs_path(file, v, &format!("{field}.known_hosts"))?);
+    }
+    if let Some(b) = a.accept_new_host_keys {
+        into.accept_new_host_keys = b;
+    }
+    if let Some(v) = &a.ca_file {
+        into.ca_file = Some(abs_path(file, v, &format!("{field}.ca_file"))?);
+    }
+    if let Some(v) = &a.token_file {
+        into.token_file = Some(abs_path(file, v, &format!("{field}.token_file"))?);
+    }
+    if let Some(v) = &a.credentials_file {
+        into.credentials_file = Some(abs_path(file, v, &format!("{field}.credentials_file"))?);
+    }
+    Ok(())
 }
 
 fn duration(file: &Path, v: &Spanned<String>, field: &str) -> Result<Duration, ConfigError> {

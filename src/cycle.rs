@@ -331,7 +331,14 @@ fn note_and_push(
     if offline {
         return;
     }
-    match notes::push_notes(cache.repo(), url, &settings.auth, &report.host) {
+    let (url, auth) = match notes::reports_remote(settings, url) {
+        Ok(target) => target,
+        Err(e) => {
+            warn!(error = %e, "notes not pushed; the next run tries again");
+            return;
+        }
+    };
+    match notes::push_notes(cache.repo(), &url, &auth, &report.host) {
         Ok(()) => mark.unpushed = false,
         Err(e) => warn!(error = %e, "notes not pushed; the next run tries again"),
     }

@@ -1,14 +1,28 @@
-//! Run reports as Git notes: each host writes `refs/notes/trueup/<host>` in
-//! the cache repository, on the commit it ran, and pushes only that ref.
+//! Run reports as Git notes: each host writes its notes refs in the cache
+//! repository, on the commit it ran, and pushes only its own refs.
 //!
 //! A note is one summary line, a blank line, then the JSON `RunReport`. A
 //! note is written when something changed — a new commit, another status,
 //! another drift count, a change made — and otherwise once per heartbeat.
-//! A push that is not a fast-forward (the ref moved on the remote: a wiped
-//! cache, a second machine with the same name) fetches the remote ref,
-//! re-applies this host's newer notes on top and tries again, a bounded
-//! number of times. A failed push never fails the run; `state.json` keeps
-//! `unpushed` and the next run tries again.
+//!
+//! Two refs per host keep the notes small at fleet scale (docs/scale.md):
+//! - `refs/notes/trueup/<host>`, the history: every note that says
+//!   something new (a change, a failure, a refusal, a rollback, another
+//!   status or drift count) is a commit on it, only ever fast-forwarded.
+//!   Its tip tree holds the notes of the last [`KEEP_NOTES`] commits the
+//!   host ran; older notes leave the tree but stay in history, and each
+//!   notes commit's message names the commit it annotates, so
+//!   `git log refs/notes/trueup/<host>` is the host's whole record.
+//! - `refs/notes/trueup-latest/<host>`, the latest note whatever it says,
+//!   as one commit without parent that each note replaces (force-pushed).
+//!   A heartbeat (nothing new since the last note in history) goes only
+//!   here, so heartbeats never pile up; fleet readers fetch only this tip.
+//!
+//! A push that is not a fast-forward (the history ref moved on the remote:
+//! a wiped cache, a second machine with the same name) fetches the remote
+//! ref, re-applies this host's newer notes on top and tries again, a
+//! bounded number of times. A failed push never fails the run;
+//! `state.json` keeps `unpushed` and the next run tries again.
 
 use std::collections::HashMap;
 
@@ -20,8 +34,15 @@ use crate::source::remote::RemoteUrl;
 use crate::source::transport::{Connector, SourceError};
 use crate::state::NoteMark;
 
-/// Prefix of every host's notes ref.
+/// Prefix of every host's notes history ref.
 pub const NOTES_PREFIX: &str = "refs/notes/trueup/";
+
+/// Prefix of every host's latest-note ref (one commit, replaced each time).
+pub const LATEST_PREFIX: &str = "refs/notes/trueup-latest/";
+
+/// How many annotated commits keep their note in the history ref's tip
+/// tree (older notes stay reachable in history).
+pub const KEEP_NOTES: usize = 20;
 
 /// How many times a rejected push is merged and retried in one run.
 pub const PUSH_ATTEMPTS: usize = 5;
@@ -104,6 +125,15 @@ pub fn notes_ref(host: &str) -> String {
     }
 }
 
+/// `refs/notes/trueup-latest/<host>`: the ref holding only the latest note.
+pub fn latest_ref(host: &str) -> String {
+    let history = notes_ref(host);
+    format!(
+        "{LATEST_PREFIX}{}",
+        history.trim_start_matches(NOTES_PREFIX)
+    )
+}
+
 /// Drift still outstanding after the run: found and left, or failed.
 pub fn outstanding(report: &RunReport) -> usize {
     let s = &report.summary;
@@ -163,28 +193,140 @@ fn signature(host: &str) -> Result<Signature<'static>, git2::Error> {
     Signature::now(&format!("trueup {host}"), &format!("trueup@{host}"))
 }
 
-/// Writes `report` as the note on its commit under this host's ref, in the
-/// cache. Returns the new notes commit.
+/// Writes `report` as the note on its commit in the cache: always as the
+/// latest note, and in the history unless it is a heartbeat (nothing new
+/// since the newest note there). Returns the new latest-note commit.
 pub fn write_note(repo: &Repository, report: &RunReport) -> Result<Oid, git2::Error> {
     let commit = report
         .source
         .commit
         .as_deref()
         .ok_or_else(|| git2::Error::from_str("the report names no commit"))?;
-    let oid = Oid::from_str(commit)?;
+    let annotated = Oid::from_str(commit)?;
+    let text = format_note(report);
+    let history = notes_ref(&report.host);
+    let heartbeat = is_heartbeat(repo, &history, report)?;
+    if !heartbeat {
+        append_note(repo, &history, annotated, &text, &report.host)?;
+    }
+    let latest = latest_ref(&report.host);
+    let blob = repo.blob(text.as_bytes())?;
+    let mut tree = repo.treebuilder(None)?;
+    tree.insert(annotated.to_string(), blob, 0o100644)?;
+    let tree = repo.find_tree(tree.write()?)?;
     let sig = signature(&report.host)?;
-    let reference = notes_ref(&report.host);
-    repo.note(
-        &sig,
-        &sig,
-        Some(&reference),
-        oid,
-        &format_note(report),
-        true,
-    )?;
-    let tip = repo.refname_to_id(&reference)?;
-    debug!(notes_ref = %reference, notes_commit = %tip, commit, "note written");
+    let message = notes_message(annotated, &text);
+    let tip = repo.commit(None, &sig, &sig, &message, &tree, &[])?;
+    repo.reference(&latest, tip, true, "trueup: latest note")?;
+    debug!(notes_ref = %history, latest_ref = %latest, heartbeat, commit, "note written");
     Ok(tip)
+}
+
+/// A notes commit's message: it names the annotated commit, then the
+/// note's summary line.
+fn notes_message(annotated: Oid, text: &str) -> String {
+    let summary = text.lines().next().unwrap_or("");
+    format!("Note on {annotated}\n\n{summary}\n")
+}
+
+/// The commit a notes commit's message names (`Note on <id>`), if any.
+pub fn annotated_commit(message: &str) -> Option<Oid> {
+    let first = message.lines().next()?;
+    Oid::from_str(first.strip_prefix("Note on ")?.trim()).ok()
+}
+
+/// Whether `report` says nothing the newest note in the history does not:
+/// same commit, same resulting status and drift, nothing changed, and not
+/// a failure, refusal, rollback or error (those always go to history).
+fn is_heartbeat(repo: &Repository, history: &str, report: &RunReport) -> Result<bool, git2::Error> {
+    if report.summary.changed > 0
+        || !matches!(
+            report.status,
+            RunStatus::InSync | RunStatus::Drift | RunStatus::Converged
+        )
+    {
+        return Ok(false);
+    }
+    let Some(newest) = tip_notes(repo, history)?
+        .into_iter()
+        .filter_map(|(_, text)| parse_note(&text).ok().map(|(_, r)| r))
+        .max_by(|a, b| a.started_at.cmp(&b.started_at))
+    else {
+        return Ok(false);
+    };
+    Ok(newest.source.commit == report.source.commit
+        && settled(newest.status) == settled(report.status)
+        && outstanding(&newest) == outstanding(report))
+}
+
+/// The notes in the tip tree of `reference`: (annotated commit, text).
+pub fn tip_notes(repo: &Repository, reference: &str) -> Result<Vec<(Oid, String)>, git2::Error> {
+    if repo.refname_to_id(reference).is_err() {
+        return Ok(vec![]);
+    }
+    let mut out = Vec::new();
+    for item in repo.notes(Some(reference))? {
+        let (note, annotated) = item?;
+        let blob = repo.find_blob(note)?;
+        out.push((
+            annotated,
+            String::from_utf8_lossy(blob.content()).into_owned(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Adds (or replaces) the note on `annotated` as a new commit on the history
+/// ref `reference`, a fast-forward of its tip, whose tree keeps the notes
+/// of the newest [`KEEP_NOTES`] annotated commits (by the reports' start
+/// time). A note leaving the tree stays in the commits before.
+pub fn append_note(
+    repo: &Repository,
+    reference: &str,
+    annotated: Oid,
+    text: &str,
+    host: &str,
+) -> Result<Oid, git2::Error> {
+    let parent = match repo.refname_to_id(reference) {
+        Ok(id) => Some(repo.find_commit(id)?),
+        Err(_) => None,
+    };
+    let blob = repo.blob(text.as_bytes())?;
+    let mut entries: Vec<(Oid, Oid, String)> = Vec::new();
+    if parent.is_some() {
+        for item in repo.notes(Some(reference))? {
+            let (note, on) = item?;
+            if on == annotated {
+                continue;
+            }
+            let content = repo.find_blob(note)?;
+            let started = parse_note(&String::from_utf8_lossy(content.content()))
+                .map(|(_, r)| r.started_at)
+                .unwrap_or_default();
+            entries.push((on, note, started));
+        }
+    }
+    // Newest first; the note being written is the newest of all.
+    entries.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+    entries.truncate(KEEP_NOTES.saturating_sub(1));
+    let mut tree = repo.treebuilder(None)?;
+    tree.insert(annotated.to_string(), blob, 0o100644)?;
+    for (on, note, _) in &entries {
+        tree.insert(on.to_string(), *note, 0o100644)?;
+    }
+    let tree = repo.find_tree(tree.write()?)?;
+    let sig = signature(host)?;
+    let parents: Vec<&git2::Commit> = parent.iter().collect();
+    let id = repo.commit(
+        None,
+        &sig,
+        &sig,
+        &notes_message(annotated, text),
+        &tree,
+        &parents,
+    )?;
+    repo.reference(reference, id, true, "trueup: note")?;
+    Ok(id)
 }
 
 /// Where a fetched copy of the remote's notes ref is kept while merging.
@@ -195,8 +337,54 @@ fn remote_copy(reference: &str) -> String {
     )
 }
 
-/// Pushes this host's notes ref (and nothing else), merging and retrying
-/// when the remote moved.
+/// Where this host pushes its notes: `report.repo` with `report.auth`
+/// when set, else the fleet repository with `auth:`.
+pub fn reports_remote(
+    settings: &crate::config::Settings,
+    fleet: &RemoteUrl,
+) -> Result<(RemoteUrl, crate::config::Auth), SourceError> {
+    match settings.report.repo.as_deref() {
+        None => Ok((fleet.clone(), settings.auth.clone())),
+        Some(raw) => RemoteUrl::parse(raw)
+            .map(|url| (url, settings.report.auth.clone()))
+            .map_err(|detail| SourceError::Remote {
+                url: "report.repo".into(),
+                detail,
+            }),
+    }
+}
+
+/// The warning the agent logs at start when it would push notes with
+/// credentials to the fleet repository itself and no commit signatures are
+/// required: the same credentials could push host branches, so one
+/// compromised host could rewrite every other host's desired state
+/// (SECURITY.md, "Lateral movement").
+pub fn lateral_movement_warning(settings: &crate::config::Settings) -> Option<String> {
+    if !settings.report.notes || settings.report.repo.is_some() || settings.trust.required() {
+        return None;
+    }
+    let url = match crate::source::remote::locate(settings.repo.as_deref()?) {
+        Ok(crate::source::remote::Location::Git(url)) => url,
+        _ => return None,
+    };
+    let a = &settings.auth;
+    let credentials = url.transport == crate::source::remote::Transport::Ssh
+        || a.ssh_key.is_some()
+        || a.token_file.is_some()
+        || a.credentials_file.is_some()
+        || url.user.is_some();
+    credentials.then(|| {
+        format!(
+            "notes are pushed to the fleet repository {url} with this host's credentials and trust: is not set: \
+             whoever holds them can push any host's branch too. Set report.repo (a reports repository, \
+             read-only access to the fleet repository) or trust: (signed commits); see SECURITY.md"
+        )
+    })
+}
+
+/// Pushes this host's notes refs (and nothing else) in one push: the
+/// history as a fast-forward, merging and retrying when the remote moved,
+/// and the latest note forced (it replaces the previous one).
 pub fn push_notes(
     repo: &Repository,
     remote: &RemoteUrl,
@@ -204,16 +392,24 @@ pub fn push_notes(
     host: &str,
 ) -> Result<(), SourceError> {
     let reference = notes_ref(host);
-    if repo.refname_to_id(&reference).is_err() {
+    let latest = latest_ref(host);
+    let mut refspecs = Vec::new();
+    if repo.refname_to_id(&reference).is_ok() {
+        refspecs.push(format!("{reference}:{reference}"));
+    }
+    if repo.refname_to_id(&latest).is_ok() {
+        refspecs.push(format!("+{latest}:{latest}"));
+    }
+    if refspecs.is_empty() {
         return Ok(());
     }
+    let refspecs: Vec<&str> = refspecs.iter().map(String::as_str).collect();
     let conn = Connector::new(remote, auth)?;
-    let refspec = format!("{reference}:{reference}");
     let mut last = String::new();
     for attempt in 1..=PUSH_ATTEMPTS {
-        match conn.push(repo, &refspec)? {
+        match conn.push_all(repo, &refspecs)? {
             Ok(()) => {
-                info!(notes_ref = %reference, attempt, "notes pushed");
+                info!(notes_ref = %reference, latest_ref = %latest, attempt, "notes pushed");
                 return Ok(());
             }
             Err(reason) => {
@@ -239,7 +435,7 @@ pub fn push_notes(
 /// Puts this host's notes that the remote lacks on top of the remote's
 /// notes commit: the notes changed locally since the common history (or
 /// every local note that differs, without one) are written again, newest
-/// local content winning.
+/// local content winning, each as its own fast-forward commit.
 pub fn merge_notes(
     repo: &Repository,
     reference: &str,
@@ -268,17 +464,22 @@ pub fn merge_notes(
     };
     let our_notes = notes_in(ours)?;
     let reference_notes = notes_in(base.unwrap_or(theirs))?;
-    let mut changed: Vec<(Oid, Oid)> = our_notes
-        .into_iter()
-        .filter(|(annotated, note)| reference_notes.get(annotated) != Some(note))
-        .collect();
+    let mut changed: Vec<(String, Oid, String)> = Vec::new();
+    for (annotated, note) in our_notes {
+        if reference_notes.get(&annotated) == Some(&note) {
+            continue;
+        }
+        let text = String::from_utf8_lossy(repo.find_blob(note)?.content()).into_owned();
+        let started = parse_note(&text)
+            .map(|(_, r)| r.started_at)
+            .unwrap_or_default();
+        changed.push((started, annotated, text));
+    }
+    // Oldest first, so the newest local note ends up newest in the tree.
     changed.sort();
     repo.reference(reference, theirs, true, "trueup: take the remote notes")?;
-    let sig = signature(host)?;
-    for (annotated, note) in &changed {
-        let blob = repo.find_blob(*note)?;
-        let text = String::from_utf8_lossy(blob.content());
-        repo.note(&sig, &sig, Some(reference), *annotated, &text, true)?;
+    for (_, annotated, text) in &changed {
+        append_note(repo, reference, *annotated, text, host)?;
     }
     info!(notes_ref = %reference, reapplied = changed.len(), "notes merged onto the remote's");
     Ok(())
@@ -409,14 +610,12 @@ mod tests {
         let c2 = repo.commit(None, &sig, &sig, "2", &tree, &[]).unwrap();
         let r = notes_ref("web1");
         // The remote's history: a note on c1.
-        repo.note(&sig, &sig, Some(&r), c1, "remote note on c1", true)
-            .unwrap();
+        append_note(&repo, &r, c1, "remote note on c1", "web1").unwrap();
         let theirs = repo.refname_to_id(&r).unwrap();
         repo.reference(&remote_copy(&r), theirs, true, "").unwrap();
         // Ours, from a wiped cache: unrelated history with a note on c2.
         repo.find_reference(&r).unwrap().delete().unwrap();
-        repo.note(&sig, &sig, Some(&r), c2, "local note on c2", true)
-            .unwrap();
+        append_note(&repo, &r, c2, "local note on c2", "web1").unwrap();
         merge_notes(&repo, &r, &remote_copy(&r), "web1").unwrap();
         let tip = repo.refname_to_id(&r).unwrap();
         assert!(repo.graph_descendant_of(tip, theirs).unwrap());
@@ -427,6 +626,84 @@ mod tests {
         assert_eq!(
             repo.find_note(Some(&r), c2).unwrap().message(),
             Ok("local note on c2")
+        );
+    }
+
+    /// A year of one host, simulated: a run every hour with a heartbeat,
+    /// one new commit a day (a change), a failure each week and a rollback
+    /// each month. Every change, failure and rollback note stays in the
+    /// history; heartbeats never become history commits; the tip tree
+    /// stays at KEEP_NOTES notes. The figures are printed for docs/scale.md.
+    #[test]
+    fn a_year_of_hourly_heartbeats_keeps_every_change_and_a_bounded_tip() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let sig = Signature::now("t", "t@x").unwrap();
+        let empty = repo
+            .find_tree(repo.treebuilder(None).unwrap().write().unwrap())
+            .unwrap();
+        let history = notes_ref("web1");
+        let mut must_keep: Vec<(Oid, String)> = Vec::new();
+        let mut commit = repo.commit(None, &sig, &sig, "day 0", &empty, &[]).unwrap();
+        for day in 0..365u64 {
+            for hour in 0..24u64 {
+                let started = format!("2026-{:03}-{:02}:00:00", day, hour);
+                let (status, changed) = match hour {
+                    0 if day > 0 => {
+                        let parent = repo.find_commit(commit).unwrap();
+                        commit = repo
+                            .commit(None, &sig, &sig, &format!("day {day}"), &empty, &[&parent])
+                            .unwrap();
+                        (RunStatus::Converged, 2)
+                    }
+                    6 if day % 7 == 3 => (RunStatus::Failed, 0),
+                    7 if day % 30 == 5 => (RunStatus::RolledBack, 0),
+                    _ => (RunStatus::InSync, 0),
+                };
+                let mut r = report(status, changed, 0);
+                r.source.commit = Some(commit.to_string());
+                r.started_at = started;
+                write_note(&repo, &r).unwrap();
+                if status != RunStatus::InSync {
+                    must_keep.push((commit, format_note(&r)));
+                }
+            }
+        }
+        // Walk the whole history: every kept note is in some commit's tree.
+        let mut walk = repo.revwalk().unwrap();
+        walk.push(repo.refname_to_id(&history).unwrap()).unwrap();
+        let mut seen: std::collections::HashSet<(Oid, Oid)> = Default::default();
+        let mut commits = 0;
+        for id in walk {
+            let c = repo.find_commit(id.unwrap()).unwrap();
+            commits += 1;
+            let on = annotated_commit(c.message().unwrap()).expect("message names the commit");
+            let entry = c.tree().unwrap().get_name(&on.to_string()).map(|e| e.id());
+            seen.insert((on, entry.expect("the named note is in the tree")));
+        }
+        for (on, text) in &must_keep {
+            let blob = repo.blob(text.as_bytes()).unwrap();
+            assert!(seen.contains(&(*on, blob)), "a note on {on} was dropped");
+        }
+        let tip_tree = tip_notes(&repo, &history).unwrap();
+        assert_eq!(tip_tree.len(), KEEP_NOTES);
+        // 365 changes, 53 failures and 13 rollbacks, each followed by the
+        // return to "in sync": a few hundred commits, not 8,760.
+        assert!(commits < 900, "{commits} history commits for a year");
+        let heartbeats = 365 * 24 - commits;
+        let latest = repo
+            .find_reference(&latest_ref("web1"))
+            .unwrap()
+            .peel_to_commit()
+            .unwrap();
+        assert_eq!(latest.parent_count(), 0);
+        assert_eq!(latest.tree().unwrap().len(), 1);
+        let tip_bytes: usize = tip_tree.iter().map(|(_, t)| t.len()).sum();
+        println!(
+            "one host, one year: {} runs noted, {heartbeats} heartbeats, {} change/failure/rollback notes kept, {commits} history commits, tip tree {} notes ({tip_bytes} bytes), latest ref 1 commit",
+            365 * 24,
+            must_keep.len(),
+            tip_tree.len()
         );
     }
 }

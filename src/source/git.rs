@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use git2::{ObjectType, Oid, Repository, RepositoryInitOptions};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
-use super::remote::RemoteUrl;
+use super::poll::{self, Polled};
+use super::remote::{RemoteUrl, Transport};
 use super::transport::{Connector, SourceError};
 use super::{MAX_TREE_FILE, RepoPath, Tree, TreeError};
 use crate::config::Auth;
@@ -77,6 +78,43 @@ impl GitCache {
         let head = format!("refs/heads/{branch}");
         let tracking = tracking_ref(branch);
         let conn = Connector::new(remote, auth)?;
+        // file:// stays with libgit2 (in-process, no ref advertisement cost
+        // worth saving); every network transport polls with protocol v2.
+        if remote.transport != Transport::File {
+            match poll::poll_branch(
+                &self.path,
+                remote,
+                auth,
+                conn.basic_credentials(),
+                branch,
+                &tracking,
+            ) {
+                Ok(Polled::Tip {
+                    commit,
+                    fetched,
+                    protocol,
+                }) if self.has_commit(commit) => {
+                    if fetched {
+                        info!(branch, commit = %commit, protocol, "fetched");
+                    } else {
+                        debug!(branch, commit = %commit, protocol, "remote tip unchanged, no fetch");
+                    }
+                    return Ok(Tip { commit, fetched });
+                }
+                Ok(Polled::Tip { commit, .. }) => {
+                    warn!(branch, commit = %commit, "the v2 fetch left the tip missing from the cache; fetching again with libgit2");
+                }
+                Ok(Polled::Missing) => {
+                    return Err(SourceError::MissingBranch {
+                        url: remote.redacted().to_string(),
+                        branch: branch.to_string(),
+                    });
+                }
+                Err(e) => {
+                    warn!(branch, reason = %e, "protocol v2 poll failed; polling again with libgit2 (protocol v0)");
+                }
+            }
+        }
         let refs = conn.list_refs(&self.repo)?;
         let Some(remote_tip) = refs.iter().find(|(n, _)| *n == head).map(|(_, o)| *o) else {
             return Err(SourceError::MissingBranch {

@@ -6,6 +6,7 @@
 pub mod dir;
 pub mod git;
 pub mod known_hosts;
+pub mod poll;
 pub mod remote;
 pub mod transport;
 pub mod trust;

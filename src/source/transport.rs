@@ -125,6 +125,12 @@ impl Connector {
         &self.url
     }
 
+    /// The https basic-auth user and password read from the agent's files,
+    /// for the protocol v2 poll (`source::poll`).
+    pub fn basic_credentials(&self) -> Option<(String, String)> {
+        self.basic.as_ref().map(|(u, p)| (u.clone(), p.0.clone()))
+    }
+
     /// Callbacks for one connection, answering credentials and certificate
     /// questions. Each credential is offered once per connection: a refused
     /// one is an authentication failure, not a loop.
@@ -332,6 +338,17 @@ impl Connector {
         repo: &Repository,
         refspec: &str,
     ) -> Result<Result<(), String>, SourceError> {
+        self.push_all(repo, &[refspec])
+    }
+
+    /// Pushes several refspecs in one connection (one ref advertisement:
+    /// receive-pack has no protocol v2). `Ok(Err(reason))` when the remote
+    /// turned one down as not a fast-forward.
+    pub fn push_all(
+        &self,
+        repo: &Repository,
+        refspecs: &[&str],
+    ) -> Result<Result<(), String>, SourceError> {
         let mut remote = repo
             .remote_anonymous(self.url.for_libgit2())
             .map_err(|e| self.classify(&e))?;
@@ -345,7 +362,7 @@ impl Connector {
         });
         let mut po = git2::PushOptions::new();
         po.remote_callbacks(cb);
-        let result = remote.push(&[refspec], Some(&mut po));
+        let result = remote.push(refspecs, Some(&mut po));
         drop(po);
         match result {
             Err(e) if e.code() == ErrorCode::NotFastForward => Ok(Err(self.url.scrub(e.message()))),

@@ -1,0 +1,212 @@
+//! The poll: "did my branch move?" asked with Git protocol v2 through
+//! gitoxide (`gix`), so an unchanged poll costs the same few hundred bytes
+//! whatever the size of the fleet.
+//!
+//! libgit2 speaks only protocol v0, whose ref advertisement lists every
+//! branch and notes ref of the repository on each connection (1.45 MB at
+//! 10,000 hosts). Here the client sends `ls-refs` with a `ref-prefix` for
+//! the one host branch; when the tip is already in the cache nothing else
+//! is sent, and when it moved only the missing objects are fetched (`have`
+//! lines from the cache). A server without v2 answers with its v0/v1
+//! advertisement and gix carries on with that: the fallback costs bytes,
+//! never correctness. git:// and https:// (curl) are spoken in-process;
+//! ssh:// spawns OpenSSH (`ssh`), with the agent's key and known_hosts.
+//!
+//! Anything this path cannot do — an unknown host key that the agent may
+//! record (`accept_new_host_keys`), a server gix does not understand — is
+//! reported as a [`PollError`], and [`super::git::GitCache::update`] then
+//! polls again with libgit2, whose errors are the ones users see.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use git2::Oid;
+
+use super::remote::{RemoteUrl, Transport};
+use crate::config::Auth;
+
+/// Why the v2 poll did not give an answer (the libgit2 path is tried next).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PollError(pub String);
+
+/// What the remote said about the host branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Polled {
+    /// The branch's tip, now in the cache under the tracking ref.
+    Tip {
+        commit: Oid,
+        /// Whether a pack was received (false: the cache was current).
+        fetched: bool,
+        /// The protocol the server spoke: 2, or 1/0 from a server without v2.
+        protocol: u8,
+    },
+    /// The remote has no such branch.
+    Missing,
+}
+
+/// Asks for `refs/heads/<branch>` only and brings `tracking` in the bare
+/// repository at `cache` up to its tip, fetching only when it moved.
+pub fn poll_branch(
+    cache: &Path,
+    remote: &RemoteUrl,
+    auth: &Auth,
+    basic: Option<(String, String)>,
+    branch: &str,
+    tracking: &str,
+) -> Result<Polled, PollError> {
+    let err =
+        |what: &str, e: &dyn std::fmt::Display| PollError(remote.scrub(&format!("{what}: {e}")));
+    let repo = open(cache, remote, auth).map_err(|e| err("opening the cache with gix", &e))?;
+    let head = format!("refs/heads/{branch}");
+    let refspec = format!("+{head}:{tracking}");
+    let url = gix::url::parse(remote.for_libgit2()).map_err(|e| err("the URL", &e))?;
+    let gix_remote = repo
+        .remote_at(url)
+        .and_then(|r| r.with_refspecs(Some(refspec.as_str()), gix::remote::Direction::Fetch))
+        .map_err(|e| err("the remote", &e))?;
+    let connection = gix_remote
+        .connect(gix::remote::Direction::Fetch)
+        .map_err(|e| err("connecting", &e))?;
+    // Credentials come from the agent's files only: never a prompt, never
+    // a helper from the environment.
+    let connection = connection.with_credentials(move |action| credentials(&basic, action));
+    let interrupt = AtomicBool::new(false);
+    let outcome = connection
+        .prepare_fetch(gix::progress::Discard, Default::default())
+        .map_err(|e| err("listing the branch", &e))?
+        .with_write_packed_refs_only(false)
+        .receive(gix::progress::Discard, &interrupt)
+        .map_err(|e| err("fetching", &e))?;
+    let protocol = outcome.handshake.server_protocol_version as u8;
+    let Some(remote_tip) = outcome.ref_map.remote_refs.iter().find_map(|r| {
+        let (name, target, _) = r.unpack();
+        (name == head.as_bytes()).then_some(target).flatten()
+    }) else {
+        return Ok(Polled::Missing);
+    };
+    let commit = Oid::from_bytes(remote_tip.as_bytes()).map_err(|e| err("the tip", &e))?;
+    let fetched = matches!(outcome.status, gix::remote::fetch::Status::Change { .. });
+    Ok(Polled::Tip {
+        commit,
+        fetched,
+        protocol,
+    })
+}
+
+/// Answers gix's credential requests from the agent's files only: never a
+/// prompt, never a helper from the environment.
+pub fn credentials(
+    basic: &Option<(String, String)>,
+    action: gix::credentials::helper::Action,
+) -> gix::Result<Option<gix::credentials::protocol::Outcome>> {
+    match (action, basic) {
+        (gix::credentials::helper::Action::Get(ctx), Some((user, password))) => {
+            Ok(Some(gix::credentials::protocol::Outcome {
+                credentials: gix::sec::identity::Credentials::UsernamePassword {
+                    username: user.clone(),
+                    password: password.clone(),
+                    oauth_refresh_token: None,
+                },
+                next: ctx.into(),
+            }))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Opens a repository for gix, isolated from the user's and the system's Git
+/// configuration: only what the agent configures applies.
+pub fn open(cache: &Path, remote: &RemoteUrl, auth: &Auth) -> Result<gix::Repository, String> {
+    let mut overrides = vec!["protocol.version=2".to_string()];
+    if remote.transport == Transport::Ssh {
+        overrides.push(format!("core.sshCommand={}", ssh_command(auth)?));
+        overrides.push("ssh.variant=ssh".into());
+    }
+    if remote.transport == Transport::Https
+        && let Some(ca) = &auth.ca_file
+    {
+        overrides.push(format!("http.sslCAInfo={}", ca.display()));
+    }
+    let opts = gix::open::Options::isolated()
+        .config_overrides(overrides)
+        .with_enforced_trust(gix::sec::Trust::Full);
+    gix::open_opts(cache, opts).map_err(|e| e.to_string())
+}
+
+/// The OpenSSH command line: the agent's key only, host keys checked
+/// against the agent's known_hosts, never a prompt. A host key that is not
+/// known fails here; the libgit2 path then decides (and records it when
+/// `accept_new_host_keys` is on), so both paths share one trust decision.
+pub fn ssh_command(auth: &Auth) -> Result<String, String> {
+    let quote = |s: &str| {
+        shlex::try_quote(s)
+            .map(|q| q.into_owned())
+            .map_err(|e| format!("cannot pass '{s}' to ssh: {e}"))
+    };
+    let mut words = vec![
+        "ssh".to_string(),
+        "-o".into(),
+        "BatchMode=yes".into(),
+        "-o".into(),
+        "StrictHostKeyChecking=yes".into(),
+        "-o".into(),
+        "ConnectTimeout=30".into(),
+    ];
+    if let Some(key) = &auth.ssh_key {
+        words.extend([
+            "-i".into(),
+            quote(&key.display().to_string())?,
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-o".into(),
+            "IdentityAgent=none".into(),
+        ]);
+    }
+    // Without `auth.known_hosts` OpenSSH's own defaults (~/.ssh/known_hosts,
+    // /etc/ssh/ssh_known_hosts) are the files libgit2's path reads too.
+    if let Some(file) = &auth.known_hosts {
+        words.extend([
+            "-o".into(),
+            quote(&format!("UserKnownHostsFile={}", file.display()))?,
+            "-o".into(),
+            "GlobalKnownHostsFile=/dev/null".into(),
+        ]);
+    }
+    Ok(words.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssh_command_uses_only_the_agents_key_and_known_hosts() {
+        let auth = Auth {
+            ssh_key: Some("/etc/trueup/deploy key".into()),
+            known_hosts: Some("/etc/trueup/known_hosts".into()),
+            ..Auth::default()
+        };
+        let cmd = ssh_command(&auth).unwrap();
+        let words = shlex::split(&cmd).unwrap();
+        assert!(
+            words
+                .windows(2)
+                .any(|w| w == ["-i", "/etc/trueup/deploy key"]),
+            "{cmd}"
+        );
+        assert!(words.contains(&"BatchMode=yes".to_string()), "{cmd}");
+        assert!(
+            words.contains(&"StrictHostKeyChecking=yes".to_string()),
+            "{cmd}"
+        );
+        assert!(
+            words.contains(&"UserKnownHostsFile=/etc/trueup/known_hosts".to_string()),
+            "{cmd}"
+        );
+        assert!(
+            words.contains(&"GlobalKnownHostsFile=/dev/null".to_string()),
+            "{cmd}"
+        );
+    }
+}
