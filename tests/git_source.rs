@@ -60,11 +60,15 @@ fn scenario(repo: &TestRepo, url: &str, config: &str, server: Option<ServerCount
     assert_eq!(noted["status"], "converged");
     assert_eq!(noted["source"]["commit"], c1.as_str());
     assert_eq!(notes_commits(&repo.bare, &host.notes_ref()), 1);
-    // Only the notes ref was pushed.
+    // Only the host's notes refs were pushed: the history and the latest note.
     let refs: Vec<String> = repo.remote_refs().into_iter().map(|(r, _)| r).collect();
     assert_eq!(
         refs,
-        vec![format!("refs/heads/{BRANCH}"), host.notes_ref()],
+        vec![
+            format!("refs/heads/{BRANCH}"),
+            "refs/notes/trueup-latest/web1".to_string(),
+            host.notes_ref()
+        ],
         "{refs:?}"
     );
 

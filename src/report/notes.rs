@@ -137,7 +137,8 @@ pub fn latest_ref(host: &str) -> String {
 /// Drift still outstanding after the run: found and left, or failed.
 pub fn outstanding(report: &RunReport) -> usize {
     let s = &report.summary;
-    s.drift + s.failed + s.skipped
+    // `drift` counts what was drifted at the start, repaired or not.
+    s.drift.saturating_sub(s.changed).max(s.failed + s.skipped)
 }
 
 /// The state a run left the host in, for comparing runs: a run that
