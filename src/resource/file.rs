@@ -206,7 +206,9 @@ mod tests {
             mode,
             notify: vec![],
             notify_action: NotifyAction::Restart,
+            notify_actions: Default::default(),
             secret,
+            validate: vec![],
         }
     }
 
@@ -217,9 +219,7 @@ mod tests {
                 gid: 0,
                 mode,
             },
-            notify_actions: Default::default(),
             content: Some(content.as_bytes().to_vec().into()),
-            validate: vec![],
         }
     }
 
