@@ -864,10 +864,10 @@ mod tests {
             mode: None,
             notify: vec![],
             notify_action: NotifyAction::Restart,
-            secret: false,
             notify_actions: Default::default(),
-        }
+            secret: false,
             validate: vec![],
+        }
     }
 
     fn dir_spec(present: bool) -> DirectorySpec {
