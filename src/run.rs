@@ -12,7 +12,7 @@ use crate::facts::Facts;
 use crate::plan;
 use crate::report::{Mode, RunReport, RunStatus, SourceInfo};
 use crate::resource::Backends;
-use crate::resource::accounts::SystemAccounts;
+use crate::resource::accounts;
 use crate::resource::command;
 use crate::resource::package::{self, PackageSettings};
 use crate::resource::service::systemctl::Systemctl;
@@ -126,7 +126,11 @@ pub fn run_with_state(
         units: &systemctl,
     };
     let observed = plan::observe(&opts.root, &desired, &backends);
-    let plan = match plan::plan(&desired, observed, &SystemAccounts::default()) {
+    let accounts = match accounts::for_root(&opts.root) {
+        Ok(a) => a,
+        Err(e) => return early(RunStatus::Error, vec![e]),
+    };
+    let plan = match plan::plan(&desired, observed, accounts.as_ref()) {
         Ok(p) => p,
         Err(errs) => {
             return early(

@@ -38,3 +38,46 @@ fn a_closed_stdout_pipe_ends_commands_quietly() {
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
 }
+
+/// Owners under `--root` used to resolve against the machine's users: a
+/// user that only the root's `etc/passwd` lists was "does not exist", and a
+/// machine user the root lacks was accepted with the machine's id.
+#[test]
+fn owners_under_a_root_resolve_against_the_roots_own_users() {
+    let host = Host::new();
+    support::write(
+        host.root.path(),
+        "etc/passwd",
+        "root:x:0:0:root:/root:/bin/sh\ntrueup-only-in-root:x:4242:4343::/home/t:/bin/sh\n",
+    );
+    support::write(
+        host.root.path(),
+        "etc/group",
+        "root:x:0:\ntrueup-group-in-root:x:4343:\n",
+    );
+    let branch = tempfile::tempdir().unwrap();
+    support::write(
+        branch.path(),
+        "trueup.yaml",
+        "files:\n  /srv/owned:\n    content: \"x\\n\"\n    owner: trueup-only-in-root\n    group: trueup-group-in-root\n",
+    );
+    let (code, report) = host.check_json(branch.path());
+    assert_eq!(code, 2, "{report:#}");
+    assert_eq!(report["status"], "drift", "{report:#}");
+    assert!(
+        report["errors"].as_array().is_none_or(Vec::is_empty),
+        "{report:#}"
+    );
+
+    // A user the machine has (uid 1 is `daemon` on Debian and Fedora) but
+    // the root does not: an error naming it, nothing touched.
+    support::write(
+        branch.path(),
+        "trueup.yaml",
+        "files:\n  /srv/owned:\n    content: \"x\\n\"\n    owner: daemon\n",
+    );
+    let r = host.run(branch.path(), &["apply", "--format", "json"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.all().contains("owner 'daemon' does not exist"), "{}", r.all());
+    assert!(!host.path("/srv/owned").exists());
+}

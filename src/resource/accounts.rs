@@ -131,6 +131,60 @@ impl Accounts for SystemAccounts {
     }
 }
 
+/// The users and groups of a managed root other than `/`, from its own
+/// `etc/passwd` and `etc/group`: under `--root` an owner names a user of
+/// the image being built, not of the machine building it.
+pub struct RootAccounts {
+    db: super::user::AccountDb,
+}
+
+impl RootAccounts {
+    pub fn new(db: super::user::AccountDb) -> RootAccounts {
+        RootAccounts { db }
+    }
+}
+
+impl Accounts for RootAccounts {
+    fn uid(&self, name: &str) -> Option<u32> {
+        self.db.users.get(name).map(|u| u.uid)
+    }
+    fn gid(&self, name: &str) -> Option<u32> {
+        self.db.groups.get(name).map(|g| g.gid)
+    }
+    fn user_name(&self, uid: u32) -> String {
+        self.db
+            .users
+            .values()
+            .find(|u| u.uid == uid)
+            .map(|u| u.name.clone())
+            .unwrap_or_else(|| uid.to_string())
+    }
+    fn group_name(&self, gid: u32) -> String {
+        self.db.group_name(gid)
+    }
+}
+
+/// Where owners resolve for a run converging `root`: the machine's NSS for
+/// `/`; the root's own `etc/passwd` and `etc/group` when it has them. A
+/// scratch root without account databases (a few files for a test or an
+/// image stage) resolves against the machine, as before.
+pub fn for_root(root: &std::path::Path) -> Result<Box<dyn Accounts>, String> {
+    let passwd = crate::safe_fs::join_root(root, std::path::Path::new(super::user::PASSWD_PATH));
+    if root == std::path::Path::new("/") || !passwd.exists() {
+        return Ok(Box::new(SystemAccounts::default()));
+    }
+    let users = super::user::read_passwd(root)?;
+    let group = crate::safe_fs::join_root(root, std::path::Path::new(super::group::GROUP_PATH));
+    let groups = if group.exists() {
+        super::group::read_groups(root)?
+    } else {
+        Vec::new()
+    };
+    Ok(Box::new(RootAccounts::new(super::user::AccountDb::from_entries(
+        users, groups,
+    ))))
+}
+
 /// Fixed users and groups, for unit tests of the pure core.
 #[cfg(test)]
 pub struct FakeAccounts;
