@@ -16,6 +16,8 @@ pkgs=(
   debootstrap systemd-container iproute2 dpkg-dev
   # benchmarks
   hyperfine
+  # the fleet report's browser test (headless, --dump-dom, --screenshot)
+  chromium fonts-dejavu-core
 )
 
 missing=()

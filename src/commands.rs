@@ -93,6 +93,9 @@ impl Common {
 }
 
 /// Exit codes of `check`.
+mod fleet_report;
+pub use fleet_report::fleet_report;
+
 pub mod exit {
     pub const OK: i32 = 0;
     pub const ERROR: i32 = 1;

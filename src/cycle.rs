@@ -246,6 +246,15 @@ fn git_cycle(
     // What `validate --fleet` renders this host's state with (issue 11).
     let mut report = report;
     report.set_facts(facts);
+    // What the fleet report needs beside the run (issue 16), after a
+    // rollback may have changed the commit.
+    report.set_host_context(
+        settings.interval,
+        settings.report.heartbeat,
+        state.disabled.as_ref(),
+        settings.mode == crate::config::AgentMode::Check,
+    );
+    report.set_commit_details(cache.repo());
 
     control.phase(Phase::Reporting);
     if opts.mode == Mode::Apply

@@ -103,6 +103,13 @@ enum FleetCommand {
     /// Every host's latest note: branch tip, applied commit, behind,
     /// status, drift, age.
     Status,
+    /// Write a static HTML report of the fleet (index.html and a page per
+    /// host) from the hosts' notes.
+    Report {
+        /// Directory to write the site into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn absolute_path(s: &str) -> Result<PathBuf, String> {
@@ -173,6 +180,9 @@ fn main() -> ExitCode {
         Command::Fleet {
             command: FleetCommand::Status,
         } => commands::fleet_status(&common),
+        Command::Fleet {
+            command: FleetCommand::Report { out },
+        } => commands::fleet_report(&common, out),
         Command::GenerateAssets { out } => generate_assets(out),
     };
     match result {

@@ -173,6 +173,27 @@ pub struct RunReport {
     /// Errors that stopped the run before any change, one per line.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// The first line of `source.commit`'s message, for people reading
+    /// the fleet (the fleet report's rollout picture).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_subject: Option<String>,
+    /// `source.commit`'s author, `Name <email>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_author: Option<String>,
+    /// The agent's run interval, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_secs: Option<u64>,
+    /// The longest time between two notes of an unchanged host, in
+    /// seconds: a host silent for twice this is stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_secs: Option<u64>,
+    /// Set while convergence is paused (`trueup disable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<DisabledInfo>,
+    /// The agent runs in audit mode (`mode: check`): drift is reported,
+    /// never repaired.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub audit: bool,
     /// The health checks after the run, and a rollback if there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<crate::health::HealthReport>,
@@ -180,6 +201,14 @@ pub struct RunReport {
     /// fleet's states can be validated centrally (`validate --fleet`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facts: Option<crate::facts::PublishedFacts>,
+}
+
+/// Why and since when a host is paused, as a report tells it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DisabledInfo {
+    pub reason: String,
+    /// RFC 3339.
+    pub since: String,
 }
 
 /// A resource as it appears in a report (the `Outcome` of one step).
@@ -210,6 +239,12 @@ impl RunReport {
             summary: Summary::default(),
             resources: vec![],
             errors,
+            commit_subject: None,
+            commit_author: None,
+            interval_secs: None,
+            heartbeat_secs: None,
+            disabled: None,
+            audit: false,
             health: None,
             facts: None,
         }
@@ -314,6 +349,52 @@ impl RunReport {
     /// Records the facts the run rendered with (without `machine_id`).
     pub fn set_facts(&mut self, facts: &crate::facts::Facts) {
         self.facts = Some(facts.into());
+    }
+
+    /// Records what a fleet's readers need to know about this host beside
+    /// the run: how often it runs and reports, whether it is paused, and
+    /// whether it only audits.
+    pub fn set_host_context(
+        &mut self,
+        interval: std::time::Duration,
+        heartbeat: std::time::Duration,
+        disabled: Option<&crate::state::Disabled>,
+        audit: bool,
+    ) {
+        self.interval_secs = Some(interval.as_secs());
+        self.heartbeat_secs = Some(heartbeat.as_secs());
+        self.disabled = disabled.map(|d| DisabledInfo {
+            reason: d.reason.clone(),
+            since: d.since.clone(),
+        });
+        self.audit = audit;
+    }
+
+    /// Records the subject and author of `source.commit`, read from
+    /// `repo` (left unset when the commit is not there).
+    pub fn set_commit_details(&mut self, repo: &git2::Repository) {
+        let Some(commit) = self
+            .source
+            .commit
+            .as_deref()
+            .and_then(|c| git2::Oid::from_str(c).ok())
+            .and_then(|oid| repo.find_commit(oid).ok())
+        else {
+            return;
+        };
+        // Lossy: a commit message or name need not be UTF-8.
+        self.commit_subject = commit
+            .summary_bytes()
+            .map(|b| String::from_utf8_lossy(b).into_owned());
+        let author = commit.author();
+        let name = String::from_utf8_lossy(author.name_bytes()).into_owned();
+        let email = String::from_utf8_lossy(author.email_bytes()).into_owned();
+        self.commit_author = match (name.is_empty(), email.is_empty()) {
+            (false, false) => Some(format!("{name} <{email}>")),
+            (false, true) => Some(name),
+            (true, false) => Some(format!("<{email}>")),
+            (true, true) => None,
+        };
     }
 
     /// Writes the report as `last-run.json` in the state directory.

@@ -1,0 +1,127 @@
+//! `trueup fleet report`: a static site a person opens in a browser,
+//! generated from the hosts' Git notes alone.
+//!
+//! `index.html` shows the counts per status (and the stale, disabled and
+//! audit flags), the rollout (hosts per applied commit, newest first) and
+//! the host table; `by-*.html` hold the same table sorted by another
+//! column and `status-*.html` the hosts of one status, so sorting and
+//! filtering need no script; `hosts/<ref>.html` shows one host's latest
+//! run in full, its timeline, health checks and facts. Pages carry their
+//! CSS inline and load nothing, so they work from `file://` and behind any
+//! static web server.
+//!
+//! Notes are untrusted: the model reads them leniently (`model`), and the
+//! HTML layer escapes every value (`html`).
+
+pub mod html;
+pub mod model;
+pub mod read;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::safe_fs::{Entry, SafeFsError};
+
+/// Why the report could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("the report's templates do not parse: {0}")]
+    Template(#[from] Box<handlebars::TemplateError>),
+    #[error("rendering the report: {0}")]
+    Render(#[from] Box<handlebars::RenderError>),
+    #[error("writing the report: {0}")]
+    Write(#[from] SafeFsError),
+    #[error("{path}: {detail}")]
+    Io { path: PathBuf, detail: String },
+}
+
+/// What was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub hosts: usize,
+    pub pages: usize,
+    pub bytes: u64,
+}
+
+/// Renders the fleet as pages (no I/O).
+pub fn render(
+    hosts: &[model::HostNotes],
+    graph: &dyn model::CommitGraph,
+    repository: &str,
+    now: SystemTime,
+) -> Result<(model::FleetView, Vec<html::Page>), ReportError> {
+    let view = model::fleet(hosts, graph, now);
+    let hb = html::engine().map_err(Box::new)?;
+    let pages = html::render(&hb, &view, repository).map_err(Box::new)?;
+    Ok((view, pages))
+}
+
+/// Writes the site under `out` (created if missing). Every page is
+/// replaced atomically, without following a symlink inside `out`; host
+/// pages of hosts no longer in the fleet are removed from `out/hosts`.
+pub fn write_site(out: &Path, pages: &[html::Page]) -> Result<Written, ReportError> {
+    std::fs::create_dir_all(out.join("hosts")).map_err(|e| ReportError::Io {
+        path: out.join("hosts"),
+        detail: e.to_string(),
+    })?;
+    let mut bytes = 0u64;
+    for page in pages {
+        let path = PathBuf::from("/").join(&page.path);
+        let entry = Entry::open(out, &path, true)?.ok_or_else(|| ReportError::Io {
+            path: out.join(&page.path),
+            detail: "its directory is missing".into(),
+        })?;
+        entry.write_atomic(page.html.as_bytes(), None, None, 0o644)?;
+        bytes += page.html.len() as u64;
+    }
+    remove_gone_hosts(out, pages)?;
+    Ok(Written {
+        hosts: pages
+            .iter()
+            .filter(|p| p.path.starts_with("hosts/"))
+            .count(),
+        pages: pages.len(),
+        bytes,
+    })
+}
+
+/// Removes `hosts/*.html` pages this run did not write (hosts whose notes
+/// ref is gone), so the site never links a stale page by accident.
+fn remove_gone_hosts(out: &Path, pages: &[html::Page]) -> Result<(), ReportError> {
+    let written: HashSet<&str> = pages
+        .iter()
+        .filter_map(|p| p.path.strip_prefix("hosts/"))
+        .collect();
+    let dir = out.join("hosts");
+    let io = |e: std::io::Error| ReportError::Io {
+        path: dir.clone(),
+        detail: e.to_string(),
+    };
+    for entry in std::fs::read_dir(&dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(".html")
+            && !written.contains(name)
+            && entry.file_type().map_err(io)?.is_file()
+        {
+            std::fs::remove_file(entry.path()).map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the fleet from `remote` and writes the site under `out`.
+pub fn generate(
+    remote: &crate::source::remote::RemoteUrl,
+    auth: &crate::config::Auth,
+    out: &Path,
+    now: SystemTime,
+) -> anyhow::Result<Written> {
+    use anyhow::Context;
+    let fleet = read::read_fleet(remote, auth)
+        .with_context(|| format!("reading the notes of {}", remote.redacted()))?;
+    let (_, pages) = render(&fleet.hosts, &fleet, &remote.redacted().to_string(), now)?;
+    write_site(out, &pages).with_context(|| format!("writing the report to {}", out.display()))
+}
