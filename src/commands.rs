@@ -92,10 +92,10 @@ impl Common {
     }
 }
 
-/// Exit codes of `check`.
 mod fleet_report;
 pub use fleet_report::fleet_report;
 
+/// Exit codes of `check`.
 pub mod exit {
     pub const OK: i32 = 0;
     pub const ERROR: i32 = 1;
