@@ -16,6 +16,8 @@ use crate::state::{Disabled, HostState};
 
 pub mod out;
 use out::{out, outln};
+mod secrets;
+pub use secrets::{secrets_edit, secrets_encrypt, secrets_recipients, secrets_rekey};
 
 /// Text for people or JSON for scripts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -95,6 +95,12 @@ enum Command {
         /// Directory to write man/ and completions/ into.
         #[arg(long)]
         out: PathBuf,
+    /// Age-encrypted secrets in a fleet checkout: recipients, encrypt,
+    /// rekey, edit.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     },
 }
 
@@ -109,6 +115,48 @@ enum FleetCommand {
         /// Directory to write the site into (created if missing).
         #[arg(long)]
         out: PathBuf,
+#[derive(Debug, Subcommand)]
+enum SecretsCommand {
+    /// Each host's SSH host key as its notes report it, beside the key
+    /// fleet.yaml pins. Exit 2 when one differs.
+    Recipients {
+        /// The fleet checkout holding fleet.yaml.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Encrypt FILE (a path in the checkout) for hosts and groups and the
+    /// admins, from --input or stdin.
+    Encrypt {
+        /// A host or group of fleet.yaml (repeatable); default: the file's
+        /// secrets.files entry.
+        #[arg(long = "to", value_name = "HOST|GROUP")]
+        to: Vec<String>,
+        /// The plaintext; stdin when absent.
+        #[arg(long, value_name = "PLAINTEXT")]
+        input: Option<PathBuf>,
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        file: String,
+    },
+    /// Re-encrypt the secrets.files whose recipients changed, and only those.
+    Rekey {
+        /// An admin's age identity file or ssh-ed25519 private key
+        /// (default: TRUEUP_SECRETS_IDENTITY).
+        #[arg(long)]
+        identity: Option<PathBuf>,
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Decrypt FILE, open $VISUAL or $EDITOR, re-encrypt if it changed.
+    Edit {
+        #[arg(long)]
+        identity: Option<PathBuf>,
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        file: String,
+    },
+}
+
     },
 }
 
@@ -238,6 +286,23 @@ fn generate_assets(out: &std::path::Path) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&completions)
         .with_context(|| format!("creating {}", completions.display()))?;
     let cmd = Cli::command();
+        Command::Secrets { command } => match command {
+            SecretsCommand::Recipients { dir } => commands::secrets_recipients(&common, dir),
+            SecretsCommand::Encrypt {
+                to,
+                input,
+                dir,
+                file,
+            } => commands::secrets_encrypt(dir, to, input.as_deref(), file),
+            SecretsCommand::Rekey { identity, dir } => {
+                commands::secrets_rekey(dir, identity.as_deref())
+            }
+            SecretsCommand::Edit {
+                identity,
+                dir,
+                file,
+            } => commands::secrets_edit(dir, identity.as_deref(), file),
+        },
     clap_mangen::generate_to(cmd.clone(), &man).context("writing man pages")?;
     for shell in [
         clap_complete::Shell::Bash,

@@ -361,3 +361,315 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Runs `trueup ARGS` in no host's context (an admin's machine).
+fn admin(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_trueup"));
+    cmd.arg("--config")
+        .arg("/nonexistent/trueup/agent.yaml")
+        .args(args)
+        .env_remove("TRUEUP_SOURCE")
+        .env_remove("TRUEUP_SECRETS_IDENTITY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An admin's age identity made by Debian's age-keygen: (file, age1...).
+fn admin_key(dir: &Path) -> (PathBuf, String) {
+    let path = dir.join("admin.key");
+    let out = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&path)
+        .output()
+        .expect("age-keygen runs");
+    assert!(out.status.success(), "age-keygen: {out:?}");
+    let out = Command::new("age-keygen")
+        .arg("-y")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (path, String::from_utf8(out.stdout).unwrap().trim().to_string())
+}
+
+/// Decrypts with Debian's age and an identity file.
+fn age_decrypt(identity: &Path, file: &Path) -> Option<String> {
+    let out = Command::new("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(identity)
+        .arg(file)
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+struct Fleet {
+    keys: TempDir,
+    checkout: TempDir,
+    admin: PathBuf,
+    admin_pub: String,
+    pubs: std::collections::BTreeMap<&'static str, String>,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        let keys = TempDir::new().unwrap();
+        let (admin, admin_pub) = admin_key(keys.path());
+        let mut pubs = std::collections::BTreeMap::new();
+        for h in ["web1", "web2", "web3", "db1"] {
+            pubs.insert(h, host_key(keys.path(), h).1);
+        }
+        let checkout = TempDir::new().unwrap();
+        std::fs::create_dir_all(checkout.path().join("secrets")).unwrap();
+        Fleet {
+            keys,
+            checkout,
+            admin,
+            admin_pub,
+            pubs,
+        }
+    }
+
+    /// fleet.yaml with web3 in `web3_groups`.
+    fn write_fleet(&self, web3_groups: &str) {
+        let yaml = format!(
+            "hosts:\n  web1: {{ groups: [web], ssh_key: \"{}\" }}\n  web2: {{ groups: [web], ssh_key: \"{}\" }}\n  web3: {{ groups: {web3_groups}, ssh_key: \"{}\" }}\n  db1: {{ groups: [db], ssh_key: \"{}\" }}\nsecrets:\n  admins: [\"{}\"]\n  files:\n    secrets/web.age: [web]\n    secrets/db.age: [db]\n    secrets/all.age: [web, db1]\n",
+            self.pubs["web1"], self.pubs["web2"], self.pubs["web3"], self.pubs["db1"], self.admin_pub
+        );
+        std::fs::write(self.checkout.path().join("fleet.yaml"), yaml).unwrap();
+    }
+
+    fn dir(&self) -> &str {
+        self.checkout.path().to_str().unwrap()
+    }
+
+    fn bytes(&self, file: &str) -> Vec<u8> {
+        std::fs::read(self.checkout.path().join(file)).unwrap()
+    }
+
+    fn host_can_read(&self, host: &str, file: &str) -> Option<String> {
+        age_decrypt(&self.keys.path().join(host), &self.checkout.path().join(file))
+    }
+}
+
+#[test]
+fn rekey_after_a_host_joins_a_group_rewrites_only_that_groups_secrets() {
+    let f = Fleet::new();
+    f.write_fleet("[]");
+    for (file, text) in [
+        ("secrets/web.age", "AGE-PLAIN-web"),
+        ("secrets/db.age", "AGE-PLAIN-db"),
+        ("secrets/all.age", "AGE-PLAIN-all"),
+    ] {
+        let (code, out, err) = admin(
+            &["secrets", "encrypt", "--dir", f.dir(), file],
+            Some(text),
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        assert_clean("encrypt", &format!("{out}{err}"));
+    }
+    // Debian's age reads what trueup wrote, with each host's own key.
+    assert_eq!(f.host_can_read("web1", "secrets/web.age").as_deref(), Some("AGE-PLAIN-web"));
+    assert_eq!(f.host_can_read("db1", "secrets/all.age").as_deref(), Some("AGE-PLAIN-all"));
+    assert_eq!(f.host_can_read("db1", "secrets/web.age"), None);
+    assert_eq!(f.host_can_read("web3", "secrets/web.age"), None);
+    assert_eq!(
+        age_decrypt(&f.admin, &f.checkout.path().join("secrets/db.age")).as_deref(),
+        Some("AGE-PLAIN-db")
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(&f.bytes("secrets/recipients.json")).unwrap();
+    assert_eq!(record["secrets/web.age"]["hosts"], serde_json::json!(["web1", "web2"]));
+
+    let before: Vec<Vec<u8>> = ["secrets/web.age", "secrets/db.age", "secrets/all.age"]
+        .iter()
+        .map(|p| f.bytes(p))
+        .collect();
+    let admin_key = f.admin.to_str().unwrap();
+    // Nothing changed: nothing is rewritten.
+    let (code, out, err) = admin(
+        &["secrets", "rekey", "--dir", f.dir(), "--identity", admin_key],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.matches(": unchanged").count(), 3, "{out}");
+    assert_eq!(f.bytes("secrets/web.age"), before[0]);
+
+    // web3 joins the web group.
+    f.write_fleet("[web]");
+    let (code, out, err) = admin(
+        &["secrets", "rekey", "--dir", f.dir(), "--identity", admin_key],
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert_clean("rekey", &format!("{out}{err}"));
+    assert!(out.contains("secrets/web.age: re-encrypted (+web3)"), "{out}");
+    assert!(out.contains("secrets/all.age: re-encrypted (+web3)"), "{out}");
+    assert!(out.contains("secrets/db.age: unchanged"), "{out}");
+    assert_ne!(f.bytes("secrets/web.age"), before[0]);
+    assert_eq!(f.bytes("secrets/db.age"), before[1], "db.age was rewritten");
+    assert_ne!(f.bytes("secrets/all.age"), before[2]);
+    assert_eq!(f.host_can_read("web3", "secrets/web.age").as_deref(), Some("AGE-PLAIN-web"));
+    assert_eq!(f.host_can_read("web1", "secrets/web.age").as_deref(), Some("AGE-PLAIN-web"));
+    assert_eq!(f.host_can_read("web3", "secrets/db.age"), None);
+    let record: serde_json::Value =
+        serde_json::from_slice(&f.bytes("secrets/recipients.json")).unwrap();
+    assert_eq!(
+        record["secrets/web.age"]["hosts"],
+        serde_json::json!(["web1", "web2", "web3"])
+    );
+    assert_clean("the recipients record", &String::from_utf8_lossy(&f.bytes("secrets/recipients.json")));
+}
+
+#[test]
+fn encrypt_refuses_unpinned_hosts_and_a_target_fleet_yaml_contradicts() {
+    let f = Fleet::new();
+    f.write_fleet("[]");
+    let yaml = std::fs::read_to_string(f.checkout.path().join("fleet.yaml"))
+        .unwrap()
+        .replace("  db1: { groups: [db], ssh_key:", "  db2: { groups: [db] }\n  db1: { groups: [db], ssh_key:");
+    std::fs::write(f.checkout.path().join("fleet.yaml"), yaml).unwrap();
+    let (code, _, err) = admin(
+        &["secrets", "encrypt", "--dir", f.dir(), "secrets/db.age"],
+        Some("AGE-PLAIN-x"),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("'db2' has no ssh_key pinned"), "{err}");
+    let (code, _, err) = admin(
+        &["secrets", "encrypt", "--dir", f.dir(), "--to", "web1", "secrets/web.age"],
+        Some("AGE-PLAIN-x"),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("fleet.yaml secrets.files gives secrets/web.age to web1, web2"), "{err}");
+    let (code, _, err) = admin(
+        &["secrets", "encrypt", "--dir", f.dir(), "--to", "nobody", "secrets/x.age"],
+        Some("AGE-PLAIN-x"),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("'nobody' is neither a host nor a group"), "{err}");
+    // Not listed in secrets.files: written, with a warning.
+    let (code, _, err) = admin(
+        &["secrets", "encrypt", "--dir", f.dir(), "--to", "web1", "secrets/x.age"],
+        Some("AGE-PLAIN-x"),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("not in fleet.yaml secrets.files"), "{err}");
+    assert_eq!(f.host_can_read("web1", "secrets/x.age").as_deref(), Some("AGE-PLAIN-x"));
+    for bad in ["../outside.age", "/etc/x.age"] {
+        let (code, _, err) = admin(
+            &["secrets", "encrypt", "--dir", f.dir(), "--to", "web1", bad],
+            Some("AGE-PLAIN-x"),
+        );
+        assert_eq!(code, 1, "{bad}: {err}");
+    }
+}
+
+#[test]
+fn edit_reencrypts_only_a_changed_secret() {
+    let f = Fleet::new();
+    f.write_fleet("[]");
+    let (code, _, err) = admin(
+        &["secrets", "encrypt", "--dir", f.dir(), "secrets/db.age"],
+        Some("AGE-PLAIN-before\n"),
+    );
+    assert_eq!(code, 0, "{err}");
+    let before = f.bytes("secrets/db.age");
+    let admin_key = f.admin.to_str().unwrap();
+    let run_edit = |editor: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_trueup"))
+            .args(["--config", "/nonexistent/agent.yaml", "secrets", "edit"])
+            .args(["--dir", f.dir(), "--identity", admin_key, "secrets/db.age"])
+            .env("EDITOR", editor)
+            .env_remove("VISUAL")
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{all}");
+        assert_clean("edit", &all);
+        all
+    };
+    let out = run_edit("true");
+    assert!(out.contains("unchanged"), "{out}");
+    assert_eq!(f.bytes("secrets/db.age"), before);
+    let script = f.keys.path().join("editor.sh");
+    std::fs::write(&script, "#!/bin/sh\nsed -i s/before/after/ \"$1\"\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = run_edit(script.to_str().unwrap());
+    assert!(out.contains("re-encrypted"), "{out}");
+    assert_eq!(f.host_can_read("db1", "secrets/db.age").as_deref(), Some("AGE-PLAIN-after\n"));
+    assert_eq!(f.host_can_read("web1", "secrets/db.age"), None);
+    // Without an identity: a clear error.
+    let (code, _, err) = admin(&["secrets", "edit", "--dir", f.dir(), "secrets/db.age"], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("no admin identity"), "{err}");
+}
+
+#[test]
+fn recipients_shows_reported_keys_beside_pinned_ones_and_flags_a_difference() {
+    let f = fixture();
+    let tmp = TempDir::new().unwrap();
+    let repo = TestRepo::create(tmp.path(), "fleet");
+    repo.commit(&[("trueup.yaml", "files:\n  /etc/motd:\n    content: \"hi\\n\"\n")], "motd");
+    repo.push("hosts/host-a");
+    repo.push("hosts/host-b");
+    let url = format!("file://{}", repo.bare.display());
+    for (name, key) in [("host-a", &f.a_key), ("host-b", &f.b_key)] {
+        let r = host_with_key(name, key).apply(&url);
+        assert_eq!(r.code, 0, "{}", r.all());
+    }
+    let a_pub = std::fs::read_to_string(f.a_key.with_extension("pub")).unwrap();
+    let checkout = TempDir::new().unwrap();
+    // host-b's pinned key is host-a's: the review must catch it.
+    std::fs::write(
+        checkout.path().join("fleet.yaml"),
+        format!(
+            "hosts:\n  host-a: {{ ssh_key: \"{}\" }}\n  host-b: {{ ssh_key: \"{}\" }}\n  host-c: {{}}\n",
+            a_pub.trim(),
+            a_pub.trim()
+        ),
+    )
+    .unwrap();
+    let dir = checkout.path().to_str().unwrap();
+    let (code, out, err) = admin(&["--source", &url, "secrets", "recipients", "--dir", dir], None);
+    assert_eq!(code, 2, "{out}{err}");
+    let line = |host: &str| {
+        out.lines()
+            .find(|l| l.starts_with(host))
+            .unwrap_or_else(|| panic!("{host} missing:\n{out}"))
+            .to_string()
+    };
+    assert!(line("host-a").ends_with("same"), "{out}");
+    assert!(line("host-b").ends_with("DIFFERS"), "{out}");
+    assert!(line("host-c").ends_with("not reported"), "{out}");
+    let (code, out, err) = admin(
+        &["--source", &url, "--format", "json", "secrets", "recipients", "--dir", dir],
+        None,
+    );
+    assert_eq!(code, 2, "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let b_pub = std::fs::read_to_string(f.b_key.with_extension("pub")).unwrap();
+    assert_eq!(rows[1]["host"], "host-b");
+    assert_eq!(rows[1]["state"], "differs");
+    assert!(b_pub.starts_with(rows[1]["reported"].as_str().unwrap()), "{rows:#}");
+}

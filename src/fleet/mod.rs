@@ -5,6 +5,7 @@
 pub mod config;
 pub mod promote;
 pub mod report;
+pub mod secrets;
 pub mod status;
 pub mod tips;
 
