@@ -20,3 +20,6 @@ mod rpm;
 
 // Health checks and rollback (issue 12).
 mod health;
+
+// Users, groups, commands, validate, notify reload, pending owners (issue 13).
+mod accounts_commands;
