@@ -406,11 +406,21 @@ pub fn status(common: &Common) -> Result<i32> {
     Ok(exit::OK)
 }
 
+/// Takes the run lock for a command that changes `state.json` outside a
+/// run, waiting for a run in hand to finish.
+fn run_lock(common: &Common) -> Result<crate::lock::Held> {
+    crate::lock::acquire(&common.lock_file, common.settings.lock_timeout, &|| false)
+        .context("waiting for the run lock (a run is in progress)")
+}
+
 /// `trueup disable --reason TEXT`.
 pub fn disable(common: &Common, reason: &str) -> Result<i32> {
     if reason.trim().is_empty() {
         bail!("give a reason: trueup disable --reason TEXT");
     }
+    // Under the run lock: a run in hand saves the state it loaded when it
+    // ends, which would silently undo a change made meanwhile.
+    let _lock = run_lock(common)?;
     let mut state = HostState::load(&common.state_dir)?;
     state.disabled = Some(Disabled {
         reason: reason.to_string(),
@@ -423,6 +433,7 @@ pub fn disable(common: &Common, reason: &str) -> Result<i32> {
 
 /// `trueup enable`.
 pub fn enable(common: &Common) -> Result<i32> {
+    let _lock = run_lock(common)?;
     let mut state = HostState::load(&common.state_dir)?;
     match state.disabled.take() {
         Some(d) => {

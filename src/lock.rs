@@ -75,6 +75,7 @@ fn holder(path: &Path) -> Option<u32> {
 pub fn acquire(path: &Path, timeout: Duration, stop: &dyn Fn() -> bool) -> Result<Held, LockError> {
     let start = Instant::now();
     let mut file = open(path)?;
+    let mut told = false;
     loop {
         match try_lock(file) {
             Ok(mut lock) => {
@@ -85,6 +86,11 @@ pub fn acquire(path: &Path, timeout: Duration, stop: &dyn Fn() -> bool) -> Resul
                 return Ok(Held { _lock: lock });
             }
             Err((f, Errno::EWOULDBLOCK)) => {
+                if !told {
+                    // Said once, so a person (or a test) sees why we wait.
+                    tracing::info!(path = %path.display(), holder = holder(path).unwrap_or(0), "waiting for the run lock");
+                    told = true;
+                }
                 if start.elapsed() >= timeout || stop() {
                     return Err(LockError::Busy {
                         path: path.into(),

@@ -81,3 +81,63 @@ fn owners_under_a_root_resolve_against_the_roots_own_users() {
     assert!(r.all().contains("owner 'daemon' does not exist"), "{}", r.all());
     assert!(!host.path("/srv/owned").exists());
 }
+
+/// `trueup disable` (and `enable`) issued while a run was in hand was lost:
+/// they wrote `state.json` without the run lock, and the run then saved the
+/// copy it had loaded at its start. They now wait for the lock.
+#[test]
+fn disable_and_enable_during_a_run_are_not_lost() {
+    use std::io::BufRead;
+    let host = Host::new();
+    let state = host.state.path();
+    let state_file = state.join("state.json");
+    let lock_path = trueup::lock::default_lock_path(state);
+    for (args, before, after) in [
+        (
+            vec!["disable", "--reason", "maintenance"],
+            r#"{"applied_commit": "aaaa"}"#,
+            r#"{"applied_commit": "bbbb"}"#,
+        ),
+        (
+            vec!["enable"],
+            r#"{"applied_commit": "bbbb", "disabled": {"reason": "maintenance", "since": "2026-12-01T00:00:00Z"}}"#,
+            r#"{"applied_commit": "cccc", "disabled": {"reason": "maintenance", "since": "2026-12-01T00:00:00Z"}}"#,
+        ),
+    ] {
+        std::fs::write(&state_file, before).unwrap();
+        // A run in hand: it holds the lock and loaded the state above.
+        let run = trueup::lock::acquire(&lock_path, std::time::Duration::ZERO, &|| false).unwrap();
+        let mut cmd = Command::new(trueup_bin())
+            .arg("--state-dir")
+            .arg(state)
+            .args(&args)
+            .env("TRUEUP_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until the command either waits for the lock or is done.
+        let mut stderr = std::io::BufReader::new(cmd.stderr.take().unwrap());
+        let mut seen = String::new();
+        loop {
+            let mut line = String::new();
+            if stderr.read_line(&mut line).unwrap() == 0 || line.contains("waiting for the run lock") {
+                break;
+            }
+            seen.push_str(&line);
+        }
+        // The run ends: it saves its copy (with its own change), unlocks.
+        std::fs::write(&state_file, after).unwrap();
+        drop(run);
+        let out = cmd.wait_with_output().unwrap();
+        assert!(out.status.success(), "{args:?}: {seen}");
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
+        let run_change: serde_json::Value = serde_json::from_str(after).unwrap();
+        assert_eq!(saved["applied_commit"], run_change["applied_commit"], "{saved:#}");
+        match args[0] {
+            "disable" => assert_eq!(saved["disabled"]["reason"], "maintenance", "{saved:#}"),
+            _ => assert!(saved.get("disabled").is_none(), "{saved:#}"),
+        }
+    }
+}
