@@ -328,6 +328,22 @@ pub fn settings(fragments: &[Located]) -> Result<Settings, ConfigError> {
             if v.value.trim().is_empty() {
                 return Err(ConfigError::at(file, v, "repo is empty".into()));
             }
+            // A URL that cannot work is a configuration error now (exit 78,
+            // no retrying), not a failed run on every interval. A
+            // directory is checked at run time: it may appear later.
+            let repo = v.value.trim();
+            if !repo.starts_with('/')
+                && !repo.starts_with('.')
+                && let Err(e) = crate::source::remote::RemoteUrl::parse(repo)
+            {
+                return Err(ConfigError::at(
+                    file,
+                    v,
+                    format!(
+                        "repo: {e} (a Git URL: ssh://, https://, git://, file://, user@host:path; or an absolute directory)"
+                    ),
+                ));
+            }
             s.repo = Some(v.value.clone());
         }
         if let Some(v) = &f.branch {

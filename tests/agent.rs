@@ -233,6 +233,24 @@ fn bad_configuration_exits_78_naming_the_line() {
 }
 
 #[test]
+fn a_repo_that_is_not_a_supported_url_exits_78_at_load() {
+    let host = Host::new();
+    let cfg = config(host.state.path(), "interval: 1h\nrepo: htps//git.example.com/x.git\n");
+    // Any command that reads the configuration refuses it (`status` here,
+    // which would otherwise just print and exit 0).
+    let r = host.run(
+        &demo_branch(),
+        &["status", "--config", cfg.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 78, "{}", r.all());
+    assert!(
+        r.stderr.contains("agent.yaml:2:7") && r.stderr.contains("repo:"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
 fn backs_off_while_the_source_is_missing_then_converges() {
     let host = Host::new();
     let parent = tempfile::tempdir().unwrap();
