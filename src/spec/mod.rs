@@ -676,6 +676,11 @@ impl Builder<'_> {
         let group = self.owner(f, raw.group.as_deref(), id, "group");
         let mode = self.mode(f, raw.mode.as_deref(), id);
         let validate = self.validate(f, raw.validate.as_deref(), id);
+        if absent && let Some(vars) = raw.vars.as_deref() {
+            let message = "vars: a file with state: absent is not rendered".to_string();
+            self.error_at(loc, vars, id, message);
+            return None;
+        }
         let (notify, notify_actions) = match &raw.notify {
             None => (vec![], BTreeMap::new()),
             Some(commands::RawNotify::List(units)) => (units.clone(), BTreeMap::new()),
@@ -838,6 +843,9 @@ impl Builder<'_> {
     }
 
     fn content(&mut self, loc: &Located<RawFile>, raw: &RawFile, id: &str) -> Option<FileContent> {
+        if let Some(vars) = raw.vars.as_deref() {
+            return self.content_with_vars(loc, raw, vars, id);
+        }
         let f = loc.file.clone();
         if let Some(text) = &raw.content {
             let bytes = self.render_string(&f, text, id, "content")?.into_bytes();
@@ -902,6 +910,78 @@ impl Builder<'_> {
             return None;
         };
         let done = self.renderer.render_file(path.as_str(), &text);
+        self.template_content(&path, done, id)
+    }
+
+    /// The content of a file with its own `vars:`: its template (compiled
+    /// once, whoever uses it) or inline content rendered with those vars
+    /// over the run's.
+    fn content_with_vars(
+        &mut self,
+        loc: &Located<RawFile>,
+        raw: &RawFile,
+        vars: &Spanned<serde_json::Map<String, serde_json::Value>>,
+        id: &str,
+    ) -> Option<FileContent> {
+        let f = loc.file.clone();
+        if let Some(text) = &raw.content {
+            return match self.renderer.render_inline_with_vars(&text.value, &vars.value) {
+                Ok(out) => {
+                    let used = self.renderer.inline_secret_use();
+                    let c = FileContent {
+                        bytes: out.into_bytes().into(),
+                        origin: "content".into(),
+                        undecryptable: None,
+                    };
+                    Some(self.with_secret_use(c, used))
+                }
+                Err(fail) => {
+                    self.errors.push(at(&f, text, Some(id), format!("content: template {fail}")));
+                    None
+                }
+            };
+        }
+        let Some(spanned) = raw.template.as_deref() else {
+            self.error_at(
+                loc,
+                vars,
+                id,
+                "vars: only a file rendered from template: or content: takes vars (source: is copied as it is)".into(),
+            );
+            return None;
+        };
+        let path = match RepoPath::parse(&spanned.value) {
+            Ok(p) => p,
+            Err(m) => {
+                self.error_at(loc, spanned, id, format!("template: {m}"));
+                return None;
+            }
+        };
+        let text = if self.renderer.is_compiled(path.as_str()) {
+            None
+        } else {
+            let bytes = match self.tree.read(&path) {
+                Ok(b) => b,
+                Err(TreeError::NotFound(..)) => {
+                    self.error_at(loc, spanned, id, format!("template '{path}' does not exist"));
+                    return None;
+                }
+                Err(e) => {
+                    let why = tree_error_reason(&e);
+                    self.error_at(loc, spanned, id, format!("template '{path}': {why}"));
+                    return None;
+                }
+            };
+            let Ok(text) = String::from_utf8(bytes) else {
+                let message = format!("template '{path}' is not valid UTF-8");
+                self.error_at(loc, spanned, id, message);
+                return None;
+            };
+            Some(text)
+        };
+        let done = self
+            .renderer
+            .render_file_with_vars(path.as_str(), text.as_deref(), &vars.value);
         self.template_content(&path, done, id)
     }
 

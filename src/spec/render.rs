@@ -253,10 +253,7 @@ impl<'t> Renderer<'t> {
 
     fn compile_and_render(&mut self, name: &str, text: &str) -> Result<String, TemplateFailure> {
         self.compile(name, text)?;
-        let context = std::mem::take(&mut self.context);
-        let result = self.render_registered(name, &context);
-        self.context = context;
-        result
+        self.render_registered(name, &self.context)
     }
 
     fn render_registered(&self, name: &str, context: &Context) -> Result<String, TemplateFailure> {

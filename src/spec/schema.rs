@@ -71,6 +71,9 @@ pub struct RawFile {
     /// `age`: `source` is an age-encrypted file, decrypted on the host
     /// (also implied by a source ending in `.age`).
     pub encrypted: Option<RawEncryption>,
+    /// This file's own template variables, laid key by key over the run's
+    /// `vars` (so one template renders many files that differ by a value).
+    pub vars: Option<Box<Spanned<serde_json::Map<String, serde_json::Value>>>>,
 }
 
 /// `encrypted:` of a file.

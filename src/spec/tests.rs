@@ -493,3 +493,52 @@ fn service_templates_are_refused_instances_accepted() {
     assert!(e.message.contains("is a template"), "{e}");
     assert_eq!(e.line, 2, "{e}");
 }
+
+#[test]
+fn per_file_vars_render_one_template_into_different_files() {
+    let state = load_files(&[
+        (
+            "trueup.yaml",
+            "vars:\n  port: 8080\n  name: run\nfiles:\n  /etc/a.conf:\n    template: t.hbs\n    vars: { name: a }\n  /etc/b.conf:\n    template: t.hbs\n    vars: { name: b, port: 9 }\n  /etc/c.conf:\n    template: t.hbs\n  /etc/d.conf:\n    content: \"{{vars.name}} {{facts.hostname}}\"\n    vars: { name: d }\n",
+        ),
+        ("t.hbs", "{{vars.name}}:{{vars.port}} on {{facts.hostname}}\n"),
+    ])
+    .unwrap();
+    let text = |p: &str| {
+        String::from_utf8(state.files[Path::new(p)].content.as_ref().unwrap().bytes.to_vec())
+            .unwrap()
+    };
+    assert_eq!(text("/etc/a.conf"), "a:8080 on web1\n");
+    assert_eq!(text("/etc/b.conf"), "b:9 on web1\n");
+    // A file without vars of its own sees the run's, whatever came before.
+    assert_eq!(text("/etc/c.conf"), "run:8080 on web1\n");
+    assert_eq!(text("/etc/d.conf"), "d web1");
+}
+
+#[test]
+fn per_file_vars_are_refused_where_nothing_is_rendered() {
+    let e = one_error(&[(
+        "trueup.yaml",
+        "files:\n  /etc/a:\n    source: f\n    vars: { x: 1 }\n",
+    )]);
+    assert!(e.message.contains("only a file rendered"), "{e}");
+    assert_eq!((e.line, e.column), (4, 11), "{e}");
+    let e = one_error(&[(
+        "trueup.yaml",
+        "files:\n  /etc/a:\n    template: t.hbs\n    vars: [1, 2]\n",
+    )]);
+    assert_eq!(e.line, 4, "{e}");
+    let e = one_error(&[(
+        "trueup.yaml",
+        "files:\n  /etc/a:\n    template: t.hbs\n    vars: { x: 1 }\n",
+    )]);
+    assert!(e.message.contains("does not exist"), "{e}");
+    let e = one_error(&[
+        (
+            "trueup.yaml",
+            "files:\n  /etc/a:\n    template: t.hbs\n    vars: { x: 1 }\n",
+        ),
+        ("t.hbs", "{{vars.y}}"),
+    ]);
+    assert!(e.message.contains("vars.y"), "{e}");
+}
