@@ -385,6 +385,62 @@ AAAEDFQh5AN190U6ow/legsSM7DoDZEzHxZo5ItjIVOjly6K/R/E3EpjoHWaGZn3UaLiu1
     }
 
     #[test]
+    fn a_branch_renders_secret_files_as_secret_and_0600() {
+        use crate::source::MemTree;
+        let id = Arc::new(host());
+        let sealed = encrypt(b"s3cret", &[id.public_key().to_string()]).unwrap();
+        let mut tree = MemTree::new(&[
+            (
+                "trueup.yaml",
+                "files:\n  /a:\n    source: secrets/a.age\n  /b:\n    template: b.hbs\n    mode: \"0640\"\n  /c:\n    content: plain\n",
+            ),
+            ("b.hbs", "pw={{secret \"a\"}}\n"),
+        ]);
+        tree.0.insert("secrets/a.age".into(), sealed);
+        let facts = crate::facts::Facts::gather();
+        let state =
+            crate::spec::load_with_secrets(&tree, &facts, &Secrets::Host(id.clone())).unwrap();
+        let a = &state.files[Path::new("/a")];
+        assert!(a.secret);
+        assert_eq!(a.mode, Some(0o600));
+        let content = a.content.as_ref().unwrap();
+        assert_eq!(&content.bytes[..], b"s3cret");
+        assert_eq!(content.undecryptable, None);
+        let b = &state.files[Path::new("/b")];
+        assert!(b.secret);
+        assert_eq!(b.mode, Some(0o640));
+        assert_eq!(&b.content.as_ref().unwrap().bytes[..], b"pw=s3cret\n");
+        assert!(!state.files[Path::new("/c")].secret);
+
+        // Another host: both files are undecryptable, the branch still renders.
+        let other = age::x25519::Identity::generate().to_public().to_string();
+        tree.0.insert(
+            "secrets/a.age".into(),
+            encrypt(b"s3cret", &[other]).unwrap(),
+        );
+        let state = crate::spec::load_with_secrets(&tree, &facts, &Secrets::Host(id)).unwrap();
+        for f in ["/a", "/b"] {
+            let c = state.files[Path::new(f)].content.as_ref().unwrap();
+            assert!(c.bytes.is_empty(), "{f}");
+            let why = c.undecryptable.as_deref().unwrap_or("");
+            assert!(
+                why.contains("secrets/a.age") && why.contains("not a recipient"),
+                "{why}"
+            );
+        }
+        // validate and render: nothing decrypted, nothing wrong.
+        let state = crate::spec::load_with_secrets(&tree, &facts, &Secrets::Unread).unwrap();
+        assert!(
+            state.files[Path::new("/a")]
+                .content
+                .as_ref()
+                .unwrap()
+                .bytes
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn keys_other_than_ed25519_are_refused() {
         let e = HostIdentity::parse(Path::new("/k"), b"not a key").unwrap_err();
         assert!(matches!(e, IdentityError::NotAKey { .. }), "{e}");

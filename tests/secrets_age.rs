@@ -34,7 +34,16 @@ const MARK: &str = "AGE-PLAIN";
 fn host_key(dir: &Path, name: &str) -> (PathBuf, String) {
     let path = dir.join(name);
     let out = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", &format!("root@{name}"), "-f"])
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            &format!("root@{name}"),
+            "-f",
+        ])
         .arg(&path)
         .output()
         .expect("ssh-keygen runs");
@@ -340,7 +349,10 @@ fn no_plaintext_in_output_logs_reports_render_notes_or_open_backups() {
     // `render` and `validate` of the branch: no key is used, nothing shown.
     for cmd in ["render", "validate"] {
         for format in ["text", "json"] {
-            let r = a.run(&url, &["--format", format, cmd, f.branch.path().to_str().unwrap()]);
+            let r = a.run(
+                &url,
+                &["--format", format, cmd, f.branch.path().to_str().unwrap()],
+            );
             assert_eq!(r.code, 0, "{cmd}: {}", r.all());
             assert_clean(cmd, &r.all());
         }
@@ -403,7 +415,10 @@ fn admin_key(dir: &Path) -> (PathBuf, String) {
         .arg(&path)
         .output()
         .unwrap();
-    (path, String::from_utf8(out.stdout).unwrap().trim().to_string())
+    (
+        path,
+        String::from_utf8(out.stdout).unwrap().trim().to_string(),
+    )
 }
 
 /// Decrypts with Debian's age and an identity file.
@@ -451,7 +466,11 @@ impl Fleet {
     fn write_fleet(&self, web3_groups: &str) {
         let yaml = format!(
             "hosts:\n  web1: {{ groups: [web], ssh_key: \"{}\" }}\n  web2: {{ groups: [web], ssh_key: \"{}\" }}\n  web3: {{ groups: {web3_groups}, ssh_key: \"{}\" }}\n  db1: {{ groups: [db], ssh_key: \"{}\" }}\nsecrets:\n  admins: [\"{}\"]\n  files:\n    secrets/web.age: [web]\n    secrets/db.age: [db]\n    secrets/all.age: [web, db1]\n",
-            self.pubs["web1"], self.pubs["web2"], self.pubs["web3"], self.pubs["db1"], self.admin_pub
+            self.pubs["web1"],
+            self.pubs["web2"],
+            self.pubs["web3"],
+            self.pubs["db1"],
+            self.admin_pub
         );
         std::fs::write(self.checkout.path().join("fleet.yaml"), yaml).unwrap();
     }
@@ -465,7 +484,10 @@ impl Fleet {
     }
 
     fn host_can_read(&self, host: &str, file: &str) -> Option<String> {
-        age_decrypt(&self.keys.path().join(host), &self.checkout.path().join(file))
+        age_decrypt(
+            &self.keys.path().join(host),
+            &self.checkout.path().join(file),
+        )
     }
 }
 
@@ -478,16 +500,19 @@ fn rekey_after_a_host_joins_a_group_rewrites_only_that_groups_secrets() {
         ("secrets/db.age", "AGE-PLAIN-db"),
         ("secrets/all.age", "AGE-PLAIN-all"),
     ] {
-        let (code, out, err) = admin(
-            &["secrets", "encrypt", "--dir", f.dir(), file],
-            Some(text),
-        );
+        let (code, out, err) = admin(&["secrets", "encrypt", "--dir", f.dir(), file], Some(text));
         assert_eq!(code, 0, "{out}{err}");
         assert_clean("encrypt", &format!("{out}{err}"));
     }
     // Debian's age reads what trueup wrote, with each host's own key.
-    assert_eq!(f.host_can_read("web1", "secrets/web.age").as_deref(), Some("AGE-PLAIN-web"));
-    assert_eq!(f.host_can_read("db1", "secrets/all.age").as_deref(), Some("AGE-PLAIN-all"));
+    assert_eq!(
+        f.host_can_read("web1", "secrets/web.age").as_deref(),
+        Some("AGE-PLAIN-web")
+    );
+    assert_eq!(
+        f.host_can_read("db1", "secrets/all.age").as_deref(),
+        Some("AGE-PLAIN-all")
+    );
     assert_eq!(f.host_can_read("db1", "secrets/web.age"), None);
     assert_eq!(f.host_can_read("web3", "secrets/web.age"), None);
     assert_eq!(
@@ -496,7 +521,10 @@ fn rekey_after_a_host_joins_a_group_rewrites_only_that_groups_secrets() {
     );
     let record: serde_json::Value =
         serde_json::from_slice(&f.bytes("secrets/recipients.json")).unwrap();
-    assert_eq!(record["secrets/web.age"]["hosts"], serde_json::json!(["web1", "web2"]));
+    assert_eq!(
+        record["secrets/web.age"]["hosts"],
+        serde_json::json!(["web1", "web2"])
+    );
 
     let before: Vec<Vec<u8>> = ["secrets/web.age", "secrets/db.age", "secrets/all.age"]
         .iter()
@@ -505,7 +533,14 @@ fn rekey_after_a_host_joins_a_group_rewrites_only_that_groups_secrets() {
     let admin_key = f.admin.to_str().unwrap();
     // Nothing changed: nothing is rewritten.
     let (code, out, err) = admin(
-        &["secrets", "rekey", "--dir", f.dir(), "--identity", admin_key],
+        &[
+            "secrets",
+            "rekey",
+            "--dir",
+            f.dir(),
+            "--identity",
+            admin_key,
+        ],
         None,
     );
     assert_eq!(code, 0, "{out}{err}");
@@ -515,19 +550,38 @@ fn rekey_after_a_host_joins_a_group_rewrites_only_that_groups_secrets() {
     // web3 joins the web group.
     f.write_fleet("[web]");
     let (code, out, err) = admin(
-        &["secrets", "rekey", "--dir", f.dir(), "--identity", admin_key],
+        &[
+            "secrets",
+            "rekey",
+            "--dir",
+            f.dir(),
+            "--identity",
+            admin_key,
+        ],
         None,
     );
     assert_eq!(code, 0, "{out}{err}");
     assert_clean("rekey", &format!("{out}{err}"));
-    assert!(out.contains("secrets/web.age: re-encrypted (+web3)"), "{out}");
-    assert!(out.contains("secrets/all.age: re-encrypted (+web3)"), "{out}");
+    assert!(
+        out.contains("secrets/web.age: re-encrypted (+web3)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("secrets/all.age: re-encrypted (+web3)"),
+        "{out}"
+    );
     assert!(out.contains("secrets/db.age: unchanged"), "{out}");
     assert_ne!(f.bytes("secrets/web.age"), before[0]);
     assert_eq!(f.bytes("secrets/db.age"), before[1], "db.age was rewritten");
     assert_ne!(f.bytes("secrets/all.age"), before[2]);
-    assert_eq!(f.host_can_read("web3", "secrets/web.age").as_deref(), Some("AGE-PLAIN-web"));
-    assert_eq!(f.host_can_read("web1", "secrets/web.age").as_deref(), Some("AGE-PLAIN-web"));
+    assert_eq!(
+        f.host_can_read("web3", "secrets/web.age").as_deref(),
+        Some("AGE-PLAIN-web")
+    );
+    assert_eq!(
+        f.host_can_read("web1", "secrets/web.age").as_deref(),
+        Some("AGE-PLAIN-web")
+    );
     assert_eq!(f.host_can_read("web3", "secrets/db.age"), None);
     let record: serde_json::Value =
         serde_json::from_slice(&f.bytes("secrets/recipients.json")).unwrap();
@@ -535,7 +589,10 @@ fn rekey_after_a_host_joins_a_group_rewrites_only_that_groups_secrets() {
         record["secrets/web.age"]["hosts"],
         serde_json::json!(["web1", "web2", "web3"])
     );
-    assert_clean("the recipients record", &String::from_utf8_lossy(&f.bytes("secrets/recipients.json")));
+    assert_clean(
+        "the recipients record",
+        &String::from_utf8_lossy(&f.bytes("secrets/recipients.json")),
+    );
 }
 
 #[test]
@@ -544,7 +601,10 @@ fn encrypt_refuses_unpinned_hosts_and_a_target_fleet_yaml_contradicts() {
     f.write_fleet("[]");
     let yaml = std::fs::read_to_string(f.checkout.path().join("fleet.yaml"))
         .unwrap()
-        .replace("  db1: { groups: [db], ssh_key:", "  db2: { groups: [db] }\n  db1: { groups: [db], ssh_key:");
+        .replace(
+            "  db1: { groups: [db], ssh_key:",
+            "  db2: { groups: [db] }\n  db1: { groups: [db], ssh_key:",
+        );
     std::fs::write(f.checkout.path().join("fleet.yaml"), yaml).unwrap();
     let (code, _, err) = admin(
         &["secrets", "encrypt", "--dir", f.dir(), "secrets/db.age"],
@@ -553,25 +613,58 @@ fn encrypt_refuses_unpinned_hosts_and_a_target_fleet_yaml_contradicts() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("'db2' has no ssh_key pinned"), "{err}");
     let (code, _, err) = admin(
-        &["secrets", "encrypt", "--dir", f.dir(), "--to", "web1", "secrets/web.age"],
+        &[
+            "secrets",
+            "encrypt",
+            "--dir",
+            f.dir(),
+            "--to",
+            "web1",
+            "secrets/web.age",
+        ],
         Some("AGE-PLAIN-x"),
     );
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("fleet.yaml secrets.files gives secrets/web.age to web1, web2"), "{err}");
+    assert!(
+        err.contains("fleet.yaml secrets.files gives secrets/web.age to web1, web2"),
+        "{err}"
+    );
     let (code, _, err) = admin(
-        &["secrets", "encrypt", "--dir", f.dir(), "--to", "nobody", "secrets/x.age"],
+        &[
+            "secrets",
+            "encrypt",
+            "--dir",
+            f.dir(),
+            "--to",
+            "nobody",
+            "secrets/x.age",
+        ],
         Some("AGE-PLAIN-x"),
     );
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("'nobody' is neither a host nor a group"), "{err}");
+    assert!(
+        err.contains("'nobody' is neither a host nor a group"),
+        "{err}"
+    );
     // Not listed in secrets.files: written, with a warning.
     let (code, _, err) = admin(
-        &["secrets", "encrypt", "--dir", f.dir(), "--to", "web1", "secrets/x.age"],
+        &[
+            "secrets",
+            "encrypt",
+            "--dir",
+            f.dir(),
+            "--to",
+            "web1",
+            "secrets/x.age",
+        ],
         Some("AGE-PLAIN-x"),
     );
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("not in fleet.yaml secrets.files"), "{err}");
-    assert_eq!(f.host_can_read("web1", "secrets/x.age").as_deref(), Some("AGE-PLAIN-x"));
+    assert_eq!(
+        f.host_can_read("web1", "secrets/x.age").as_deref(),
+        Some("AGE-PLAIN-x")
+    );
     for bad in ["../outside.age", "/etc/x.age"] {
         let (code, _, err) = admin(
             &["secrets", "encrypt", "--dir", f.dir(), "--to", "web1", bad],
@@ -617,10 +710,16 @@ fn edit_reencrypts_only_a_changed_secret() {
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = run_edit(script.to_str().unwrap());
     assert!(out.contains("re-encrypted"), "{out}");
-    assert_eq!(f.host_can_read("db1", "secrets/db.age").as_deref(), Some("AGE-PLAIN-after\n"));
+    assert_eq!(
+        f.host_can_read("db1", "secrets/db.age").as_deref(),
+        Some("AGE-PLAIN-after\n")
+    );
     assert_eq!(f.host_can_read("web1", "secrets/db.age"), None);
     // Without an identity: a clear error.
-    let (code, _, err) = admin(&["secrets", "edit", "--dir", f.dir(), "secrets/db.age"], None);
+    let (code, _, err) = admin(
+        &["secrets", "edit", "--dir", f.dir(), "secrets/db.age"],
+        None,
+    );
     assert_eq!(code, 1);
     assert!(err.contains("no admin identity"), "{err}");
 }
@@ -630,7 +729,13 @@ fn recipients_shows_reported_keys_beside_pinned_ones_and_flags_a_difference() {
     let f = fixture();
     let tmp = TempDir::new().unwrap();
     let repo = TestRepo::create(tmp.path(), "fleet");
-    repo.commit(&[("trueup.yaml", "files:\n  /etc/motd:\n    content: \"hi\\n\"\n")], "motd");
+    repo.commit(
+        &[(
+            "trueup.yaml",
+            "files:\n  /etc/motd:\n    content: \"hi\\n\"\n",
+        )],
+        "motd",
+    );
     repo.push("hosts/host-a");
     repo.push("hosts/host-b");
     let url = format!("file://{}", repo.bare.display());
@@ -651,7 +756,10 @@ fn recipients_shows_reported_keys_beside_pinned_ones_and_flags_a_difference() {
     )
     .unwrap();
     let dir = checkout.path().to_str().unwrap();
-    let (code, out, err) = admin(&["--source", &url, "secrets", "recipients", "--dir", dir], None);
+    let (code, out, err) = admin(
+        &["--source", &url, "secrets", "recipients", "--dir", dir],
+        None,
+    );
     assert_eq!(code, 2, "{out}{err}");
     let line = |host: &str| {
         out.lines()
@@ -663,7 +771,16 @@ fn recipients_shows_reported_keys_beside_pinned_ones_and_flags_a_difference() {
     assert!(line("host-b").ends_with("DIFFERS"), "{out}");
     assert!(line("host-c").ends_with("not reported"), "{out}");
     let (code, out, err) = admin(
-        &["--source", &url, "--format", "json", "secrets", "recipients", "--dir", dir],
+        &[
+            "--source",
+            &url,
+            "--format",
+            "json",
+            "secrets",
+            "recipients",
+            "--dir",
+            dir,
+        ],
         None,
     );
     assert_eq!(code, 2, "{err}");
@@ -671,5 +788,42 @@ fn recipients_shows_reported_keys_beside_pinned_ones_and_flags_a_difference() {
     let b_pub = std::fs::read_to_string(f.b_key.with_extension("pub")).unwrap();
     assert_eq!(rows[1]["host"], "host-b");
     assert_eq!(rows[1]["state"], "differs");
-    assert!(b_pub.starts_with(rows[1]["reported"].as_str().unwrap()), "{rows:#}");
+    assert!(
+        b_pub.starts_with(rows[1]["reported"].as_str().unwrap()),
+        "{rows:#}"
+    );
+}
+
+#[test]
+fn a_malformed_secret_fails_validate_but_only_its_file_on_a_host() {
+    let f = fixture();
+    std::fs::write(
+        f.branch.path().join("secrets/db.password.age"),
+        "plain text committed by mistake\n",
+    )
+    .unwrap();
+    let host = host_with_key("host-a", &f.a_key);
+    let src = f.branch.path().to_str().unwrap();
+    // validate (CI, no key): the branch is wrong for every host.
+    let r = host.run(src, &["validate", src]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.all()
+            .contains("source 'secrets/db.password.age': bad format: not an age-encrypted file"),
+        "{}",
+        r.all()
+    );
+    // On the host: that file fails, named with the reason; the rest applies.
+    let r = host.apply(src);
+    assert_eq!(r.code, 1, "{}", r.all());
+    let report = r.json();
+    let error = resource(&report, "/etc/app/db.password")["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        error.contains("cannot decrypt secrets/db.password.age: bad format"),
+        "{error}"
+    );
+    assert_eq!(host.read("/etc/app/api.token").as_deref(), Some(API_TOKEN));
 }

@@ -40,7 +40,10 @@ pub fn secrets_recipients(common: &Common, dir: &Path) -> Result<i32> {
     let url = match crate::source::remote::locate(location).map_err(anyhow::Error::msg)? {
         crate::source::remote::Location::Git(u) => u,
         crate::source::remote::Location::Dir(d) => {
-            bail!("{} is a directory; the notes are read from a Git URL", d.display())
+            bail!(
+                "{} is a directory; the notes are read from a Git URL",
+                d.display()
+            )
         }
     };
     let reported = secrets::reported_keys(&url, &common.settings.auth)?;
@@ -53,9 +56,7 @@ pub fn secrets_recipients(common: &Common, dir: &Path) -> Result<i32> {
         }
         Format::Text => secrets::print(&secrets::render_rows(&rows))?,
     }
-    let differs = rows
-        .iter()
-        .any(|r| r.state == secrets::KeyState::Differs);
+    let differs = rows.iter().any(|r| r.state == secrets::KeyState::Differs);
     Ok(if differs { 2 } else { 0 })
 }
 
@@ -121,7 +122,11 @@ pub fn secrets_edit(dir: &Path, identity: Option<&Path>, file: &str) -> Result<i
     let editor = std::env::var("VISUAL")
         .ok()
         .filter(|e| !e.trim().is_empty())
-        .or_else(|| std::env::var("EDITOR").ok().filter(|e| !e.trim().is_empty()))
+        .or_else(|| {
+            std::env::var("EDITOR")
+                .ok()
+                .filter(|e| !e.trim().is_empty())
+        })
         .unwrap_or_else(|| "vi".into());
     let changed = secrets::edit(&checkout, &identity, file, &editor)?;
     eprintln!(

@@ -80,8 +80,7 @@ impl Checkout {
             );
         }
         for admin in &self.config.secrets.admins {
-            recipients
-                .insert(normalize_recipient(admin).map_err(|e| anyhow!("fleet.yaml: {e}"))?);
+            recipients.insert(normalize_recipient(admin).map_err(|e| anyhow!("fleet.yaml: {e}"))?);
         }
         Ok(RecordEntry {
             hosts: hosts.into_iter().collect(),
@@ -149,7 +148,12 @@ pub struct Encrypted {
 
 /// `trueup secrets encrypt`: encrypts `plaintext` into `file` for `to`
 /// (hosts or groups; the `secrets.files` entry when empty).
-pub fn encrypt(checkout: &Checkout, to: &[String], plaintext: &[u8], file: &str) -> Result<Encrypted> {
+pub fn encrypt(
+    checkout: &Checkout,
+    to: &[String],
+    plaintext: &[u8],
+    file: &str,
+) -> Result<Encrypted> {
     let listed = checkout.listed(file);
     let entry = match (to.is_empty(), listed) {
         (true, Some(targets)) => checkout.recipients_for(targets)?,
@@ -230,7 +234,12 @@ pub fn rekey(checkout: &Checkout, identity: &AdminIdentity) -> Result<Vec<(Strin
 /// runs `editor` on it, and re-encrypts when the text changed (to the
 /// `secrets.files` entry, or else the recipients last recorded). Returns
 /// whether the file was rewritten.
-pub fn edit(checkout: &Checkout, identity: &AdminIdentity, file: &str, editor: &str) -> Result<bool> {
+pub fn edit(
+    checkout: &Checkout,
+    identity: &AdminIdentity,
+    file: &str,
+    editor: &str,
+) -> Result<bool> {
     let sealed = checkout.read(file)?;
     let plain = identity
         .decrypt(&sealed)
@@ -441,8 +450,10 @@ mod tests {
     use super::*;
     use crate::fleet::config::parse_fleet_config;
 
-    const WEB1: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHagr3/vMKyaoWTTrtLS3ekomVZA7USWjj6c1Cl6+c6F";
-    const WEB2: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICdSJZSxLoVEO9CQPfc0h+PtyqLy+dJbEwIXQYi6PTZq";
+    const WEB1: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHagr3/vMKyaoWTTrtLS3ekomVZA7USWjj6c1Cl6+c6F";
+    const WEB2: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICdSJZSxLoVEO9CQPfc0h+PtyqLy+dJbEwIXQYi6PTZq";
 
     fn config() -> FleetConfig {
         let yaml = format!(
