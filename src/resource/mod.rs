@@ -44,6 +44,9 @@ pub enum Kind {
     User,
     Group,
     Command,
+    /// A kind this version does not know (a report from a newer host).
+    #[serde(other)]
+    Unknown,
 }
 
 impl Kind {
@@ -57,6 +60,7 @@ impl Kind {
             Kind::User => "user",
             Kind::Group => "group",
             Kind::Command => "command",
+            Kind::Unknown => "unknown",
         }
     }
 }
@@ -136,6 +140,9 @@ pub enum Attribute {
     AuthorizedKeys,
     /// A command that is due to run, and why.
     Run,
+    /// An attribute this version does not know (a report from a newer host).
+    #[serde(other)]
+    Unknown,
 }
 
 impl Attribute {
@@ -158,6 +165,7 @@ impl Attribute {
             Attribute::Shell => "shell",
             Attribute::AuthorizedKeys => "authorized_keys",
             Attribute::Run => "run",
+            Attribute::Unknown => "unknown",
         }
     }
 }
@@ -195,5 +203,27 @@ pub(crate) fn meta_drift(
             crate::desired::format_mode(mode),
             crate::desired::format_mode(have.mode),
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_attributes_of_newer_hosts_read_as_unknown() {
+        let d: Drift = serde_json::from_str(
+            r#"{"attribute":"selinux_label","expected":"a","actual":"b"}"#,
+        )
+        .unwrap();
+        assert_eq!(d.attribute, Attribute::Unknown);
+        let k: Kind = serde_json::from_str(r#""firewall_rule""#).unwrap();
+        assert_eq!(k, Kind::Unknown);
+        let k: Kind = serde_json::from_str(r#""user""#).unwrap();
+        assert_eq!(k.as_str(), "user");
+        assert_eq!(
+            serde_json::to_string(&Attribute::AuthorizedKeys).unwrap(),
+            r#""authorized_keys""#
+        );
     }
 }
