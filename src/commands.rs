@@ -96,6 +96,8 @@ impl Common {
 
 mod fleet_report;
 pub use fleet_report::fleet_report;
+mod fleet;
+pub use fleet::{PromoteOptions, fleet_promote, validate_fleet};
 
 /// Exit codes of `check`.
 pub mod exit {

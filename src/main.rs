@@ -47,6 +47,10 @@ struct Cli {
     /// this absolute path (repeatable; replaces `allowed_paths`).
     #[arg(long = "allowed-path", global = true, value_name = "PATH", value_parser = absolute_path)]
     allowed_paths: Vec<PathBuf>,
+    /// Where fleet commands read the hosts' notes: a Git URL. Default
+    /// fleet.yaml's `reports:`, else its `repo:`, else --source.
+    #[arg(long, global = true, env = "TRUEUP_REPORTS", value_name = "URL")]
+    reports: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,8 +68,15 @@ enum Command {
         #[arg(long)]
         detailed_exitcodes: bool,
     },
-    /// Parse and render a checkout; exit 1 on any error.
-    Validate { dir: PathBuf },
+    /// Parse and render a checkout; exit 1 on any error. With --fleet,
+    /// render it for every host of its fleet.yaml, each with its own facts.
+    Validate {
+        dir: PathBuf,
+        /// Render for every host in DIR/fleet.yaml, with the facts of each
+        /// host's latest report (hosts/<host>.facts.yaml when it has none).
+        #[arg(long)]
+        fleet: bool,
+    },
     /// Print the rendered desired state of a checkout.
     Render { dir: PathBuf },
     /// Print the facts templates see.
@@ -109,6 +120,9 @@ enum FleetCommand {
     /// Every host's latest note: branch tip, applied commit, behind,
     /// status, drift, age.
     Status,
+    /// Fast-forward host branches to a commit in waves, each gated by the
+    /// hosts' own notes on that commit. Exit 1 when the rollout stops.
+    Promote(PromoteArgs),
     /// Write a static HTML report of the fleet (index.html and a page per
     /// host) from the hosts' notes.
     Report {
@@ -158,6 +172,50 @@ enum SecretsCommand {
 }
 
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct PromoteArgs {
+    /// The commit to promote: a branch, tag or commit id of --source.
+    #[arg(long, default_value = "main")]
+    from: String,
+    /// Promote only the hosts of this group (repeatable).
+    #[arg(long = "group", value_name = "NAME")]
+    groups: Vec<String>,
+    /// Promote only hosts whose name matches this glob (repeatable).
+    #[arg(long = "hosts", value_name = "GLOB")]
+    hosts: Vec<String>,
+    /// Waves, comma-separated: groups or shares of the hosts not yet
+    /// promoted (canary,25%,100%). Default: fleet.yaml's rollout.waves.
+    #[arg(long)]
+    waves: Option<String>,
+    /// How long a wave may take to report back. Default: rollout.wait.
+    #[arg(long)]
+    wait: Option<String>,
+    /// Unhealthy hosts a wave may have before the rollout stops.
+    #[arg(long)]
+    max_unhealthy: Option<u32>,
+    /// Print the waves and branch moves; push nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// How often the notes are read while a wave is out.
+    #[arg(long, default_value = "5s")]
+    poll: String,
+}
+
+impl PromoteArgs {
+    fn options(&self) -> commands::PromoteOptions {
+        commands::PromoteOptions {
+            from: self.from.clone(),
+            groups: self.groups.clone(),
+            hosts: self.hosts.clone(),
+            waves: self.waves.clone(),
+            wait: self.wait.clone(),
+            max_unhealthy: self.max_unhealthy,
+            dry_run: self.dry_run,
+            poll: Some(self.poll.clone()),
+        }
+    }
 }
 
 fn absolute_path(s: &str) -> Result<PathBuf, String> {
@@ -217,7 +275,10 @@ fn main() -> ExitCode {
             dry_run,
             detailed_exitcodes,
         } => commands::apply(&common, *dry_run, *detailed_exitcodes),
-        Command::Validate { dir } => commands::validate(&common, dir),
+        Command::Validate { dir, fleet: false } => commands::validate(&common, dir),
+        Command::Validate { dir, fleet: true } => {
+            commands::validate_fleet(&common, dir, cli.reports.as_deref())
+        }
         Command::Render { dir } => commands::render(&common, dir),
         Command::Facts => commands::print_facts(&common),
         Command::Agent => commands::agent(&common),
@@ -228,6 +289,9 @@ fn main() -> ExitCode {
         Command::Fleet {
             command: FleetCommand::Status,
         } => commands::fleet_status(&common),
+        Command::Fleet {
+            command: FleetCommand::Promote(p),
+        } => commands::fleet_promote(&common, cli.reports.as_deref(), &p.options()),
         Command::Fleet {
             command: FleetCommand::Report { out },
         } => commands::fleet_report(&common, out),

@@ -8,5 +8,6 @@ pub mod report;
 pub mod secrets;
 pub mod status;
 pub mod tips;
+pub mod validate;
 
 pub use status::{HostRow, age, fleet_status, render_table, row};

@@ -201,12 +201,24 @@ pub enum Verdict {
 /// `in_sync` or `converged` and health passed or not declared. A status or
 /// health word this version does not know counts as unhealthy.
 pub fn verdict(summary: &str, report: &RunReport) -> Verdict {
-    let bad = |why: &str| Verdict::Unhealthy {
-        reason: if summary.trim().is_empty() {
+    // The note's summary line, and the first failing resource's error: the
+    // summary counts failures, the resource says what broke.
+    let first_failure = report
+        .resources
+        .iter()
+        .find_map(|r| Some(format!("{} {}: {}", r.kind.as_str(), r.resource, r.error.as_ref()?)));
+    let bad = |why: &str| {
+        let mut reason = if summary.trim().is_empty() {
             why.to_string()
         } else {
             summary.trim().to_string()
-        },
+        };
+        if let Some(f) = &first_failure {
+            reason = format!("{reason}; {f}");
+        }
+        Verdict::Unhealthy {
+            reason: reason.chars().filter(|c| !c.is_control()).take(500).collect(),
+        }
     };
     match report.status {
         RunStatus::InSync | RunStatus::Converged => {}
@@ -628,15 +640,17 @@ fn push_wave(
     cb.push_negotiation(|updates| {
         for u in updates {
             let name = u.dst_refname().unwrap_or("");
+            // libgit2: `src` is the remote ref's current value, `dst` the
+            // one it is to take.
             let old = expected.get(name).copied().unwrap_or(Oid::ZERO_SHA1);
-            if u.dst() != old {
+            if u.src() != old {
                 moved.borrow_mut().push(format!(
                     "{} moved on the remote to {} since it was read",
                     name.trim_start_matches("refs/heads/"),
-                    short(&u.dst().to_string())
+                    short(&u.src().to_string())
                 ));
             }
-            if u.src() != commit {
+            if u.dst() != commit {
                 moved
                     .borrow_mut()
                     .push(format!("{name} would not be set to the promoted commit"));
