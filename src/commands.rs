@@ -211,6 +211,16 @@ pub fn locked_run(
     };
     let report = crate::cycle::run_cycle(&common.settings, &facts, &opts, control);
     save(&report, &common.state_dir);
+    // Still under the lock: no run is writing a backup meanwhile.
+    match crate::backup::prune(
+        &common.state_dir,
+        common.settings.backups,
+        std::time::SystemTime::now(),
+    ) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(removed = n, "old backups pruned"),
+        Err(e) => tracing::warn!(error = %e, "could not prune old backups"),
+    }
     Ok(report)
 }
 

@@ -75,6 +75,18 @@ pub struct Fragment {
     pub packages: PackagesFragment,
     #[serde(default)]
     pub secrets: SecretsFragment,
+    #[serde(default)]
+    pub backups: BackupsFragment,
+}
+
+/// How long the replaced contents under `<state_dir>/backup` are kept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupsFragment {
+    /// Remove a run's backups once older than this (default 30d).
+    pub max_age: Option<Spanned<String>>,
+    /// Keep at most this many runs' backups (default: no limit).
+    pub max_count: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -180,13 +192,15 @@ pub struct Settings {
     pub package_backend: Option<crate::resource::package::BackendKind>,
     /// `packages.dnf_options`: added to every dnf command line.
     pub dnf_options: Vec<String>,
+    /// `secrets.identity`: the host key that decrypts age secrets.
+    pub secrets_identity: PathBuf,
+    /// `backups:`: retention of replaced contents.
+    pub backups: crate::backup::Retention,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Auth {
     pub ssh_key: Option<PathBuf>,
-    /// `secrets.identity`: the host key that decrypts age secrets.
-    pub secrets_identity: PathBuf,
     pub known_hosts: Option<PathBuf>,
     pub accept_new_host_keys: bool,
     pub ca_file: Option<PathBuf>,
@@ -244,6 +258,8 @@ impl Default for Settings {
             apt_lists_max_age: Duration::from_secs(24 * 3600),
             package_backend: None,
             dnf_options: vec![],
+            secrets_identity: PathBuf::from(crate::secrets::DEFAULT_IDENTITY),
+            backups: crate::backup::Retention::default(),
         }
     }
 }
@@ -256,7 +272,6 @@ impl Settings {
             apt_lists_max_age: self.apt_lists_max_age,
             dnf_options: self.dnf_options.clone(),
         }
-            secrets_identity: PathBuf::from(crate::secrets::DEFAULT_IDENTITY),
     }
 
     /// The host branch for these facts: `hosts/{hostname}` → `hosts/web1`.
@@ -423,6 +438,12 @@ pub fn settings(fragments: &[Located]) -> Result<Settings, ConfigError> {
         if let Some(a) = &r.auth {
             merge_auth(file, a, &mut s.report.auth, "report.auth")?;
         }
+        if let Some(v) = &f.backups.max_age {
+            s.backups.max_age = duration(file, v, "backups.max_age")?;
+        }
+        if let Some(n) = f.backups.max_count {
+            s.backups.max_count = Some(n);
+        }
         if let Some(v) = &f.packages.apt_lists_max_age {
             s.apt_lists_max_age = duration(file, v, "packages.apt_lists_max_age")?;
         }
@@ -445,6 +466,9 @@ pub fn settings(fragments: &[Located]) -> Result<Settings, ConfigError> {
                 }
                 s.dnf_options.push(v.value.clone());
             }
+        }
+        if let Some(v) = &f.secrets.identity {
+            s.secrets_identity = abs_path(file, v, "secrets.identity")?;
         }
     }
     Ok(s)
@@ -483,9 +507,6 @@ fn duration(file: &Path, v: &Spanned<String>, field: &str) -> Result<Duration, C
         ConfigError::at(
             file,
             v,
-        if let Some(v) = &f.secrets.identity {
-            s.secrets_identity = abs_path(file, v, "secrets.identity")?;
-        }
             format!(
                 "{field}: '{}' is not a duration such as 30s or 5m ({e})",
                 v.value
@@ -579,14 +600,6 @@ mod tests {
     }
 
     #[test]
-    fn branch_template_takes_facts() {
-        let s = Settings::default();
-        let mut f = crate::facts::Facts::gather();
-        f.hostname = "web1".into();
-        assert_eq!(s.branch_for(&f), "hosts/web1");
-    }
-}
-    #[test]
     fn secrets_identity_is_an_absolute_path_with_a_default() {
         let s = settings(&[]).unwrap();
         assert_eq!(
@@ -606,3 +619,44 @@ mod tests {
         assert_eq!(e.line, 2, "{e}");
     }
 
+    #[test]
+    fn branch_template_takes_facts() {
+        let s = Settings::default();
+        let mut f = crate::facts::Facts::gather();
+        f.hostname = "web1".into();
+        assert_eq!(s.branch_for(&f), "hosts/web1");
+    }
+
+    #[test]
+    fn a_reports_repository_has_its_own_url_and_credentials() {
+        let s = settings(&[frag(
+            "a.yaml",
+            "repo: ssh://git@git.example.com/fleet.git\nauth:\n  ssh_key: /etc/trueup/fleet_key\nreport:\n  repo: https://git.example.com/reports.git\n  auth:\n    token_file: /etc/trueup/reports_token\n",
+        )])
+        .unwrap();
+        assert_eq!(
+            s.report.repo.as_deref(),
+            Some("https://git.example.com/reports.git")
+        );
+        assert_eq!(
+            s.report.auth.token_file.as_deref(),
+            Some(Path::new("/etc/trueup/reports_token"))
+        );
+        assert_eq!(s.report.auth.ssh_key, None);
+        assert_eq!(
+            s.auth.ssh_key.as_deref(),
+            Some(Path::new("/etc/trueup/fleet_key"))
+        );
+        let e = settings(&[frag("a.yaml", "report:\n  repo: http://h/reports.git\n")]).unwrap_err();
+        assert_eq!((e.line, e.column), (2, 9), "{e}");
+        assert!(e.message.contains("report.repo"), "{e}");
+        assert!(e.message.contains("https"), "{e}");
+        let e = settings(&[frag("a.yaml", "report:\n  repo: not a url\n")]).unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        let e = settings(&[frag("a.yaml", "report:\n  auth:\n    ssh_key: key\n")]).unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.message.contains("report.auth.ssh_key"), "{e}");
+        let e = parse_fragment(Path::new("a.yaml"), "report:\n  auth:\n    sshkey: /k\n").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+    }
+}

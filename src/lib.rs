@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod apply;
+pub mod backup;
 pub mod commands;
 pub mod config;
 pub mod cycle;

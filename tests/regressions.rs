@@ -141,3 +141,41 @@ fn disable_and_enable_during_a_run_are_not_lost() {
         }
     }
 }
+
+/// Backups under `backup/` grew forever. After a run, those older than
+/// `backups.max_age` (default 30 days) or beyond `backups.max_count` go.
+#[test]
+fn old_backups_are_pruned_after_a_run() {
+    let day = std::time::Duration::from_secs(24 * 3600);
+    let host = Host::new();
+    let backup = host.state.path().join("backup");
+    let make = |name: &str, age: std::time::Duration| {
+        let dir = backup.join(name);
+        std::fs::create_dir_all(dir.join("etc")).unwrap();
+        std::fs::write(dir.join("etc/motd"), "old motd\n").unwrap();
+        std::fs::File::open(&dir)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - age)
+            .unwrap();
+    };
+    make("20250101T000000Z-1", day * 31);
+    make("20261125T000000Z-2", day * 5);
+    make("20261130T000000Z-3", day);
+    let branch = demo_copy();
+    let (code, report) = host.apply_json(branch.path());
+    assert_eq!(code, 0, "{report:#}");
+    assert!(!backup.join("20250101T000000Z-1").exists());
+    assert!(backup.join("20261125T000000Z-2").exists());
+    assert!(backup.join("20261130T000000Z-3").exists());
+
+    // With a count: only the newest stays.
+    let cfg = host.state.path().join("agent.yaml");
+    std::fs::write(&cfg, "backups:\n  max_count: 1\n").unwrap();
+    let r = host.run(
+        branch.path(),
+        &["apply", "--config", cfg.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!backup.join("20261125T000000Z-2").exists());
+    assert!(backup.join("20261130T000000Z-3").exists());
+}
