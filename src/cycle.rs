@@ -254,6 +254,13 @@ fn git_cycle(
         state.disabled.as_ref(),
         settings.mode == crate::config::AgentMode::Check,
     );
+    // The key this host's age secrets are encrypted to, on every report,
+    // even one that rendered nothing (a fetch error, a refused commit).
+    if report.host_key.is_none() {
+        report.host_key = crate::secrets::HostIdentity::load(&settings.secrets_identity)
+            .ok()
+            .map(|id| id.public_key().to_string());
+    }
     report.set_commit_details(cache.repo());
 
     control.phase(Phase::Reporting);

@@ -827,3 +827,35 @@ fn a_malformed_secret_fails_validate_but_only_its_file_on_a_host() {
     );
     assert_eq!(host.read("/etc/app/api.token").as_deref(), Some(API_TOKEN));
 }
+
+#[test]
+fn a_refused_commit_still_reports_the_host_key() {
+    let f = fixture();
+    let tmp = TempDir::new().unwrap();
+    let repo = TestRepo::create(tmp.path(), "fleet");
+    let commit = repo.commit(&[("trueup.yaml", "files: {}\n")], "unsigned");
+    repo.push("hosts/host-a");
+    let url = format!("file://{}", repo.bare.display());
+    let host = GitHost::new("host-a");
+    // Commits must be signed by host-b's key: this unsigned one is refused.
+    let b_pub = std::fs::read_to_string(f.b_key.with_extension("pub")).unwrap();
+    let signers = f.keys.path().join("allowed_signers");
+    std::fs::write(&signers, format!("ops@example.com {}\n", b_pub.trim())).unwrap();
+    host.configure(&format!(
+        "secrets:\n  identity: {}\ntrust:\n  allowed_signers: {}\n",
+        f.a_key.display(),
+        signers.display()
+    ));
+    let r = host.check(&url);
+    let report = r.json();
+    assert_eq!(report["status"], "refused", "{report:#}");
+    let a_pub = std::fs::read_to_string(f.a_key.with_extension("pub")).unwrap();
+    let key = report["host_key"]
+        .as_str()
+        .expect("host_key in a refused report");
+    assert!(a_pub.starts_with(key), "{key}");
+    let note = repo
+        .note(&host.notes_ref(), &commit)
+        .expect("the refusal is noted");
+    assert!(note.contains(key), "{note}");
+}
