@@ -156,7 +156,13 @@ impl AccountControl for ShadowUtils {
     }
 
     fn lookup(&self) -> Box<dyn Accounts + '_> {
-        Box::new(super::accounts::SystemAccounts::default())
+        // The same resolution as the plan's (`accounts::for_root`); a root
+        // whose databases no longer read leaves its owners unresolved, and
+        // those nodes fail alone.
+        super::accounts::for_root(&self.root).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "reading the account databases again");
+            Box::new(super::accounts::RootAccounts::new(AccountDb::default()))
+        })
     }
 }
 
