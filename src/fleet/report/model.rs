@@ -637,6 +637,8 @@ pub struct CommitGroup {
     /// Whether some host's branch points at it now.
     pub is_tip: bool,
     #[serde(skip)]
+    id: String,
+    #[serde(skip)]
     time: Option<i64>,
     #[serde(skip)]
     latest_report: Option<SystemTime>,
@@ -808,6 +810,9 @@ fn host_view(
                 None => ("behind".into(), None),
             }
         }
+        // A check's note names the applied commit only when it is not
+        // the checked one, so without it a check cannot tell.
+        (Some(_), None) if run.mode == "check" => ("-".into(), None),
         (Some(_), None) => ("nothing applied".into(), None),
         (None, _) => ("-".into(), None),
     };
@@ -883,6 +888,7 @@ pub fn fleet(hosts: &[HostNotes], graph: &dyn CommitGraph, now: SystemTime) -> F
             let from_note = run.commit.as_deref() == Some(applied.as_str());
             CommitGroup {
                 short: short_id(applied, 12).to_string(),
+                id: applied.clone(),
                 subject: details
                     .as_ref()
                     .map(|d| d.subject.clone())
@@ -907,9 +913,16 @@ pub fn fleet(hosts: &[HostNotes], graph: &dyn CommitGraph, now: SystemTime) -> F
     for g in &mut commits {
         g.percent = (g.hosts * 100 / total) as u64;
     }
+    // Newest first: by commit time, then (commits of the same second) a
+    // descendant before its ancestor, then by the latest report.
     commits.sort_by(|a, b| {
         b.time
             .cmp(&a.time)
+            .then_with(|| {
+                let a_newer = graph.behind(&a.id, &b.id).unwrap_or(0) > 0;
+                let b_newer = graph.behind(&b.id, &a.id).unwrap_or(0) > 0;
+                b_newer.cmp(&a_newer)
+            })
             .then(b.latest_report.cmp(&a.latest_report))
             .then(a.short.cmp(&b.short))
     });
