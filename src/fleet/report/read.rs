@@ -1,25 +1,20 @@
-//! Reads what the fleet report needs from the repository, in one call
-//! (`read_fleet`), so a faster reader can replace it without touching the
-//! rest: the notes at the tip of every `refs/notes/trueup/*` ref, which of
-//! them the tip wrote last, and the branches (for tips, how far behind,
-//! and commit subjects and authors).
+//! Reads what the fleet report needs from the repository: the hosts'
+//! notes through the fleet's one notes reader (`fleet::tips::read_tips`,
+//! with each host's last runs), and the branches' history, for tips, how
+//! far a host is behind, and commit subjects and authors.
 //!
-//! Everything is fetched into a throwaway bare repository; the remote is
-//! only read.
+//! Everything is fetched into throwaway repositories; the remote is only
+//! read.
 
 use std::collections::HashMap;
 
-use git2::{Delta, Oid, Repository};
+use git2::{Oid, Repository};
 
-use super::model::{CommitDetails, CommitGraph, HostNotes, MAX_NOTE_BYTES, NoteText};
+use super::model::{CommitDetails, CommitGraph, HostNotes, NoteText};
 use crate::config::Auth;
-use crate::report::notes::NOTES_PREFIX;
+use crate::fleet::tips::{HostTip, read_tips};
 use crate::source::remote::RemoteUrl;
 use crate::source::transport::{Connector, SourceError};
-
-/// How many notes of one host are read (a hostile ref could hold
-/// millions); the timeline shows the newest of them.
-const MAX_NOTES_PER_HOST: usize = 1000;
 
 /// The fleet as fetched: the hosts' notes, and the repository to ask
 /// about commits.
@@ -30,90 +25,70 @@ pub struct FleetNotes {
     _dir: tempfile::TempDir,
 }
 
-/// Fetches every host's notes ref and the branches from `remote`.
+/// Reads every host's notes and the branches from `remote`.
 pub fn read_fleet(remote: &RemoteUrl, auth: &Auth) -> Result<FleetNotes, SourceError> {
+    let tips = read_tips(remote, auth, true)?;
+    let hosts = tips.hosts.into_iter().map(host_notes).collect();
+
     let dir = tempfile::tempdir().map_err(|e| SourceError::Cache {
         path: "(temporary directory)".into(),
         detail: e.to_string(),
     })?;
-    let cache_err = |e: git2::Error| SourceError::Cache {
+    let repo = Repository::init_bare(dir.path()).map_err(|e| SourceError::Cache {
         path: dir.path().display().to_string(),
         detail: e.message().to_string(),
-    };
-    let repo = Repository::init_bare(dir.path()).map_err(cache_err)?;
-    let conn = Connector::new(remote, auth)?;
-    let refs = conn.list_refs(&repo)?;
-    let heads: HashMap<String, Oid> = refs
-        .iter()
-        .filter_map(|(n, o)| Some((n.strip_prefix("refs/heads/")?.to_string(), *o)))
-        .collect();
-    let mut notes: Vec<String> = refs
-        .iter()
-        .map(|(n, _)| n.clone())
-        .filter(|n| n.starts_with(NOTES_PREFIX))
-        .collect();
-    notes.sort();
-    notes.dedup();
-    let mut specs = vec![format!("+{NOTES_PREFIX}*:{NOTES_PREFIX}*")];
-    if !heads.is_empty() {
-        // The branches' history: commit subjects, and how far a host is
-        // behind its branch. In a fleet the host branches share main's
-        // history, so this is about one branch's worth.
-        specs.push("+refs/heads/*:refs/heads/*".into());
+    })?;
+    if !tips.heads.is_empty() {
+        // The branches' history. In a fleet the host branches share
+        // main's history, so this is about one branch's worth.
+        Connector::new(remote, auth)?.fetch(&repo, &["+refs/heads/*:refs/heads/*"])?;
     }
-    if !notes.is_empty() || !heads.is_empty() {
-        let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
-        conn.fetch(&repo, &specs)?;
-    }
-    let hosts = notes
-        .into_iter()
-        .map(|reference| {
-            let notes = tip_notes(&repo, &reference).map_err(|e| e.message().to_string());
-            HostNotes {
-                notes_ref: reference,
-                notes,
-            }
-        })
-        .collect();
     Ok(FleetNotes {
         hosts,
-        heads,
+        heads: tips.heads,
         repo,
         _dir: dir,
     })
 }
 
-/// The notes in the tree of `reference`'s tip commit, each marked when
-/// the tip commit added or changed it.
-fn tip_notes(repo: &Repository, reference: &str) -> Result<Vec<NoteText>, git2::Error> {
-    let tip = repo.find_reference(reference)?.peel_to_commit()?;
-    let tree = tip.tree()?;
-    let parent_tree = tip.parent(0).ok().map(|p| p.tree()).transpose()?;
-    let diff = repo.diff_tree_to_tree(parent_tree.as_ref(), Some(&tree), None)?;
-    let newest: Vec<Oid> = diff
-        .deltas()
-        .filter(|d| matches!(d.status(), Delta::Added | Delta::Modified))
-        .map(|d| d.new_file().id())
+/// A host's notes as the report reads them: its last runs, the newest
+/// marked.
+fn host_notes(tip: HostTip) -> HostNotes {
+    let latest = match tip.latest {
+        Err(e) => {
+            return HostNotes {
+                notes_ref: tip.notes_ref,
+                notes: Err(e),
+            };
+        }
+        Ok(l) => l,
+    };
+    let mut marked = false;
+    let mut notes: Vec<NoteText> = tip
+        .recent
+        .into_iter()
+        .map(|(commit, text)| {
+            let newest = !marked && latest.as_deref() == Some(text.as_str());
+            marked |= newest;
+            NoteText {
+                commit,
+                text: Ok(text),
+                newest,
+            }
+        })
         .collect();
-    let mut out = Vec::new();
-    for item in repo.notes(Some(reference))?.take(MAX_NOTES_PER_HOST) {
-        let (note, annotated) = item?;
-        let blob = repo.find_blob(note)?;
-        let text = if blob.size() > MAX_NOTE_BYTES {
-            Err(format!(
-                "the note is {} bytes, more than the {MAX_NOTE_BYTES} this report reads",
-                blob.size()
-            ))
-        } else {
-            Ok(String::from_utf8_lossy(blob.content()).into_owned())
-        };
-        out.push(NoteText {
-            commit: annotated.to_string(),
-            text,
-            newest: newest.contains(&note),
+    if let (false, Some(text)) = (marked, latest) {
+        // Newer than the history ref (a heartbeat kept in the latest ref).
+        notes.push(NoteText {
+            commit: String::new(),
+            text: Ok(text),
+            newest: true,
         });
     }
-    Ok(out)
+    HostNotes {
+        notes_ref: tip.notes_ref,
+        notes: Ok(notes),
+    }
 }
 
 impl CommitGraph for FleetNotes {
