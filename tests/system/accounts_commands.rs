@@ -399,3 +399,112 @@ fn users_commands_validate_reload_and_owners_of_the_same_run() {
     assert_eq!(code, 0, "{report:#}");
     c.shutdown();
 }
+
+/// Under `--root` (an image being built, no container needed): groups and
+/// users are changed with the tools' `--prefix` in the root's own
+/// databases, never the machine's; commands and `validate:` do not run and
+/// are reported skipped.
+#[test]
+#[ignore = "needs root: run by scripts/test.sh"]
+fn under_another_root_accounts_use_prefix_and_commands_are_skipped() {
+    use std::process::Command;
+    let root = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let branch = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("etc")).unwrap();
+    for f in ["passwd", "group", "shadow", "gshadow", "login.defs"] {
+        let from = Path::new("/etc").join(f);
+        if from.exists() {
+            std::fs::copy(&from, root.path().join("etc").join(f)).unwrap();
+        }
+    }
+    let marker = state.path().join("command-ran");
+    std::fs::write(
+        branch.path().join("trueup.yaml"),
+        format!(
+            r#"groups:
+  imgapp: {{ gid: 3990 }}
+users:
+  imgapp:
+    uid: 3990
+    group: imgapp
+    home: /srv/imgapp
+    shell: /usr/sbin/nologin
+    authorized_keys: ["{KEY_1}"]
+files:
+  /etc/sudoers.d/imgapp:
+    content: "{GOOD_SUDOERS}"
+    validate: [visudo, -cf, "{{path}}"]
+  /etc/motd:
+    content: "image\n"
+commands:
+  init:
+    run: [touch, {marker}]
+    creates: /srv/imgapp/.done
+"#,
+            GOOD_SUDOERS = GOOD_SUDOERS.trim_end(),
+            marker = marker.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_trueup"))
+        .arg("--config")
+        .arg(state.path().join("no-agent.yaml"))
+        .args(["apply", "--format", "json", "--source"])
+        .arg(branch.path())
+        .arg("--root")
+        .arg(root.path())
+        .arg("--state-dir")
+        .arg(state.path())
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(
+        resource(&report, "group", "imgapp")["status"],
+        "changed",
+        "{report:#}"
+    );
+    assert_eq!(
+        resource(&report, "user", "imgapp")["status"],
+        "changed",
+        "{report:#}"
+    );
+    assert_eq!(
+        resource(&report, "file", "/etc/motd")["status"],
+        "changed",
+        "{report:#}"
+    );
+    let passwd = std::fs::read_to_string(root.path().join("etc/passwd")).unwrap();
+    assert!(
+        passwd.contains("imgapp:x:3990:3990::/srv/imgapp:/usr/sbin/nologin\n"),
+        "{passwd}"
+    );
+    assert!(
+        !std::fs::read_to_string("/etc/passwd")
+            .unwrap()
+            .contains("imgapp"),
+        "the machine's own users are untouched"
+    );
+    let keys = root.path().join("srv/imgapp/.ssh/authorized_keys");
+    assert_eq!(
+        std::fs::read_to_string(&keys).unwrap(),
+        format!("{KEY_1}\n")
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&keys).unwrap().uid(), 3990);
+    // Commands and validate run on the machine, so not for another root.
+    let init = resource(&report, "command", "init");
+    assert_eq!(init["status"], "skipped", "{report:#}");
+    assert!(init["error"].as_str().unwrap().contains("under --root"));
+    assert!(!marker.exists(), "the command must not run");
+    let sudoers = resource(&report, "file", "/etc/sudoers.d/imgapp");
+    assert_eq!(sudoers["status"], "skipped", "{report:#}");
+    assert!(!root.path().join("etc/sudoers.d/imgapp").exists());
+    assert_ne!(out.status.code(), Some(0), "skipped resources fail the run");
+}
