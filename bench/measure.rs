@@ -9,7 +9,8 @@
 //!     from the `rusage` `wait4` returns for that child alone. Every run must
 //!     exit with CODE (default 0). FILE adds one argument per line after
 //!     ARGS (for argument lists too long for one string, such as 10,000
-//!     paths). Prints `min_ms median_ms max_rss_kib`.
+//!     paths). Prints `min_ms median_ms max_rss_kib`; with `--cpu`, also
+//!     the median CPU time (user + system, from the same `rusage`) in ms.
 //!
 //! measure proxy LISTEN_PORT TARGET_PORT COUNT_FILE
 //!     A TCP proxy on 127.0.0.1 that forwards to TARGET_PORT and, after each
@@ -51,7 +52,7 @@ fn die(msg: &str) -> ! {
 }
 
 /// Runs one command; returns (wall seconds, peak RSS in KiB, exit code).
-fn run_once(argv: &[String]) -> (f64, i64, i32) {
+fn run_once(argv: &[String]) -> (f64, i64, i32, f64) {
     let start = Instant::now();
     let child = Command::new(&argv[0])
         .args(&argv[1..])
@@ -76,7 +77,8 @@ fn run_once(argv: &[String]) -> (f64, i64, i32) {
     } else {
         128 + (status & 0x7f)
     };
-    (took, usage.maxrss, code)
+    let cpu = |t: &Timeval| t.sec as f64 + t.usec as f64 / 1e6;
+    (took, usage.maxrss, code, cpu(&usage.utime) + cpu(&usage.stime))
 }
 
 fn sh(script: &str) {
@@ -98,6 +100,7 @@ fn time(args: &[String]) {
     let mut expect = 0i32;
     let mut argv: Vec<String> = Vec::new();
     let mut args_file: Option<String> = None;
+    let mut with_cpu = false;
     let mut i = 0;
     while i < args.len() {
         let next = |i: usize| {
@@ -111,6 +114,11 @@ fn time(args: &[String]) {
             "--prepare" => prepare = Some(next(i)),
             "--exit" => expect = next(i).parse().unwrap_or_else(|_| die("--exit")),
             "--args-file" => args_file = Some(next(i)),
+            "--cpu" => {
+                with_cpu = true;
+                i += 1;
+                continue;
+            }
             "--" => {
                 argv = args[i + 1..].to_vec();
                 break;
@@ -127,17 +135,19 @@ fn time(args: &[String]) {
         argv.extend(text.lines().filter(|l| !l.is_empty()).map(str::to_string));
     }
     let mut times = Vec::with_capacity(runs);
+    let mut cpus = Vec::with_capacity(runs);
     let mut peak = 0;
     for n in 0..warmup + runs {
         if let Some(p) = &prepare {
             sh(p);
         }
-        let (took, rss, code) = run_once(&argv);
+        let (took, rss, code, cpu) = run_once(&argv);
         if code != expect {
             die(&format!("{} exited {code}, expected {expect}", argv[0]));
         }
         if n >= warmup {
             times.push(took);
+            cpus.push(cpu);
             peak = peak.max(rss);
         }
     }
@@ -147,7 +157,13 @@ fn time(args: &[String]) {
     } else {
         (times[runs / 2 - 1] + times[runs / 2]) / 2.0
     };
-    println!("{:.2} {:.2} {}", times[0] * 1e3, median * 1e3, peak);
+    if with_cpu {
+        cpus.sort_by(f64::total_cmp);
+        let cpu = cpus[runs / 2];
+        println!("{:.2} {:.2} {} {:.2}", times[0] * 1e3, median * 1e3, peak, cpu * 1e3);
+    } else {
+        println!("{:.2} {:.2} {}", times[0] * 1e3, median * 1e3, peak);
+    }
 }
 
 fn pump(mut from: TcpStream, mut to: TcpStream, count: &AtomicU64) {

@@ -59,6 +59,19 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// A resource found in sync without a plan (the render cache).
+    pub fn in_sync(kind: Kind, resource: String) -> Outcome {
+        Outcome {
+            kind,
+            resource,
+            status: Status::InSync,
+            drift: vec![],
+            action: None,
+            error: None,
+            run: None,
+        }
+    }
+
     fn new(step: &Step, status: Status) -> Outcome {
         Outcome {
             kind: step.resource.kind,

@@ -18,6 +18,7 @@ pub mod health;
 pub mod lock;
 pub mod pipeline;
 pub mod plan;
+pub mod render_cache;
 pub mod report;
 pub mod resource;
 pub mod run;

@@ -18,6 +18,8 @@ use crate::resource::package::{self, PackageSettings};
 use crate::resource::service::systemctl::Systemctl;
 use crate::resource::user::ShadowUtils;
 use crate::source::Tree;
+use crate::render_cache::{self, CachedState};
+use crate::resource::Kind;
 use crate::spec;
 
 /// How a run is carried out.
@@ -88,6 +90,29 @@ pub fn run_with_state(
         report.host_key = host_key.clone();
         (report, desired)
     };
+    // The same commit as the last run, checked against its cached
+    // digests: in sync without parsing or rendering anything.
+    let cache_key = source.commit.as_deref().map(|c| {
+        render_cache::CacheKey::new(c, facts, &opts.root, &opts.allowed_paths)
+    });
+    let cached = cache_key.as_ref().map(|k| cached_in_sync(k, opts));
+    if let Some(CacheLookup::InSync(hit)) = cached {
+        let outcomes = hit
+            .files
+            .iter()
+            .map(|f| apply::Outcome::in_sync(Kind::File, f.path.display().to_string()))
+            .collect();
+        let mut report = RunReport::from_outcomes(
+            &facts.hostname,
+            opts.mode,
+            opts.dry_run,
+            started,
+            source,
+            outcomes,
+        );
+        report.host_key = host_key;
+        return (report, None);
+    }
     let desired = match spec::load_with_secrets(tree, facts, &secrets) {
         Ok(d) => d,
         Err(errs) => {
@@ -121,9 +146,12 @@ pub fn run_with_state(
         }
     };
     let systemctl = Systemctl::new(&opts.root);
+    let account_tools = ShadowUtils::new(&opts.root);
     let backends = Backends {
         packages: package_backend.as_deref(),
         units: &systemctl,
+        accounts: &account_tools,
+        commands: command::Runner::for_root(&opts.root),
     };
     let observed = plan::observe(&opts.root, &desired, &backends);
     let accounts = match accounts::for_root(&opts.root) {
@@ -150,12 +178,9 @@ pub fn run_with_state(
                 root: &opts.root,
                 backup_dir,
                 stop,
-    let account_tools = ShadowUtils::new(&opts.root);
                 backends,
             },
         );
-        accounts: &account_tools,
-        commands: command::Runner::for_root(&opts.root),
         for o in outcomes
             .iter()
             .filter(|o| o.status != apply::Status::InSync)
@@ -172,11 +197,48 @@ pub fn run_with_state(
         source,
         outcomes,
     );
+    report.host_key = host_key;
+    // The entry depends on the commit, facts and settings only, not on
+    // how the run went: written once per key.
+    if let (Some(key), Some(CacheLookup::Miss)) = (cache_key, cached) {
+        match CachedState::of(key, &desired) {
+            Some(entry) => {
+                if let Err(e) = entry.store(&opts.state_dir) {
+                    warn!(error = %e, "could not write the render cache");
+                }
+            }
+            None => render_cache::clear(&opts.state_dir),
+        }
+    }
     (report, Some(desired))
 }
 
+/// What the render cache had for this run.
+enum CacheLookup {
+    /// A valid entry, and the host matches it.
+    InSync(CachedState),
+    /// A valid entry, and the host differs from it.
+    Differs,
+    /// No entry for this key (or a bad one, ignored).
+    Miss,
+}
+
+fn cached_in_sync(key: &render_cache::CacheKey, opts: &RunOptions) -> CacheLookup {
+    match CachedState::load(&opts.state_dir, key) {
+        Ok(entry) if entry.in_sync(&opts.root) => {
+            info!(files = entry.files.len(), "in sync with the cached rendered state of this commit");
+            CacheLookup::InSync(entry)
+        }
+        Ok(_) => CacheLookup::Differs,
+        Err(render_cache::CacheMiss::Missing) => CacheLookup::Miss,
+        Err(e) => {
+            info!(reason = %e, "ignoring the render cache; rendering the commit");
+            CacheLookup::Miss
+        }
+    }
+}
+
 /// A name for one run's backup directory: its start time, sortable.
-    report.host_key = host_key;
 fn run_id(started: SystemTime) -> String {
     let ts: String = crate::report::rfc3339(started)
         .chars()
