@@ -27,6 +27,9 @@ use tracing::{info, warn};
 
 use crate::report::{RunReport, RunStatus};
 
+pub mod machine;
+use machine::{Action, Event, RunOutcome};
+
 /// First wait after a failed run; doubled per failure, capped at the interval.
 const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -151,6 +154,16 @@ pub fn splay_offset(machine_id: &str, splay: Duration) -> Duration {
     Duration::from_millis((stable + random) % span)
 }
 
+/// A random fraction in [0, 1), for jitter: not for anything secret.
+fn random_fraction() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let bits = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    // 53 random bits make every f64 in [0, 1) equally likely.
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// The next wait after a failure.
 pub fn next_backoff(previous: Option<Duration>, interval: Duration) -> Duration {
     let next = match previous {
@@ -256,24 +269,35 @@ pub async fn run(opts: AgentOptions, runner: Runner) -> Result<()> {
     notify(&[NotifyState::Ready, NotifyState::Status("starting")]);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let mut next_run = tokio::time::Instant::now();
-    let mut first = true;
-    let mut backoff: Option<Duration> = None;
+    let schedule = |jitter: f64| machine::Schedule {
+        interval: opts.interval,
+        splay: opts.splay,
+        splay_offset: offset,
+        first_backoff: FIRST_BACKOFF,
+        jitter,
+    };
+    let mut m = machine::Machine::default();
+    let mut next_run = tokio::time::Instant::now() + machine::first_wait(&schedule(random_fraction()));
     let mut last: Option<(RunReport, Instant)> = None;
 
     'daemon: loop {
         // Idle until the next run is due, a SIGHUP, or a stop.
-        loop {
+        let event = loop {
             tokio::select! {
-                _ = tokio::time::sleep_until(next_run) => break,
-                _ = hup.recv() => { info!("SIGHUP: running now"); break }
-                _ = term.recv() => break 'daemon,
-                _ = int.recv() => break 'daemon,
+                _ = tokio::time::sleep_until(next_run) => break Event::Due,
+                _ = hup.recv() => { info!("SIGHUP: running now"); break Event::Hangup }
+                _ = term.recv() => break Event::Terminate,
+                _ = int.recv() => break Event::Terminate,
                 _ = tick.tick() => {
                     if watchdog.is_some() { notify(&[NotifyState::Watchdog]); }
                     notify(&[NotifyState::Status(&idle_status(&last))]);
                 }
             }
+        };
+        let action;
+        (m, action) = machine::transition(m, event, &schedule(0.0));
+        if action != Action::StartRun {
+            break 'daemon;
         }
 
         let started = tokio::time::Instant::now();
@@ -288,24 +312,27 @@ pub async fn run(opts: AgentOptions, runner: Runner) -> Result<()> {
             tokio::task::spawn_blocking(move || runner(&control))
         };
         tokio::pin!(job);
-        let mut hup_during_run = false;
         let result = loop {
-            tokio::select! {
+            let event = tokio::select! {
                 r = &mut job => break r,
-                _ = term.recv() => {
-                    info!("SIGTERM: finishing the change in hand");
-                    stop.store(true, Ordering::SeqCst);
-                    notify(&[NotifyState::Stopping, NotifyState::Status("stopping after the change in hand")]);
-                }
-                _ = int.recv() => { stop.store(true, Ordering::SeqCst); }
-                _ = hup.recv() => { hup_during_run = true; }
+                _ = term.recv() => Event::Terminate,
+                _ = int.recv() => Event::Terminate,
+                _ = hup.recv() => Event::Hangup,
                 _ = tick.tick() => {
                     // A run that makes no progress for a whole watchdog period is
                     // hung: stop feeding the watchdog and let systemd act.
                     if let Some(limit) = watchdog && control.progress.since_last() < limit {
                         notify(&[NotifyState::Watchdog]);
                     }
+                    continue;
                 }
+            };
+            let action;
+            (m, action) = machine::transition(m, event, &schedule(0.0));
+            if action == Action::StopRun {
+                info!("SIGTERM: finishing the change in hand");
+                stop.store(true, Ordering::SeqCst);
+                notify(&[NotifyState::Stopping, NotifyState::Status("stopping after the change in hand")]);
             }
         };
         let result = result.unwrap_or_else(|e| Err(anyhow::anyhow!("the run panicked: {e}")));
@@ -328,25 +355,23 @@ pub async fn run(opts: AgentOptions, runner: Runner) -> Result<()> {
             last = Some((report.clone(), Instant::now()));
         }
         notify(&[NotifyState::Status(&idle_status(&last))]);
-        if stop.load(Ordering::SeqCst) {
-            break 'daemon;
-        }
-        match failure {
-            Some(cause) => {
-                let wait = next_backoff(backoff, opts.interval);
-                backoff = Some(wait);
-                warn!(error = %cause, retry_in = ?wait, "run failed");
+        let outcome = match failure {
+            Some(_) => RunOutcome::Failed,
+            None => RunOutcome::Succeeded,
+        };
+        let action;
+        (m, action) = machine::transition(m, Event::Finished(outcome), &schedule(random_fraction()));
+        match action {
+            Action::Wait(wait) => {
+                if let Some(cause) = &failure {
+                    // retry_in is the backoff proper; jitter comes on top.
+                    let retry_in = m.backoff.unwrap_or_default();
+                    warn!(error = %cause, retry_in = ?retry_in, jitter = ?wait.saturating_sub(retry_in), "run failed");
+                }
                 next_run = tokio::time::Instant::now() + wait;
             }
-            None => {
-                backoff = None;
-                let extra = if first { offset } else { Duration::ZERO };
-                next_run = started + opts.interval + extra;
-            }
-        }
-        first = false;
-        if hup_during_run {
-            next_run = tokio::time::Instant::now();
+            Action::WaitFromStart(wait) => next_run = started + wait,
+            Action::Exit | Action::None | Action::StartRun | Action::StopRun => break 'daemon,
         }
     }
     notify(&[NotifyState::Stopping]);
