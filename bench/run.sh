@@ -3,7 +3,8 @@
 #
 #   bench/run.sh [--sizes "100 1000 10000"] [--runs N] [--slow-runs N]
 #                [--templates shared|distinct] [--no-packages] [--no-build]
-#                [--keep]
+#                [--keep] [--peers [--peers-only] [--peer-sizes "100 1000"]
+#                [--large N]]
 #
 # For each N it generates a host branch of N files rendered from a template
 # that uses facts and vars (bench/gen.sh) and times, against a scratch
@@ -26,6 +27,22 @@
 # `dpkg-query -W`); the scratch root gets a copy of this machine's
 # /var/lib/dpkg/status, which is what the apt backend reads under --root.
 # --no-packages leaves them out (and is implied where dpkg is missing).
+#
+# --peers adds a side-by-side table against CFEngine (Debian's cfengine3,
+# installed with apt-get when missing, which needs root) on one workload:
+# N files in ONE directory, /srv/peers/fNNNNN.conf, each rendered from one
+# template with the hostname fact, two run variables and one per-file
+# variable (trueup: `vars:` on the file; CFEngine: a mustache template and
+# `template_data` in a files promise over a list). trueup reads its branch
+# from a local Git repository (file://), as an agent would, so a check of
+# the same commit uses its render cache. Each cell is a fresh process doing
+# the whole job: first apply (nothing there), no-op check (CFEngine: the
+# same agent run again, which changes nothing), repair of 10 hand-edited
+# files, with peak RSS, the median CPU time, the sha256sum floor and the
+# ratio CFEngine / trueup. --large N (default 10000) adds trueup's first
+# apply of N files in the one directory, with the CPU ratio to the largest
+# peer size (linear would be N / that size). --peers-only skips the
+# tables above.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -37,8 +54,16 @@ templates=shared
 with_packages=1
 build=1
 keep=0
+peers=0
+peers_only=0
+peer_sizes="100 1000"
+large=10000
 while [ $# -gt 0 ]; do
   case $1 in
+    --peers) peers=1; shift ;;
+    --peers-only) peers=1; peers_only=1; shift ;;
+    --peer-sizes) peer_sizes=$2; shift 2 ;;
+    --large) large=$2; shift 2 ;;
     --sizes) sizes=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     --slow-runs) slow_runs=$2; shift 2 ;;
@@ -46,11 +71,17 @@ while [ $# -gt 0 ]; do
     --no-packages) with_packages=0; shift ;;
     --no-build) build=0; shift ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,47p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench/run.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
 case $templates in shared|distinct) ;; *) echo "--templates shared|distinct" >&2; exit 2 ;; esac
+if [ "$peers_only" = 1 ]; then sizes=""; fi
+if [ "$peers" = 1 ] && ! command -v cf-agent >/dev/null; then
+  echo "installing cfengine3 for --peers (apt-get)..." >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q cfengine3 >&2 ||
+    { echo "--peers needs cf-agent (apt-get install cfengine3, as root)" >&2; exit 1; }
+fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/trueup-bench.XXXXXX")
 pids=()
@@ -192,7 +223,7 @@ done
 
 # --- unchanged-remote poll ---
 poll_row="n/a (git sources not built yet)"
-if "$bin" check --help 2>/dev/null | grep -qi 'git url'; then
+if [ -n "$sizes" ] && "$bin" check --help 2>/dev/null | grep -qi 'git url'; then
   n=$(printf '%s\n' $sizes | sort -n | awk 'NR == 1 || $1 == 1000 { v = $1 } END { print v }')
   d=$work/$n
   log "unchanged-remote poll (N=$n, git daemon)"
@@ -227,6 +258,7 @@ fi
 strip -o "$work/trueup.stripped" "$bin"
 size=$(stat -c %s "$work/trueup.stripped")
 
+if [ "$peers_only" = 0 ]; then
 echo "## Whole process ($(nproc) cores, $(uname -r), template: $templates, $([ "$with_packages" = 1 ] && echo "with" || echo "without") 50 installed packages)"
 echo
 cat "$table"
@@ -244,3 +276,128 @@ else
 fi
 echo
 echo "Stripped binary: $(awk -v v="$size" 'BEGIN { printf "%.2f MiB", v / 1048576 }') ($size bytes)."
+fi
+
+# --- peers: CFEngine side by side ---
+[ "$peers" = 1 ] || exit 0
+pw=$work/peers
+mkdir -p "$pw"
+# One template for both tools: the hostname fact, two run variables (app,
+# port) and the file's own number.
+peer_body() { # HOST APP PORT NUM: the template, in the tool's syntax
+  local host=$1 app=$2 port=$3 num=$4 j
+  printf '# %s: managed on %s\n[service]\nname = %s-%s\nlisten = 0.0.0.0:%s\n' "$num" "$host" "$app" "$num" "$port"
+  for j in $(seq -w 0 15); do
+    printf 'option_%s = value-%s-%s lorem ipsum dolor sit amet\n' "$j" "$num" "$j"
+  done
+}
+peer_trueup_branch() { # DIR N
+  local dir=$1 n=$2
+  rm -rf "$dir" && mkdir -p "$dir"
+  peer_body '{{facts.hostname}}' '{{vars.app}}' '{{vars.port}}' '{{vars.n}}' >"$dir/t.hbs"
+  awk -v n="$n" 'BEGIN {
+    print "vars:\n  app: bench\n  port: 8080\nfiles:"
+    for (i = 0; i < n; i++)
+      printf "  /srv/peers/f%05d.conf: { template: t.hbs, mode: \"0644\", vars: { n: \"%05d\" } }\n", i, i
+  }' >"$dir/trueup.yaml"
+  git -C "$dir" init -q -b hosts/bench
+  git -C "$dir" add -A
+  git -C "$dir" -c user.name=bench -c user.email=bench@invalid commit -q -m bench
+}
+peer_cfengine_policy() { # DIR N ROOT
+  local dir=$1 n=$2 root=$3
+  mkdir -p "$dir"
+  peer_body '{{host}}' '{{app}}' '{{port}}' '{{n}}' >"$dir/t.mustache"
+  cat >"$dir/policy.cf" <<EOF
+body common control { bundlesequence => { "peers" }; }
+body perms peers_mode { mode => "0644"; rxdirs => "false"; }
+body edit_defaults peers_nobackup { edit_backup => "false"; }
+bundle agent peers {
+  vars:
+    "i" slist => { $(seq -f '"%05g"' 0 $((n - 1)) | paste -sd, -) };
+  files:
+    "$root/srv/peers/f\$(i).conf"
+      create => "true",
+      perms => peers_mode,
+      edit_defaults => peers_nobackup,
+      template_method => "mustache",
+      edit_template => "$dir/t.mustache",
+      template_data => parsejson('{ "n": "\$(i)", "app": "bench", "port": "8080", "host": "\$(sys.uqhost)" }');
+}
+EOF
+  chmod 600 "$dir/policy.cf"
+}
+peer_drift() { # ROOT N: a shell line that edits 10 of the files by hand
+  local root=$1 n=$2 step i files=""
+  step=$((n / 10))
+  for ((i = 0; i < n; i += step)); do files="$files '$root/srv/peers/$(printf 'f%05d.conf' "$i")'"; done
+  echo "for f in $files; do printf 'edited by hand\\n' >>\"\$f\"; done"
+}
+mb() { awk -v v="$1" 'BEGIN { printf "%.1f MiB (%.1f MB)", v / 1024, v * 1.024 / 1000 }'; }
+ptable=$work/peers-table
+printf '| files (one directory) | run | trueup time min (median) | trueup CPU | CFEngine time min (median) | CFEngine CPU | CFEngine / trueup (min) | sha256sum floor | trueup / floor |\n' >"$ptable"
+printf '| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n' >>"$ptable"
+prss=$work/peers-rss
+printf '| files | peak RSS trueup (first apply / check / repair) | peak RSS CFEngine (first apply / check / repair) |\n| ---: | --- | --- |\n' >"$prss"
+largest_peer=0
+declare -A first_cpu
+for n in $peer_sizes $large; do
+  d=$pw/$n
+  log "peers N=$n: generating"
+  peer_trueup_branch "$d/branch" "$n"
+  troot=$d/troot tstate=$d/tstate croot=$d/croot
+  tcommon=(--config "$cfg" --source "file://$d/branch" --branch hosts/bench --root "$troot" --state-dir "$tstate")
+  treset="rm -rf '$troot' '$tstate' && mkdir -p '$troot' '$tstate'"
+  log "peers N=$n: trueup first apply"
+  read -r ta_min ta_med ta_rss ta_cpu < <(timed --runs "$slow_runs" --warmup 0 --cpu --prepare "$treset" -- "$bin" apply "${tcommon[@]}")
+  first_cpu[$n]=$ta_cpu
+  (cd "$troot" && find ./srv -type f | sort) >"$d/files"
+  [ "$(wc -l <"$d/files")" = "$n" ] || { echo "peers N=$n: apply wrote $(wc -l <"$d/files") files" >&2; exit 1; }
+  if ! printf '%s\n' $peer_sizes | grep -qx "$n"; then
+    printf '| %s | first apply | %s (%s) | %s | | | | | |\n' "$(thousands "$n")" "$(ms "$ta_min")" "$(ms "$ta_med")" "$(ms "$ta_cpu")" >>"$ptable"
+    printf '| %s | %s / - / - | |\n' "$(thousands "$n")" "$(mb "$ta_rss")" >>"$prss"
+    continue
+  fi
+  largest_peer=$n
+  log "peers N=$n: sha256sum floor"
+  read -r f_min _ _ < <(cd "$troot" && timed --runs "$runs" --warmup 2 --args-file "$d/files" -- sha256sum)
+  log "peers N=$n: trueup no-op check"
+  read -r tc_min tc_med tc_rss tc_cpu < <(timed --runs "$runs" --warmup 2 --cpu -- "$bin" check "${tcommon[@]}")
+  tdrift=$(peer_drift "$troot" "$n")
+  log "peers N=$n: trueup repair of 10"
+  read -r tr_min tr_med tr_rss tr_cpu < <(timed --runs "$runs" --warmup 1 --cpu --prepare "$tdrift" -- "$bin" apply "${tcommon[@]}")
+
+  peer_cfengine_policy "$d/cf" "$n" "$croot"
+  creset="rm -rf '$croot' && mkdir -p '$croot'"
+  cf=(cf-agent -K -f "$d/cf/policy.cf")
+  log "peers N=$n: CFEngine first apply"
+  read -r ca_min ca_med ca_rss ca_cpu < <(timed --runs "$slow_runs" --warmup 1 --cpu --prepare "$creset" -- "${cf[@]}")
+  cmp -s "$croot/srv/peers/f00001.conf" "$troot/srv/peers/f00001.conf" ||
+    log "peers N=$n: note: CFEngine's f00001.conf differs from trueup's"
+  log "peers N=$n: CFEngine no-op run"
+  read -r cc_min cc_med cc_rss cc_cpu < <(timed --runs "$runs" --warmup 1 --cpu -- "${cf[@]}")
+  cdrift=$(peer_drift "$croot" "$n")
+  log "peers N=$n: CFEngine repair of 10"
+  read -r cr_min cr_med cr_rss cr_cpu < <(timed --runs "$runs" --warmup 1 --cpu --prepare "$cdrift" -- "${cf[@]}")
+  prow() { # LABEL T_MIN T_MED T_CPU C_MIN C_MED C_CPU
+    printf '| %s | %s | %s (%s) | %s | %s (%s) | %s | %s | %s | %s |\n' "$(thousands "$n")" "$1" \
+      "$(ms "$2")" "$(ms "$3")" "$(ms "$4")" "$(ms "$5")" "$(ms "$6")" "$(ms "$7")" \
+      "$(ratio "$5" "$2")" "$(ms "$f_min")" "$(ratio "$2" "$f_min")" >>"$ptable"
+  }
+  prow "first apply" "$ta_min" "$ta_med" "$ta_cpu" "$ca_min" "$ca_med" "$ca_cpu"
+  prow "no-op check" "$tc_min" "$tc_med" "$tc_cpu" "$cc_min" "$cc_med" "$cc_cpu"
+  prow "repair 10 drifted" "$tr_min" "$tr_med" "$tr_cpu" "$cr_min" "$cr_med" "$cr_cpu"
+  printf '| %s | %s / %s / %s | %s / %s / %s |\n' "$(thousands "$n")" "$(mb "$ta_rss")" "$(mb "$tc_rss")" "$(mb "$tr_rss")" \
+    "$(mb "$ca_rss")" "$(mb "$cc_rss")" "$(mb "$cr_rss")" >>"$prss"
+done
+
+echo
+echo "## trueup and CFEngine side by side ($(nproc) cores, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg), $(cf-agent --version | head -1))"
+echo
+cat "$ptable"
+echo
+cat "$prss"
+if [ "$largest_peer" != 0 ] && [ -n "${first_cpu[$large]:-}" ]; then
+  echo
+  echo "First apply of $(thousands "$large") files in one directory: $(ms "${first_cpu[$large]}") of CPU, $(ratio "${first_cpu[$large]}" "${first_cpu[$largest_peer]}") the CPU of $(thousands "$largest_peer") files (linear: $((large / largest_peer))×)."
+fi
