@@ -316,7 +316,10 @@ mod tests {
             "files:\n  /etc/a:\n    state: absent\n",
             "files:\n  /etc/a:\n    content: x\ndirectories:\n  /srv: {}\n",
         ] {
-            assert!(CachedState::of(key.clone(), &state(yaml)).is_none(), "{yaml}");
+            assert!(
+                CachedState::of(key.clone(), &state(yaml)).is_none(),
+                "{yaml}"
+            );
         }
         let entry = CachedState::of(key, &state(YAML)).unwrap();
         let json = serde_json::to_string(&entry).unwrap();

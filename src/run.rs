@@ -10,16 +10,16 @@ use tracing::{info, info_span, warn};
 use crate::apply::{self, ApplyOptions};
 use crate::facts::Facts;
 use crate::plan;
+use crate::render_cache::{self, CachedState};
 use crate::report::{Mode, RunReport, RunStatus, SourceInfo};
 use crate::resource::Backends;
+use crate::resource::Kind;
 use crate::resource::accounts;
 use crate::resource::command;
 use crate::resource::package::{self, PackageSettings};
 use crate::resource::service::systemctl::Systemctl;
 use crate::resource::user::ShadowUtils;
 use crate::source::Tree;
-use crate::render_cache::{self, CachedState};
-use crate::resource::Kind;
 use crate::spec;
 
 /// How a run is carried out.
@@ -92,9 +92,10 @@ pub fn run_with_state(
     };
     // The same commit as the last run, checked against its cached
     // digests: in sync without parsing or rendering anything.
-    let cache_key = source.commit.as_deref().map(|c| {
-        render_cache::CacheKey::new(c, facts, &opts.root, &opts.allowed_paths)
-    });
+    let cache_key = source
+        .commit
+        .as_deref()
+        .map(|c| render_cache::CacheKey::new(c, facts, &opts.root, &opts.allowed_paths));
     let cached = cache_key.as_ref().map(|k| cached_in_sync(k, opts));
     if let Some(CacheLookup::InSync(hit)) = cached {
         let outcomes = hit
@@ -226,7 +227,10 @@ enum CacheLookup {
 fn cached_in_sync(key: &render_cache::CacheKey, opts: &RunOptions) -> CacheLookup {
     match CachedState::load(&opts.state_dir, key) {
         Ok(entry) if entry.in_sync(&opts.root) => {
-            info!(files = entry.files.len(), "in sync with the cached rendered state of this commit");
+            info!(
+                files = entry.files.len(),
+                "in sync with the cached rendered state of this commit"
+            );
             CacheLookup::InSync(entry)
         }
         Ok(_) => CacheLookup::Differs,

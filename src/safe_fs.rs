@@ -926,14 +926,23 @@ mod tests {
         }
         let etc = root.path().join("etc");
         // Staged: the old content is still in place, the new one beside it.
-        assert_eq!(std::fs::read_to_string(etc.join("a.conf")).unwrap(), "old a");
+        assert_eq!(
+            std::fs::read_to_string(etc.join("a.conf")).unwrap(),
+            "old a"
+        );
         assert!(!etc.join("b.conf").exists());
         assert_eq!(std::fs::read_dir(&etc).unwrap().count(), 3);
         let results = batch.commit();
         assert_eq!(results.len(), 2);
         assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
-        assert_eq!(std::fs::read_to_string(etc.join("a.conf")).unwrap(), "new a");
-        assert_eq!(std::fs::read_to_string(etc.join("b.conf")).unwrap(), "new b");
+        assert_eq!(
+            std::fs::read_to_string(etc.join("a.conf")).unwrap(),
+            "new a"
+        );
+        assert_eq!(
+            std::fs::read_to_string(etc.join("b.conf")).unwrap(),
+            "new b"
+        );
         let st = Entry::open(root.path(), Path::new("/etc/b.conf"), false)
             .unwrap()
             .unwrap()

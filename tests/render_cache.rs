@@ -54,15 +54,25 @@ fn a_check_of_the_same_commit_uses_the_cache_and_a_bad_entry_is_never_believed()
     let run = host.apply(&url);
     assert_eq!(run.code, 0, "{}", run.all());
     assert_eq!(run.json()["status"], "converged");
-    assert_eq!(host.read("/etc/app/conf-10").unwrap(), "n=10 port=80 on web1\n");
+    assert_eq!(
+        host.read("/etc/app/conf-10").unwrap(),
+        "n=10 port=80 on web1\n"
+    );
     let good = std::fs::read_to_string(entry_path(&host)).unwrap();
-    assert!(!good.contains("port=80"), "digests only, never content: {good}");
+    assert!(
+        !good.contains("port=80"),
+        "digests only, never content: {good}"
+    );
     assert!(!good.contains("hello web1"), "{good}");
 
     // Same commit, host unchanged: answered from the cache.
     let run = logged(&host, &url, &["check", "--format", "json"]);
     assert_eq!(run.code, 0, "{}", run.all());
-    assert!(run.stderr.contains("cached rendered state"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("cached rendered state"),
+        "{}",
+        run.stderr
+    );
     let report = run.json();
     assert_eq!(report["status"], "in_sync");
     assert_eq!(report["summary"]["resources"], 3);
@@ -73,7 +83,11 @@ fn a_check_of_the_same_commit_uses_the_cache_and_a_bad_entry_is_never_believed()
     std::fs::write(host.path("/etc/motd"), "edited by hand\n").unwrap();
     let run = logged(&host, &url, &["check", "--format", "json"]);
     assert_eq!(run.code, 2, "{}", run.all());
-    assert!(!run.stderr.contains("cached rendered state"), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("cached rendered state"),
+        "{}",
+        run.stderr
+    );
 
     // A corrupted entry that claims the hand-edited motd is what the
     // commit wants (its own digest no longer matches): ignored.
@@ -92,7 +106,11 @@ fn a_check_of_the_same_commit_uses_the_cache_and_a_bad_entry_is_never_believed()
     std::fs::write(entry_path(&host), serde_json::to_vec(&lying).unwrap()).unwrap();
     let run = logged(&host, &url, &["check", "--format", "json"]);
     assert_eq!(run.code, 2, "a corrupted entry hid drift: {}", run.all());
-    assert!(run.stderr.contains("ignoring the render cache"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("ignoring the render cache"),
+        "{}",
+        run.stderr
+    );
 
     // A well-formed entry of another trueup version making the same claim:
     // foreign, ignored; the apply repairs from the commit itself.
@@ -102,7 +120,11 @@ fn a_check_of_the_same_commit_uses_the_cache_and_a_bad_entry_is_never_believed()
     std::fs::write(entry_path(&host), serde_json::to_vec(&foreign).unwrap()).unwrap();
     let run = logged(&host, &url, &["apply", "--format", "json"]);
     assert_eq!(run.code, 0, "{}", run.all());
-    assert!(run.stderr.contains("ignoring the render cache"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("ignoring the render cache"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(run.json()["summary"]["changed"], 1, "{}", run.stdout);
     assert_eq!(host.read("/etc/motd").unwrap(), "hello web1\n");
 
@@ -110,13 +132,21 @@ fn a_check_of_the_same_commit_uses_the_cache_and_a_bad_entry_is_never_believed()
     assert_eq!(std::fs::read_to_string(entry_path(&host)).unwrap(), good);
     let run = logged(&host, &url, &["check"]);
     assert_eq!(run.code, 0, "{}", run.all());
-    assert!(run.stderr.contains("cached rendered state"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("cached rendered state"),
+        "{}",
+        run.stderr
+    );
 
     // Garbage: ignored, the check renders and answers in sync.
     std::fs::write(entry_path(&host), b"{\"format\": 1, \"key\": ").unwrap();
     let run = logged(&host, &url, &["check"]);
     assert_eq!(run.code, 0, "{}", run.all());
-    assert!(run.stderr.contains("ignoring the render cache"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("ignoring the render cache"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(std::fs::read_to_string(entry_path(&host)).unwrap(), good);
 }
 
@@ -140,5 +170,9 @@ fn a_directory_source_renders_every_time() {
     assert!(!entry_path(&host).exists(), "no commit, no cache entry");
     let run = logged(&host, dir, &["check"]);
     assert_eq!(run.code, 0, "{}", run.all());
-    assert!(!run.stderr.contains("cached rendered state"), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("cached rendered state"),
+        "{}",
+        run.stderr
+    );
 }

@@ -925,7 +925,10 @@ impl Builder<'_> {
     ) -> Option<FileContent> {
         let f = loc.file.clone();
         if let Some(text) = &raw.content {
-            return match self.renderer.render_inline_with_vars(&text.value, &vars.value) {
+            return match self
+                .renderer
+                .render_inline_with_vars(&text.value, &vars.value)
+            {
                 Ok(out) => {
                     let used = self.renderer.inline_secret_use();
                     let c = FileContent {
@@ -936,7 +939,8 @@ impl Builder<'_> {
                     Some(self.with_secret_use(c, used))
                 }
                 Err(fail) => {
-                    self.errors.push(at(&f, text, Some(id), format!("content: template {fail}")));
+                    self.errors
+                        .push(at(&f, text, Some(id), format!("content: template {fail}")));
                     None
                 }
             };
@@ -963,7 +967,12 @@ impl Builder<'_> {
             let bytes = match self.tree.read(&path) {
                 Ok(b) => b,
                 Err(TreeError::NotFound(..)) => {
-                    self.error_at(loc, spanned, id, format!("template '{path}' does not exist"));
+                    self.error_at(
+                        loc,
+                        spanned,
+                        id,
+                        format!("template '{path}' does not exist"),
+                    );
                     return None;
                 }
                 Err(e) => {

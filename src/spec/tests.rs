@@ -505,8 +505,15 @@ fn per_file_vars_render_one_template_into_different_files() {
     ])
     .unwrap();
     let text = |p: &str| {
-        String::from_utf8(state.files[Path::new(p)].content.as_ref().unwrap().bytes.to_vec())
-            .unwrap()
+        String::from_utf8(
+            state.files[Path::new(p)]
+                .content
+                .as_ref()
+                .unwrap()
+                .bytes
+                .to_vec(),
+        )
+        .unwrap()
     };
     assert_eq!(text("/etc/a.conf"), "a:8080 on web1\n");
     assert_eq!(text("/etc/b.conf"), "b:9 on web1\n");
