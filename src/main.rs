@@ -288,7 +288,7 @@ fn main() -> ExitCode {
         Command::Enable => commands::enable(&common),
         Command::Fleet {
             command: FleetCommand::Status,
-        } => commands::fleet_status(&common),
+        } => commands::fleet_status(&common, cli.reports.as_deref()),
         Command::Fleet {
             command: FleetCommand::Promote(p),
         } => commands::fleet_promote(&common, cli.reports.as_deref(), &p.options()),

@@ -334,11 +334,22 @@ fn heartbeat_writes_a_note_when_nothing_changed() {
     repo.commit_and_push(BRANCH, &files(&motd_branch("one")), "one");
     host.configure("report:\n  heartbeat: 0s\n");
     assert_eq!(host.apply(&url).code, 0);
+    let latest = "refs/notes/trueup-latest/web1";
+    let first = repo.remote_refs().into_iter().find(|(r, _)| r == latest);
+    assert!(first.is_some(), "no latest-note ref");
     assert_eq!(host.apply(&url).code, 0);
-    assert_eq!(notes_commits(&repo.bare, &host.notes_ref()), 2);
+    // The heartbeat replaced the latest note and added nothing to history.
+    let second = repo.remote_refs().into_iter().find(|(r, _)| r == latest);
+    assert_ne!(first, second, "the heartbeat was not written");
+    assert_eq!(notes_commits(&repo.bare, &host.notes_ref()), 1);
+    assert_eq!(notes_commits(&repo.bare, latest), 1);
     host.configure("report:\n  notes: false\n");
     assert_eq!(host.apply(&url).code, 0);
-    assert_eq!(notes_commits(&repo.bare, &host.notes_ref()), 2);
+    assert_eq!(notes_commits(&repo.bare, &host.notes_ref()), 1);
+    assert_eq!(
+        repo.remote_refs().into_iter().find(|(r, _)| r == latest),
+        second
+    );
 }
 
 #[test]
@@ -439,6 +450,7 @@ fn fleet_status_shows_three_hosts_in_three_states() {
         "{}",
         run.stdout
     );
-    // Reading the fleet changed nothing on the remote.
-    assert_eq!(repo.remote_refs().len(), 6, "{:?}", repo.remote_refs());
+    // Reading the fleet changed nothing on the remote: three branches, and
+    // each host's history and latest-note refs.
+    assert_eq!(repo.remote_refs().len(), 9, "{:?}", repo.remote_refs());
 }

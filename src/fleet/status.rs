@@ -1,19 +1,20 @@
 //! `trueup fleet status`: every host's latest note, read from the
-//! repository alone. Lists the remote's refs (branch tips), fetches only
-//! `refs/notes/trueup/*` into a throwaway bare repository, and reads the
-//! note each host wrote last. Changes nothing anywhere.
+//! repository alone (the reports repository when there is one). The tips
+//! reader ([`super::tips::read_tips`]) lists the branch tips and fetches
+//! only the tip of each host's notes refs, shallow, into a throwaway bare
+//! repository. Changes nothing anywhere.
 
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use git2::{Delta, Oid, Repository};
+use git2::Oid;
 use serde::Serialize;
 
 use crate::config::Auth;
-use crate::report::notes::{NOTES_PREFIX, parse_note};
+use crate::report::notes::parse_note;
 use crate::report::{Mode, RunReport, RunStatus};
 use crate::source::remote::RemoteUrl;
-use crate::source::transport::{Connector, SourceError};
+use crate::source::transport::SourceError;
 
 /// One host as its latest note tells.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -54,65 +55,12 @@ pub fn fleet_status(
     auth: &Auth,
     now: SystemTime,
 ) -> Result<Vec<HostRow>, SourceError> {
-    let tmp = tempfile::tempdir().map_err(|e| SourceError::Cache {
-        path: "(temporary directory)".into(),
-        detail: e.to_string(),
-    })?;
-    let cache_err = |e: git2::Error| SourceError::Cache {
-        path: tmp.path().display().to_string(),
-        detail: e.message().to_string(),
-    };
-    let repo = Repository::init_bare(tmp.path()).map_err(cache_err)?;
-    let conn = Connector::new(remote, auth)?;
-    let refs = conn.list_refs(&repo)?;
-    let heads: HashMap<String, Oid> = refs
-        .iter()
-        .filter_map(|(n, o)| Some((n.strip_prefix("refs/heads/")?.to_string(), *o)))
-        .collect();
-    let mut notes: Vec<&str> = refs
-        .iter()
-        .map(|(n, _)| n.as_str())
-        .filter(|n| n.starts_with(NOTES_PREFIX))
-        .collect();
-    notes.sort();
-    notes.dedup();
-    if notes.is_empty() {
-        return Ok(vec![]);
-    }
-    conn.fetch(&repo, &[&format!("+{NOTES_PREFIX}*:{NOTES_PREFIX}*")])?;
-    let mut rows = Vec::new();
-    for reference in notes {
-        let host = reference.trim_start_matches(NOTES_PREFIX).to_string();
-        let latest = latest_note(&repo, reference).map_err(|e| e.message().to_string());
-        rows.push(row(&host, reference, latest, &heads, now));
-    }
-    Ok(rows)
-}
-
-/// The text of the note most recently written under `reference`: the one
-/// the tip notes commit added or changed (the latest-started run if it
-/// touched several).
-fn latest_note(repo: &Repository, reference: &str) -> Result<Option<String>, git2::Error> {
-    let tip = repo.find_reference(reference)?.peel_to_commit()?;
-    let tree = tip.tree()?;
-    let parent_tree = tip.parent(0).ok().map(|p| p.tree()).transpose()?;
-    let diff = repo.diff_tree_to_tree(parent_tree.as_ref(), Some(&tree), None)?;
-    let mut texts: Vec<String> = diff
-        .deltas()
-        .filter(|d| matches!(d.status(), Delta::Added | Delta::Modified))
-        .filter_map(|d| repo.find_blob(d.new_file().id()).ok())
-        .map(|b| String::from_utf8_lossy(b.content()).into_owned())
-        .collect();
-    if texts.is_empty() {
-        texts = repo
-            .notes(Some(reference))?
-            .filter_map(Result::ok)
-            .filter_map(|(note, _)| repo.find_blob(note).ok())
-            .map(|b| String::from_utf8_lossy(b.content()).into_owned())
-            .collect();
-    }
-    let started = |t: &String| parse_note(t).map(|(_, r)| r.started_at).unwrap_or_default();
-    Ok(texts.into_iter().max_by_key(started))
+    let tips = super::tips::read_tips(remote, auth, false)?;
+    Ok(tips
+        .hosts
+        .into_iter()
+        .map(|h| row(&h.host, &h.notes_ref, h.latest, &tips.heads, now))
+        .collect())
 }
 
 /// One table row from a host's latest note and the branch tips.

@@ -707,4 +707,37 @@ mod tests {
             tip_tree.len()
         );
     }
+
+    #[test]
+    fn the_lateral_movement_warning() {
+        use crate::config::Settings;
+        let mut s = Settings {
+            repo: Some("ssh://git@git.example.com/fleet.git".into()),
+            ..Settings::default()
+        };
+        let w = lateral_movement_warning(&s).expect("ssh credentials, no trust");
+        assert!(w.contains("SECURITY.md") && w.contains("report.repo"), "{w}");
+        s.report.repo = Some("ssh://git@git.example.com/reports.git".into());
+        assert_eq!(lateral_movement_warning(&s), None);
+        s.report.repo = None;
+        s.trust.allowed_signers = Some("/etc/trueup/allowed_signers".into());
+        assert_eq!(lateral_movement_warning(&s), None);
+        s.trust.allowed_signers = None;
+        s.report.notes = false;
+        assert_eq!(lateral_movement_warning(&s), None);
+        s.report.notes = true;
+        s.repo = Some("git://git.example.com/fleet.git".into());
+        assert_eq!(lateral_movement_warning(&s), None, "no credentials");
+        s.auth.token_file = Some("/etc/trueup/token".into());
+        assert!(lateral_movement_warning(&s).is_some());
+        // Where notes go: the reports repository with its own credentials.
+        let fleet = RemoteUrl::parse("git://git.example.com/fleet.git").unwrap();
+        let (url, auth) = reports_remote(&s, &fleet).unwrap();
+        assert_eq!(url, fleet);
+        assert_eq!(auth, s.auth);
+        s.report.repo = Some("https://git.example.com/reports.git".into());
+        let (url, auth) = reports_remote(&s, &fleet).unwrap();
+        assert_eq!(url.redacted(), "https://git.example.com/reports.git");
+        assert_eq!(auth, s.report.auth);
+    }
 }

@@ -55,9 +55,11 @@ pub fn poll_branch(
     branch: &str,
     tracking: &str,
 ) -> Result<Polled, PollError> {
-    let err =
-        |what: &str, e: &dyn std::fmt::Display| PollError(remote.scrub(&format!("{what}: {e}")));
-    let repo = open(cache, remote, auth).map_err(|e| err("opening the cache with gix", &e))?;
+    let err = |what: &str, e: &dyn std::error::Error| {
+        PollError(remote.scrub(&format!("{what}: {}", chain(e))))
+    };
+    let repo = open(cache, remote, auth)
+        .map_err(|e| PollError(format!("opening the cache with gix: {e}")))?;
     let head = format!("refs/heads/{branch}");
     let refspec = format!("+{head}:{tracking}");
     let url = gix::url::parse(remote.for_libgit2()).map_err(|e| err("the URL", &e))?;
@@ -92,6 +94,21 @@ pub fn poll_branch(
         fetched,
         protocol,
     })
+}
+
+/// An error and every cause under it, on one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Answers gix's credential requests from the agent's files only: never a

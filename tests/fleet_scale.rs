@@ -1,0 +1,247 @@
+//! Fleet scale (issue 15) through the real binary against real Git servers
+//! on loopback: notes go to a reports repository and never to the fleet
+//! repository, fleet status reads them from there, a server without
+//! protocol v2 still serves the poll, and the notes history keeps every
+//! change while heartbeats stay off it.
+
+mod common;
+mod gitsupport;
+
+use common::gitserver::{GitDaemon, TestRepo, git};
+use gitsupport::*;
+use tempfile::TempDir;
+
+const BRANCH: &str = "hosts/web1";
+
+/// Makes `repo` refuse every push, and leave a mark when one is tried.
+fn refuse_pushes(repo: &TestRepo) -> std::path::PathBuf {
+    let mark = repo.bare.join("push-attempted");
+    let hook = repo.bare.join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\ncat >> '{}'\necho 'this repository is read-only for hosts' >&2\nexit 1\n",
+            mark.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    mark
+}
+
+#[test]
+fn notes_go_to_the_reports_repository_and_never_to_the_fleet_repository() {
+    let tmp = TempDir::new().unwrap();
+    let fleet = TestRepo::create(tmp.path(), "fleet");
+    let reports = TestRepo::create(tmp.path(), "reports");
+    let daemon = GitDaemon::start(tmp.path());
+    let fleet_url = daemon.url(&fleet.rel());
+    let reports_url = daemon.url(&reports.rel());
+    let c1 = fleet.commit_and_push(BRANCH, &files(&motd_branch("one")), "one");
+    // From here on the fleet repository takes no push from anyone.
+    let attempted = refuse_pushes(&fleet);
+
+    let host = GitHost::new("web1");
+    host.configure(&format!("report:\n  repo: {reports_url}\n"));
+    let run = host.apply(&fleet_url);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.json()["status"], "converged");
+    assert_eq!(host.state_json()["last_note"]["unpushed"], false, "{}", run.stderr);
+    // A change on the branch: another note, again to the reports repository.
+    // (The hook refuses pushes from hosts; the test's own push goes
+    // around it.)
+    let hook = fleet.bare.join("hooks/pre-receive");
+    std::fs::rename(&hook, tmp.path().join("hook")).unwrap();
+    let c2 = fleet.commit_and_push(BRANCH, &files(&motd_branch("two")), "two");
+    std::fs::rename(tmp.path().join("hook"), &hook).unwrap();
+    let run = host.apply(&fleet_url);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.json()["source"]["commit"], c2.as_str());
+
+    assert!(
+        !attempted.exists(),
+        "the agent tried to push to the fleet repository"
+    );
+    let fleet_refs: Vec<String> = fleet.remote_refs().into_iter().map(|(r, _)| r).collect();
+    assert_eq!(fleet_refs, vec![format!("refs/heads/{BRANCH}")]);
+    let report_refs: Vec<String> = reports.remote_refs().into_iter().map(|(r, _)| r).collect();
+    assert_eq!(
+        report_refs,
+        vec![
+            "refs/notes/trueup-latest/web1".to_string(),
+            "refs/notes/trueup/web1".to_string()
+        ]
+    );
+    for c in [&c1, &c2] {
+        let note = reports.note(&host.notes_ref(), c).expect("note in reports");
+        assert!(note.contains(&c[..12]), "{note}");
+    }
+
+    // fleet status reads the reports repository when told to...
+    let viewer = GitHost::new("viewer");
+    let run = viewer.run(
+        &fleet_url,
+        &["fleet", "status", "--format", "json", "--reports", &reports_url],
+    );
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let out = run.json();
+    let hosts = out["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 1, "{out}");
+    assert_eq!(hosts[0]["host"], "web1");
+    assert_eq!(hosts[0]["applied"], c2.as_str());
+    assert_eq!(hosts[0]["status"], "converged");
+    // ...and the fleet repository holds no note at all.
+    let run = viewer.run(&fleet_url, &["fleet", "status", "--format", "json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.json()["hosts"].as_array().unwrap().len(), 0);
+}
+
+/// A git:// proxy that makes `git daemon` an old, v0-only server: it drops
+/// the extra parameters (`version=2`) from each request line, so the daemon
+/// never hears that the client speaks v2, and answers with its v0 ref
+/// advertisement. Returns the port.
+fn v0_only_proxy(target: u16) -> u16 {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            std::thread::spawn(move || {
+                let mut server = TcpStream::connect(("127.0.0.1", target)).unwrap();
+                let mut len = [0u8; 4];
+                client.read_exact(&mut len).unwrap();
+                let n = usize::from_str_radix(std::str::from_utf8(&len).unwrap(), 16).unwrap();
+                let mut line = vec![0u8; n - 4];
+                client.read_exact(&mut line).unwrap();
+                // "git-upload-pack /x.git\0host=h:p\0" then "\0version=2\0".
+                if let Some(pos) = line.windows(2).position(|w| w == b"\0\0") {
+                    line.truncate(pos + 1);
+                }
+                server
+                    .write_all(format!("{:04x}", line.len() + 4).as_bytes())
+                    .unwrap();
+                server.write_all(&line).unwrap();
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let up = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c2, &mut s2);
+                    let _ = s2.shutdown(Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut server, &mut client);
+                let _ = client.shutdown(Shutdown::Write);
+                let _ = up.join();
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_server_without_protocol_v2_still_serves_the_poll() {
+    let tmp = TempDir::new().unwrap();
+    let repo = TestRepo::create(tmp.path(), "fleet");
+    let daemon = GitDaemon::start(tmp.path());
+    let port = v0_only_proxy(daemon.port());
+    let url = format!("git://127.0.0.1:{port}/{}", repo.rel());
+    let host = GitHost::new("web1");
+    let c1 = repo.commit_and_push(BRANCH, &files(&motd_branch("one")), "one");
+    let poll = |expect: &str| {
+        let out = host
+            .command(&url, &["apply", "--format", "json"])
+            .env("TRUEUP_LOG", "trueup=debug")
+            .output()
+            .unwrap();
+        let run = Run::from(out);
+        assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+        assert_eq!(run.json()["source"]["commit"], expect);
+        assert!(
+            !run.stderr.contains("polling again with libgit2"),
+            "the v2 client did not cope with a v0 server:\n{}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains("protocol=0") || run.stderr.contains("protocol=1"),
+            "the server was expected to speak v0/v1:\n{}",
+            run.stderr
+        );
+        run
+    };
+    let run = poll(&c1);
+    assert!(run.stderr.contains("fetched"), "{}", run.stderr);
+    let before = daemon.packs_served();
+    let run = poll(&c1);
+    assert!(run.stderr.contains("remote tip unchanged"), "{}", run.stderr);
+    assert_eq!(daemon.packs_served(), before, "an unchanged poll fetched a pack");
+    let c2 = repo.commit_and_push(BRANCH, &files(&motd_branch("two")), "two");
+    poll(&c2);
+    assert_eq!(host.read("/etc/motd").as_deref(), Some("two\n"));
+    // The same server with protocol v2 allowed: the poll says so.
+    let direct = daemon.url(&repo.rel());
+    let out = host
+        .command(&direct, &["apply", "--format", "json"])
+        .env("TRUEUP_LOG", "trueup=debug")
+        .output()
+        .unwrap();
+    let run = Run::from(out);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("protocol=2"), "{}", run.stderr);
+}
+
+#[test]
+fn heartbeats_replace_the_latest_note_and_changes_stay_in_history() {
+    let tmp = TempDir::new().unwrap();
+    let repo = TestRepo::create(tmp.path(), "fleet");
+    let daemon = GitDaemon::start(tmp.path());
+    let url = daemon.url(&repo.rel());
+    let host = GitHost::new("web1");
+    host.configure("report:\n  heartbeat: 0s\n");
+    let mut changes = Vec::new();
+    for round in 0..3 {
+        let c = repo.commit_and_push(
+            BRANCH,
+            &files(&motd_branch(&format!("round {round}"))),
+            "change",
+        );
+        changes.push(c);
+        // One change, then heartbeats on the same commit.
+        for _ in 0..3 {
+            let run = host.apply(&url);
+            assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+        }
+    }
+    // Three changes: three history commits, each naming its commit.
+    let log = git(
+        &repo.bare,
+        &["log", "--format=%s", &host.notes_ref()],
+    );
+    let subjects: Vec<&str> = log.lines().collect();
+    assert_eq!(subjects.len(), 3, "{log}");
+    for (subject, c) in subjects.iter().rev().zip(&changes) {
+        assert_eq!(*subject, format!("Note on {c}"));
+    }
+    // The latest ref: one commit, no parent, on the last change.
+    let latest = "refs/notes/trueup-latest/web1";
+    let count = git(&repo.bare, &["rev-list", "--count", latest]);
+    assert_eq!(count.trim(), "1");
+    let last = changes.last().unwrap();
+    let note = git(
+        &repo.bare,
+        &["notes", "--ref", "trueup-latest/web1", "show", last],
+    );
+    assert!(note.contains("in sync"), "{note}");
+    let heartbeat_time = |n: &str| {
+        let (_, r) = split_note(&format!("{n}\n"));
+        r["started_at"].as_str().unwrap().to_string()
+    };
+    let first = heartbeat_time(&note);
+    assert_eq!(host.apply(&url).code, 0);
+    let note = git(
+        &repo.bare,
+        &["notes", "--ref", "trueup-latest/web1", "show", last],
+    );
+    assert!(heartbeat_time(&note) >= first);
+    assert_eq!(git(&repo.bare, &["rev-list", "--count", latest]).trim(), "1");
+    assert_eq!(notes_commits(&repo.bare, &host.notes_ref()), 3);
+}
