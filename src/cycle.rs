@@ -146,7 +146,7 @@ fn git_cycle(
     };
 
     control.phase(Phase::Fetching);
-    let cache = match GitCache::open(&settings.state_dir) {
+    let mut cache = match GitCache::open(&settings.state_dir) {
         Ok(c) => c,
         Err(e) => return early(&info, RunStatus::Error, e.to_string()),
     };
@@ -197,12 +197,30 @@ fn git_cycle(
             };
             let hex = commit.to_string();
             let describe = format!("commit {} of {} ({branch})", &hex[..12], url);
-            match cache.tree(commit, describe) {
+            match cache.tree(commit, describe.clone()) {
                 Err(e) => early(&info, RunStatus::Error, e.to_string()),
                 Ok(tree) => {
                     control.phase(Phase::Converging);
-                    let (r, d) =
-                        run_with_state(&tree, info, facts, run_opts, &|| control.should_stop());
+                    let (mut r, mut d) = run_with_state(&tree, info.clone(), facts, run_opts, &|| {
+                        control.should_stop()
+                    });
+                    // A cache that lost objects never heals by itself (the
+                    // tip did not move, nothing fetches): rebuild, run again.
+                    if tree.missing_objects() && !opts.offline {
+                        drop(tree);
+                        let rebuilt = cache
+                            .rebuild()
+                            .and_then(|()| cache.update(url, &settings.auth, &branch))
+                            .and_then(|_| cache.tree(commit, describe));
+                        match rebuilt {
+                            Ok(tree) => {
+                                (r, d) = run_with_state(&tree, info, facts, run_opts, &|| {
+                                    control.should_stop()
+                                });
+                            }
+                            Err(e) => r.errors.push(format!("rebuilding the Git cache: {e}")),
+                        }
+                    }
                     desired = d;
                     r
                 }

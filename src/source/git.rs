@@ -183,6 +183,21 @@ impl GitCache {
     pub fn tree(&self, commit: Oid, describe: String) -> Result<GitTree, SourceError> {
         GitTree::open(&self.path, commit, describe)
     }
+
+    /// Throws the cache away and starts an empty one, for a cache that has
+    /// lost objects (a disk fault, an interrupted write): with the remote tip
+    /// unchanged nothing would ever fetch them again. Notes not yet pushed
+    /// go with it; the next run writes its own.
+    pub fn rebuild(&mut self) -> Result<(), SourceError> {
+        warn!(path = %self.path.display(), "the Git cache lost objects; rebuilding it from the remote");
+        std::fs::remove_dir_all(&self.path).map_err(|e| SourceError::Cache {
+            path: self.path.display().to_string(),
+            detail: format!("removing the damaged cache: {e}"),
+        })?;
+        let state_dir = self.path.parent().unwrap_or(Path::new("/")).to_path_buf();
+        *self = GitCache::open(&state_dir)?;
+        Ok(())
+    }
 }
 
 /// Where the cache keeps the remote's tip of `branch`.
@@ -201,6 +216,8 @@ pub struct GitTree {
     repo: Mutex<Repository>,
     tree: Oid,
     describe: String,
+    /// Set when a read met an object the tree names but the cache lacks.
+    missing: std::sync::atomic::AtomicBool,
 }
 
 impl GitTree {
@@ -220,7 +237,14 @@ impl GitTree {
             repo: Mutex::new(repo),
             tree,
             describe,
+            missing: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Whether a read found an object missing from the cache: the cache is
+    /// damaged, not the branch.
+    pub fn missing_objects(&self) -> bool {
+        self.missing.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -230,7 +254,13 @@ const MODE_SUBMODULE: i32 = 0o160000;
 
 impl Tree for GitTree {
     fn read(&self, path: &RepoPath) -> Result<Vec<u8>, TreeError> {
-        let io = |e: git2::Error| TreeError::Io(path.clone(), e.message().to_string());
+        let io = |e: git2::Error| {
+            if e.code() == git2::ErrorCode::NotFound {
+                self.missing
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            TreeError::Io(path.clone(), e.message().to_string())
+        };
         let repo = self.repo.lock().unwrap_or_else(|p| p.into_inner());
         let mut tree = repo.find_tree(self.tree).map_err(io)?;
         let parts: Vec<&str> = path.components().collect();
