@@ -163,10 +163,10 @@ def make_note(trueup, work):
 class Host:
     """One simulated host: own facts, state directory (cache) and root."""
 
-    def __init__(self, trueup, base, name, config=""):
+    def __init__(self, trueup, base, name, config="", group="hosts"):
         self.trueup = trueup
         self.name = name
-        self.dir = os.path.join(base, "hosts", name)
+        self.dir = os.path.join(base, group, name)
         os.makedirs(os.path.join(self.dir, "root"), exist_ok=True)
         os.makedirs(os.path.join(self.dir, "state"), exist_ok=True)
         with open(os.path.join(self.dir, "facts.yaml"), "w") as f:
@@ -191,7 +191,7 @@ class Host:
         ]
         r = subprocess.run(cmd, capture_output=True, env=clean_env())
         if r.returncode not in (0, 2):
-            sys.exit(f"{' '.join(cmd)}: exit {r.returncode}\n{r.stderr.decode(errors='replace')}")
+            sys.exit(f"{' '.join(cmd)}: exit {r.returncode}\n{r.stderr.decode(errors='replace')}\n{r.stdout.decode(errors='replace')[-2000:]}")
         return r
 
 
@@ -276,7 +276,11 @@ def start_https(work, base):
     access = os.path.join(d, "access.log")
     conf = os.path.join(d, "nginx.conf")
     with open(conf, "w") as f:
+        # As root, nginx's workers would run as nobody and could not reach
+        # the fcgiwrap socket in this private temporary directory.
+        user = "user root;" if os.geteuid() == 0 else ""
         f.write(f"""
+{user}
 daemon off;
 worker_processes 1;
 pid {d}/nginx.pid;
@@ -390,6 +394,11 @@ def main():
             t0 = time.time()
             bare, src, base_commit, refs = build_fleet(work, n, note)
             print(f"\n## N = {n} hosts: {refs} refs (built in {time.time() - t0:.1f}s)", flush=True)
+            # The reports repository: the notes refs only (2N refs).
+            rep_all = os.path.join(work, "reports.git")
+            sh("git", "init", "-q", "--bare", rep_all)
+            sh("git", "config", "http.receivepack", "true", cwd=rep_all)
+            sh("git", "push", "-q", rep_all, "refs/notes/*:refs/notes/*", cwd=bare)
             daemon, dport = start_daemon(work, work)
             procs.append(daemon)
             ng, fcgi, hport, ca, access = start_https(work, work)
@@ -403,7 +412,8 @@ def main():
             }
             m = min(args.clients, n)
             for scheme, (url, proxy, pid, acc, auth) in urls.items():
-                hosts = [Host(trueup, work, f"host-{i:05d}", auth + "report:\n  notes: false\n")
+                group = scheme.strip(":/")
+                hosts = [Host(trueup, work, f"host-{i:05d}", auth + "report:\n  notes: false\n", group)
                          for i in range(1, m + 1)]
                 first = measure(f"{scheme} first apply (empty cache)", proxy, pid, hosts,
                                 lambda h: h.run(url, "apply"), 1, acc)
@@ -424,9 +434,15 @@ def main():
                 # generated history; the second is the steady state.
                 for h in hosts:
                     h.run(url, "check")
-                push = measure(f"{scheme} poll + heartbeat notes push", proxy, pid, hosts,
-                               lambda h: h.run(url, "check"), 1, acc)
-                for row in (first, polls, changed, push):
+                push = measure(f"{scheme} poll + heartbeat push to the fleet repository ({refs} refs)",
+                               proxy, pid, hosts, lambda h: h.run(url, "check"), 1, acc)
+                reports_url = url.replace("/fleet.git", "/reports.git")
+                for h in hosts:
+                    h.configure(auth + f"report:\n  heartbeat: 0s\n  repo: {reports_url}\n")
+                    h.run(url, "check")
+                rpush = measure(f"{scheme} poll + heartbeat push to a reports repository ({2 * n} refs)",
+                                proxy, pid, hosts, lambda h: h.run(url, "check"), 1, acc)
+                for row in (first, polls, changed, push, rpush):
                     row["n"] = n
                     row["refs"] = refs
                     results.append(row)
@@ -466,10 +482,10 @@ def main():
                 print(f"- {scheme} fleet status: {hosts_seen} hosts in {wall:.2f}s, "
                       f"{(b1 - b0) / 1e6:.2f} MB on the wire, peak RSS {rss:.0f} MiB", flush=True)
             # A simulated day of one host against a reports repository.
-            rep = os.path.join(work, "reports.git")
+            rep = os.path.join(work, "day-reports.git")
             sh("git", "init", "-q", "--bare", rep)
             day_host = Host(trueup, work, "host-00001", "report:\n  heartbeat: 0s\n"
-                            f"  repo: git://127.0.0.1:{dport}/reports.git\n")
+                            f"  repo: git://127.0.0.1:{dport}/day-reports.git\n", "day")
             day_url = f"git://127.0.0.1:{dport}/fleet.git"
             day_host.run(day_url, "apply")
             size0 = repo_size(rep)
