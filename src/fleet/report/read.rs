@@ -38,10 +38,23 @@ pub fn read_fleet(remote: &RemoteUrl, auth: &Auth) -> Result<FleetNotes, SourceE
         path: dir.path().display().to_string(),
         detail: e.message().to_string(),
     })?;
-    if !tips.heads.is_empty() {
-        // The branches' history. In a fleet the host branches share
-        // main's history, so this is about one branch's worth.
-        Connector::new(remote, auth)?.fetch(&repo, &["+refs/heads/*:refs/heads/*"])?;
+    // The branches' history, through one branch per distinct tip: a
+    // fleet's 10,000 host branches point at a handful of commits, and
+    // writing 10,000 local refs would cost more than the objects.
+    let mut by_tip: HashMap<Oid, &str> = HashMap::new();
+    for (branch, oid) in &tips.heads {
+        let b = by_tip.entry(*oid).or_insert(branch);
+        if branch.as_str() < *b {
+            *b = branch;
+        }
+    }
+    let specs: Vec<String> = by_tip
+        .values()
+        .map(|b| format!("+refs/heads/{b}:refs/heads/{b}"))
+        .collect();
+    if !specs.is_empty() {
+        let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
+        Connector::new(remote, auth)?.fetch(&repo, &specs)?;
     }
     Ok(FleetNotes {
         hosts,
