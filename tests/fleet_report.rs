@@ -561,7 +561,7 @@ fn a_fleet_of_30_hosts_in_chromium() {
     // Screenshots, for people (and the README).
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fleet-report");
     std::fs::create_dir_all(&shots).unwrap();
-    screenshot(profile.path(), &site.join("index.html"), &shots.join("fleet.png"), "1280,2200");
+    screenshot(profile.path(), &site.join("index.html"), &shots.join("fleet.png"), "1280,1800");
     screenshot(profile.path(), &pages["app01"], &shots.join("host.png"), "1280,2000");
     screenshot(profile.path(), &pages["app01"], &shots.join("host-phone.png"), "390,1800");
     screenshot(profile.path(), &pages[&xss_name], &shots.join("hostile.png"), "1280,1600");

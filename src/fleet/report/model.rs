@@ -812,7 +812,7 @@ fn host_view(
         }
         // A check's note names the applied commit only when it is not
         // the checked one, so without it a check cannot tell.
-        (Some(_), None) if run.mode == "check" => ("-".into(), None),
+        (Some(_), None) if run.mode == "check" || run.status == UNKNOWN => ("-".into(), None),
         (Some(_), None) => ("nothing applied".into(), None),
         (None, _) => ("-".into(), None),
     };
