@@ -18,7 +18,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -240,7 +239,7 @@ impl Builder<'_> {
             uid,
             group,
             groups,
-            home: home.map(PathBuf::from),
+            home,
             shell,
             system: raw.system.unwrap_or(false),
             authorized_keys,

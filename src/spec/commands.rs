@@ -283,7 +283,7 @@ impl Builder<'_> {
             creates,
             unless,
             user,
-            cwd: cwd.map(PathBuf::from),
+            cwd,
             env,
             timeout_secs,
             secret: raw.secret.unwrap_or(false),
