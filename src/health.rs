@@ -749,14 +749,16 @@ pub fn decide(status: HealthStatus, s: &Situation) -> Decision {
     let keep = |reason: &str| Decision::KeepUnhealthy {
         reason: reason.into(),
     };
+    if !s.can_roll_back || s.commit.is_none() {
+        return keep("no rollback under --root or from a directory source");
+    }
     if !s.new_commit {
-        return keep("the run repaired drift on the commit already applied; nothing to roll back");
+        return keep(
+            "the commit was already applied (a drift repair, or a run that changed nothing): nothing to roll back",
+        );
     }
     if s.on_failure == OnFailure::Report {
         return keep("health.on_failure is report");
-    }
-    if !s.can_roll_back {
-        return keep("no rollback under --root or from a directory source");
     }
     match (s.last_healthy, s.commit) {
         (Some(good), Some(commit)) if good != commit => Decision::RollBack {
@@ -923,6 +925,9 @@ pub struct PendingHealth {
 /// hands back its report and rendered state.
 pub type Converge<'a> = dyn FnMut(&str) -> (RunReport, Option<DesiredState>) + 'a;
 
+/// Makes the prober for a window, given how long a service must stay up.
+pub type MakeProber<'a> = dyn Fn(Duration) -> Box<dyn Prober> + 'a;
+
 /// The health stage of one run: where it runs and what it may do.
 pub struct Stage<'a> {
     pub root: &'a Path,
@@ -948,6 +953,20 @@ impl Stage<'_> {
         desired: Option<&DesiredState>,
         state: &mut HostState,
         converge: &mut Converge<'_>,
+    ) {
+        let root = self.root.to_path_buf();
+        let make = move |settle| Box::new(MachineProber::new(&root, settle)) as Box<dyn Prober>;
+        self.after_run_with(report, desired, state, converge, &make);
+    }
+
+    /// [`Stage::after_run`] with the probers `make` builds.
+    pub fn after_run_with(
+        &self,
+        report: &mut RunReport,
+        desired: Option<&DesiredState>,
+        state: &mut HostState,
+        converge: &mut Converge<'_>,
+        make: &MakeProber<'_>,
     ) {
         let commit = report.source.commit.clone();
         let applied = report.mode == Mode::Apply
@@ -988,9 +1007,14 @@ impl Stage<'_> {
             .filter(|p| Some(&p.commit) == commit.as_ref());
         let resumed = pending.is_some();
         let pending_deadline = pending.as_ref().map(|p| p.deadline);
+        // New: not the commit applied before this run (the cycle records
+        // this run's only after this stage), and not the last healthy one.
+        // A commit kept in place unhealthy is not new on its next run.
         let new_commit = match &pending {
             Some(p) => p.new_commit,
-            None => commit.is_some() && state.last_healthy != commit,
+            None => {
+                commit.is_some() && state.last_healthy != commit && state.applied_commit != commit
+            }
         };
         // A run that changed nothing on a known commit looks once; a new
         // commit or a repair gets the window (services need time).
@@ -1037,11 +1061,11 @@ impl Stage<'_> {
         } else {
             Duration::ZERO
         };
-        let mut prober = MachineProber::new(self.root, settle);
+        let mut prober = make(settle);
         let started = Instant::now();
         let checks = watch(
             &spec.checks,
-            &mut prober,
+            prober.as_mut(),
             deadline,
             PROBE_INTERVAL,
             self.stop,
@@ -1084,7 +1108,7 @@ impl Stage<'_> {
                 let from = commit.unwrap_or_default();
                 let why = health.failed_required().join("; ");
                 warn!(commit = %from, to = %to, failed = %why, "unhealthy: rolling back to the last healthy commit");
-                health.rollback = Some(self.roll_back(&from, &to, &created, converge));
+                health.rollback = Some(self.roll_back(&from, &to, &created, converge, make));
                 state.bad_commit = Some(crate::state::BadCommit {
                     commit: from,
                     reason: format!("rolled back: {why}"),
@@ -1106,6 +1130,7 @@ impl Stage<'_> {
         to: &str,
         created: &Created,
         converge: &mut Converge<'_>,
+        make: &MakeProber<'_>,
     ) -> RollbackReport {
         let (back, healthy) = converge(to);
         let mut rb = RollbackReport {
@@ -1160,10 +1185,10 @@ impl Stage<'_> {
         rb.errors.extend(errors);
         match &healthy.health {
             Some(spec) => {
-                let mut prober = MachineProber::new(self.root, settle_for(spec.window));
+                let mut prober = make(settle_for(spec.window));
                 let after = watch(
                     &spec.checks,
-                    &mut prober,
+                    prober.as_mut(),
                     Instant::now() + spec.window,
                     PROBE_INTERVAL,
                     self.stop,
@@ -1385,6 +1410,225 @@ mod tests {
             ..HostState::default()
         };
         assert_eq!(stay_on_healthy(&mut state, "b"), None);
+    }
+
+    /// A branch's state with one TCP check named `name` and a short window.
+    fn with_check(name: &str) -> DesiredState {
+        let mut d = DesiredState::default();
+        let mut checks = BTreeMap::new();
+        checks.insert(name.to_string(), check(Probe::Tcp("x:1".into()), true));
+        d.health = Some(HealthSpec {
+            window: Duration::from_millis(300),
+            on_failure: OnFailure::Rollback,
+            checks,
+        });
+        d
+    }
+
+    fn report_of(commit: &str, created: &[&str]) -> RunReport {
+        let outcomes = created
+            .iter()
+            .map(|p| {
+                serde_json::from_value::<Outcome>(serde_json::json!({
+                    "kind": "file", "resource": p, "status": "changed",
+                    "drift": [{ "attribute": "presence", "expected": "file", "actual": "absent" }]
+                }))
+                .unwrap()
+            })
+            .collect();
+        RunReport::from_outcomes(
+            "h",
+            Mode::Apply,
+            false,
+            std::time::SystemTime::now(),
+            crate::report::SourceInfo {
+                commit: Some(commit.into()),
+                ..Default::default()
+            },
+            outcomes,
+        )
+    }
+
+    /// "bad" fails, every other check passes.
+    fn probers(_settle: Duration) -> Box<dyn Prober> {
+        struct P;
+        impl Prober for P {
+            fn probe(&mut self, name: &str, _c: &CheckSpec, _t: Duration) -> Probed {
+                if name == "bad" {
+                    Probed::failed("connection refused")
+                } else {
+                    Probed::passed("ok")
+                }
+            }
+        }
+        Box::new(P)
+    }
+
+    #[test]
+    fn the_stage_rolls_back_an_unhealthy_new_commit() {
+        let root = tempfile::tempdir().unwrap();
+        let state_dir = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("new.conf"), "from b").unwrap();
+        let stage = Stage {
+            root: root.path(),
+            state_dir: state_dir.path(),
+            can_roll_back: true,
+            stop: &|| false,
+        };
+        let mut state = HostState {
+            applied_commit: Some("a".into()),
+            last_healthy: Some("a".into()),
+            ..HostState::default()
+        };
+        let mut report = report_of("b", &["/new.conf"]);
+        let mut converged = vec![];
+        stage.after_run_with(
+            &mut report,
+            Some(&with_check("bad")),
+            &mut state,
+            &mut |c| {
+                converged.push(c.to_string());
+                (report_of(c, &[]), Some(with_check("good")))
+            },
+            &probers,
+        );
+        assert_eq!(converged, vec!["a"]);
+        assert_eq!(report.status, RunStatus::RolledBack);
+        let h = report.health.as_ref().unwrap();
+        assert_eq!(h.status, HealthStatus::Unhealthy);
+        let rb = h.rollback.as_ref().unwrap();
+        assert_eq!((rb.from.as_str(), rb.to.as_str()), ("b", "a"));
+        assert_eq!(rb.removed, vec!["/new.conf"]);
+        assert!(rb.healthy_after, "{rb:?}");
+        assert!(!root.path().join("new.conf").exists());
+        let bad = state.bad_commit.as_ref().unwrap();
+        assert_eq!(bad.commit, "b");
+        assert!(
+            bad.reason.contains("bad (tcp x:1): connection refused"),
+            "{bad:?}"
+        );
+        assert_eq!(state.applied_commit.as_deref(), Some("a"));
+        assert_eq!(state.pending_health, None);
+        assert!(
+            report
+                .headline()
+                .contains("rolled back b to a: bad (tcp x:1)"),
+            "{}",
+            report.headline()
+        );
+
+        // The first commit a host applies has nothing to go back to.
+        let mut state = HostState::default();
+        let mut report = report_of("b", &[]);
+        stage.after_run_with(
+            &mut report,
+            Some(&with_check("bad")),
+            &mut state,
+            &mut |_| panic!("nothing to converge"),
+            &probers,
+        );
+        assert_eq!(report.status, RunStatus::Unhealthy);
+        let note = report.health.unwrap().note.unwrap();
+        assert!(note.contains("no earlier healthy"), "{note}");
+
+        // Healthy: the commit becomes the last healthy one.
+        let mut state = HostState::default();
+        let mut report = report_of("c", &[]);
+        stage.after_run_with(
+            &mut report,
+            Some(&with_check("good")),
+            &mut state,
+            &mut |_| panic!("nothing to converge"),
+            &probers,
+        );
+        assert_eq!(report.status, RunStatus::InSync);
+        assert_eq!(report.health.unwrap().status, HealthStatus::Healthy);
+        assert_eq!(state.last_healthy.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn a_restarted_agent_finishes_the_pending_decision() {
+        let root = tempfile::tempdir().unwrap();
+        let state_dir = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("new.conf"), "from b").unwrap();
+        let stage = Stage {
+            root: root.path(),
+            state_dir: state_dir.path(),
+            can_roll_back: true,
+            stop: &|| false,
+        };
+        // The agent stopped during B's window; B is applied, and this run
+        // found it in sync (it created nothing now).
+        let mut state = HostState {
+            applied_commit: Some("b".into()),
+            last_healthy: Some("a".into()),
+            pending_health: Some(PendingHealth {
+                commit: "b".into(),
+                deadline: unix_now().saturating_sub(1),
+                new_commit: true,
+                created: Created {
+                    nodes: vec![CreatedNode {
+                        kind: "file".into(),
+                        path: "/new.conf".into(),
+                    }],
+                    left: vec!["package busybox".into()],
+                },
+            }),
+            ..HostState::default()
+        };
+        let mut report = report_of("b", &[]);
+        stage.after_run_with(
+            &mut report,
+            Some(&with_check("bad")),
+            &mut state,
+            &mut |c| (report_of(c, &[]), Some(with_check("good"))),
+            &probers,
+        );
+        assert_eq!(report.status, RunStatus::RolledBack);
+        let rb = report.health.unwrap().rollback.unwrap();
+        assert_eq!(rb.removed, vec!["/new.conf"]);
+        assert_eq!(rb.left, vec!["package busybox"]);
+        assert_eq!(state.pending_health, None);
+
+        // A check during the window shows it pending and decides nothing.
+        let mut state = HostState {
+            pending_health: Some(PendingHealth {
+                commit: "b".into(),
+                deadline: unix_now() + 60,
+                new_commit: true,
+                created: Created::default(),
+            }),
+            ..HostState::default()
+        };
+        let mut report = report_of("b", &[]);
+        report.mode = Mode::Check;
+        stage.after_run_with(
+            &mut report,
+            Some(&with_check("bad")),
+            &mut state,
+            &mut |_| panic!("a check converges nothing"),
+            &probers,
+        );
+        assert_eq!(report.health.unwrap().status, HealthStatus::Pending);
+        assert!(state.pending_health.is_some());
+    }
+
+    #[test]
+    fn readers_map_words_they_do_not_know_to_unknown() {
+        // A report from a newer agent: a run status, a health status and a
+        // check status this version has never heard of.
+        let text = r#"{"schema":1,"trueup_version":"9","host":"h","mode":"apply","dry_run":false,
+            "started_at":"2026-01-01T00:00:00Z","duration_ms":0,"source":{"location":"x"},
+            "status":"quarantined","summary":{"resources":0,"in_sync":0,"drift":0,"changed":0,"failed":0,"skipped":0},
+            "resources":[],
+            "health":{"status":"degraded","window_ms":1,"duration_ms":1,"checks":[
+                {"name":"x","kind":"grpc","target":"t","required":true,"status":"flaky","duration_ms":0,"attempts":1,"message":"m"}]}}"#;
+        let r: RunReport = serde_json::from_str(text).unwrap();
+        assert_eq!(r.status, RunStatus::Unknown);
+        let h = r.health.unwrap();
+        assert_eq!(h.status, HealthStatus::Unknown);
+        assert_eq!(h.checks[0].status, CheckStatus::Unknown);
+        assert_eq!(h.checks[0].kind, "grpc");
     }
 
     #[test]

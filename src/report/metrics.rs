@@ -194,4 +194,51 @@ mod tests {
             "a".repeat(40)
         )));
     }
+
+    #[test]
+    fn health_gauges_follow_the_report() {
+        use crate::health::{CheckResult, CheckStatus, HealthReport, HealthStatus};
+        let mut r = RunReport::failed_early(
+            "web1",
+            Mode::Apply,
+            false,
+            SystemTime::now(),
+            SourceInfo::default(),
+            RunStatus::RolledBack,
+            vec![],
+        );
+        let check = |name: &str, status| CheckResult {
+            name: name.into(),
+            kind: "http".into(),
+            target: "http://127.0.0.1/".into(),
+            required: true,
+            status,
+            duration_ms: 0,
+            attempts: 1,
+            message: String::new(),
+            output: None,
+        };
+        r.health = Some(HealthReport {
+            status: HealthStatus::Unhealthy,
+            commit: None,
+            window_ms: 5000,
+            duration_ms: 5000,
+            checks: vec![
+                check("page", CheckStatus::Failed),
+                check("web\"x", CheckStatus::Passed),
+            ],
+            rollback: None,
+            note: None,
+        });
+        let text = render(&r, UNIX_EPOCH);
+        for line in [
+            "trueup_last_run_status{status=\"rolled_back\"} 1\n",
+            "trueup_health_status{status=\"unhealthy\"} 1\n",
+            "trueup_health_status{status=\"healthy\"} 0\n",
+            "trueup_health_check_passed{check=\"page\",kind=\"http\",required=\"true\"} 0\n",
+            "trueup_health_check_passed{check=\"web\\\"x\",kind=\"http\",required=\"true\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
+    }
 }

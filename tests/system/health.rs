@@ -135,22 +135,22 @@ fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no check {name} in {report:#}"))
 }
 
-/// What busybox httpd answers on `port` inside the container (the
-/// container shares the host's loopback).
-fn get(c: &Container, port: u16) -> Option<String> {
-    let out = c.exec(&[
-        "busybox",
-        "wget",
-        "-q",
-        "-T",
-        "2",
-        "-O",
-        "-",
-        &format!("http://127.0.0.1:{port}/index.html"),
-    ]);
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+/// What the web server answers on `port`: the body of a 200 to a GET of
+/// index.html, from this process (the container shares the host's
+/// loopback).
+fn get(_c: &Container, port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /index.html HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.0 200")
+        .then(|| body.to_string())
+        .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_string()))
 }
 
 #[test]
@@ -230,6 +230,24 @@ fn health_checks_roll_back_a_bad_commit_and_keep_it_out() {
     );
     let pushed = Instant::now();
     let pushed_at = SystemTime::now();
+    // Watched from outside: B takes the page off A's port, then the
+    // rollback brings it back.
+    c.wait_for(
+        WINDOW + INTERVAL * 4,
+        "B to move the server off A's port",
+        || get(&c, port_a).is_none(),
+    );
+    let moved = pushed.elapsed();
+    c.wait_for(WINDOW + INTERVAL * 4, "A's page back on A's port", || {
+        get(&c, port_a).as_deref() == Some("hello from A\n")
+    });
+    let back = pushed.elapsed();
+    eprintln!("[health] B pushed → B applied {moved:.1?}, back on A {back:.1?}");
+    // The window, one interval to pick B up, and the two converges.
+    assert!(
+        back <= WINDOW + INTERVAL + Duration::from_secs(3),
+        "back on A only {back:?} after the push (window {WINDOW:?}, interval {INTERVAL:?})"
+    );
     let rolled = reports.wait(
         &c,
         WINDOW + INTERVAL + Duration::from_secs(60),
@@ -323,11 +341,11 @@ fn health_checks_roll_back_a_bad_commit_and_keep_it_out() {
         assert_eq!(c.read_file(ENV_FILE), format!("PORT={port_a}\n"));
         after.push(r);
     }
-    let status_text = c.unit_property("trueup.service", "StatusText");
-    assert!(
-        status_text.contains(&format!("{} rolled back", &b[..7])),
-        "STATUS= {status_text:?}"
-    );
+    // Between runs, STATUS= names the commit kept out.
+    c.wait_for(INTERVAL * 5, "STATUS= to say B is rolled back", || {
+        c.unit_property("trueup.service", "StatusText")
+            .contains(&format!("{} rolled back", &b[..7]))
+    });
     record_timing(
         &format!(
             "health 1) B rolled back {:.1}s after the push (window {}s, interval {}s), kept out for 3 runs",
