@@ -97,7 +97,7 @@ impl Common {
 mod fleet_report;
 pub use fleet_report::fleet_report;
 mod fleet;
-pub use fleet::{PromoteOptions, fleet_promote, validate_fleet};
+pub use fleet::{PromoteOptions, fleet_promote, rollout_status, validate_fleet};
 
 /// Exit codes of `check`.
 pub mod exit {
@@ -461,7 +461,7 @@ pub fn enable(common: &Common) -> Result<i32> {
 }
 
 /// `trueup fleet status`: every host's latest note in the repository.
-pub fn fleet_status(common: &Common, reports: Option<&str>) -> Result<i32> {
+pub fn fleet_status(common: &Common, reports: Option<&str>, from: Option<&str>) -> Result<i32> {
     // `--reports URL` (the reports repository), else the fleet repository.
     let Some(source) = reports.or(common.settings.repo.as_deref()) else {
         bail!("no repository: give --reports URL or --source URL, or set repo in the configuration");
@@ -477,11 +477,13 @@ pub fn fleet_status(common: &Common, reports: Option<&str>) -> Result<i32> {
     let rows =
         crate::fleet::fleet_status(&url, &common.settings.auth, std::time::SystemTime::now())
             .with_context(|| format!("reading the notes of {url}"))?;
+    // How far each branch is behind main (or --from), and the rollout.
+    let rollout = rollout_status(common, reports, from)?;
     match common.format {
         Format::Json => outln!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({ "repository": url.redacted(), "hosts": rows })
+                &serde_json::json!({ "repository": url.redacted(), "hosts": rows, "rollout": rollout })
             )?
         ),
         Format::Text => {
@@ -489,6 +491,9 @@ pub fn fleet_status(common: &Common, reports: Option<&str>) -> Result<i32> {
                 outln!("no host has written a note to {url} yet");
             } else {
                 out!("{}", crate::fleet::render_table(&rows));
+            }
+            if let Some(r) = &rollout {
+                out!("\n{}", crate::fleet::promote::render_rollout(r));
             }
         }
     }

@@ -118,8 +118,13 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum FleetCommand {
     /// Every host's latest note: branch tip, applied commit, behind,
-    /// status, drift, age.
-    Status,
+    /// status, drift, age; and how far each host is behind main (or
+    /// --from) and the rollout's state.
+    Status {
+        /// The commit the rollout is measured against.
+        #[arg(long, value_name = "REF")]
+        from: Option<String>,
+    },
     /// Fast-forward host branches to a commit in waves, each gated by the
     /// hosts' own notes on that commit. Exit 1 when the rollout stops.
     Promote(PromoteArgs),
@@ -287,8 +292,8 @@ fn main() -> ExitCode {
         Command::Disable { reason } => commands::disable(&common, reason),
         Command::Enable => commands::enable(&common),
         Command::Fleet {
-            command: FleetCommand::Status,
-        } => commands::fleet_status(&common, cli.reports.as_deref()),
+            command: FleetCommand::Status { from },
+        } => commands::fleet_status(&common, cli.reports.as_deref(), from.as_deref()),
         Command::Fleet {
             command: FleetCommand::Promote(p),
         } => commands::fleet_promote(&common, cli.reports.as_deref(), &p.options()),

@@ -249,3 +249,36 @@ impl PromoteProgress for LiveProgress {
         }
     }
 }
+
+/// `fleet status`'s rollout part: how far each host's branch is behind
+/// `from` (default main) and the rollout's state. Needs the fleet
+/// repository (`--source`); skipped, with a word why, without it.
+pub fn rollout_status(
+    common: &Common,
+    reports: Option<&str>,
+    from: Option<&str>,
+) -> Result<Option<promote::RolloutView>> {
+    let Some(source) = common.settings.repo.as_deref() else {
+        return Ok(None);
+    };
+    let source = git_url("--source", source)?;
+    let reports = match reports {
+        Some(r) => git_url("--reports", r)?,
+        None => source.clone(),
+    };
+    let view = match promote::rollout_view(
+        &source,
+        &reports,
+        &common.settings.auth,
+        from.unwrap_or("main"),
+    ) {
+        Ok(v) => v,
+        // No main (a fleet without one): nothing to compare with.
+        Err(promote::PromoteError::UnknownFrom(_)) if from.is_none() => return Ok(None),
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("reading the rollout of {} in {source}", from.unwrap_or("main"))));
+        }
+    };
+    Ok(Some(view))
+}

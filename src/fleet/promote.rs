@@ -759,6 +759,164 @@ fn count(wave: &mut WaveOutcome) {
         .count();
 }
 
+/// One host against a commit, as `fleet status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostRollout {
+    pub host: String,
+    /// Its branch's tip (absent: no branch yet).
+    pub tip: Option<String>,
+    /// Commits of the promoted one its branch lacks (absent: no branch).
+    pub behind: Option<usize>,
+    /// Commits on its branch the promoted one lacks (a host-only hotfix).
+    pub ahead: usize,
+    /// `promoted`, `behind`, `diverged`, `no_branch`.
+    pub position: &'static str,
+    /// For a host on the commit: what its note on it says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+}
+
+/// The rollout of a commit, derived from branch tips and notes (never stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RolloutView {
+    pub from: String,
+    pub commit: String,
+    /// `not_started`, `in_progress`, `stopped`, `complete`.
+    pub state: &'static str,
+    /// One line for people.
+    pub summary: String,
+    pub hosts: Vec<HostRollout>,
+}
+
+/// How far each host's branch is from `from`, and the rollout's state.
+pub fn rollout_view(
+    source: &RemoteUrl,
+    reports: &RemoteUrl,
+    auth: &Auth,
+    from: &str,
+) -> Result<RolloutView, PromoteError> {
+    let tmp = tempfile::tempdir().map_err(|e| PromoteError::Repository {
+        what: "creating a temporary repository".into(),
+        detail: e.to_string(),
+    })?;
+    let repo_err = |e: git2::Error| PromoteError::Repository {
+        what: "reading the fleet's branches".into(),
+        detail: e.message().to_string(),
+    };
+    let repo = Repository::init_bare(tmp.path()).map_err(repo_err)?;
+    let conn = Connector::new(source, auth)?;
+    let refs = conn.list_refs(&repo)?;
+    conn.fetch(&repo, &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"])?;
+    let commit = resolve_from(&repo, &refs, from)?;
+    let commit_hex = commit.to_string();
+    let heads: BTreeMap<&str, Oid> = refs
+        .iter()
+        .filter_map(|(n, o)| Some((n.strip_prefix("refs/heads/")?, *o)))
+        .collect();
+    // The hosts of the commit's fleet.yaml, else every host branch.
+    let hosts: Vec<String> = match fleet_of(&repo, commit) {
+        Ok(c) => c.hosts.keys().cloned().collect(),
+        Err(_) => heads
+            .keys()
+            .filter_map(|b| b.strip_prefix("hosts/"))
+            .map(str::to_string)
+            .collect(),
+    };
+    let tips = read_tips(reports, auth, true)?;
+    let mut out = Vec::new();
+    for host in hosts {
+        let tip = heads.get(host_branch(&host).as_str()).copied();
+        let (ahead, behind) = match tip {
+            Some(t) => repo.graph_ahead_behind(t, commit).map_err(repo_err)?,
+            None => (0, 0),
+        };
+        let position = match tip {
+            None => "no_branch",
+            Some(t) if t == commit => "promoted",
+            Some(_) if ahead > 0 => "diverged",
+            Some(_) => "behind",
+        };
+        let verdict = (position == "promoted").then(|| host_verdict(&tips, &host, &commit_hex));
+        out.push(HostRollout {
+            host,
+            tip: tip.map(|t| t.to_string()),
+            behind: tip.map(|_| behind),
+            ahead,
+            position,
+            verdict,
+        });
+    }
+    let on: Vec<&HostRollout> = out.iter().filter(|h| h.position == "promoted").collect();
+    let unhealthy: Vec<&str> = on
+        .iter()
+        .filter(|h| matches!(h.verdict, Some(Verdict::Unhealthy { .. })))
+        .map(|h| h.host.as_str())
+        .collect();
+    let waiting = on
+        .iter()
+        .filter(|h| h.verdict == Some(Verdict::Waiting))
+        .count();
+    let diverged: Vec<&str> = out
+        .iter()
+        .filter(|h| h.position == "diverged")
+        .map(|h| h.host.as_str())
+        .collect();
+    let eligible = out.len() - diverged.len();
+    let state = if !unhealthy.is_empty() {
+        "stopped"
+    } else if on.is_empty() {
+        "not_started"
+    } else if on.len() == eligible && waiting == 0 {
+        "complete"
+    } else {
+        "in_progress"
+    };
+    let mut summary = format!(
+        "{} of {} hosts on {} ({})",
+        on.len(),
+        out.len(),
+        from,
+        short(&commit_hex)
+    );
+    summary.push_str(&match state {
+        "stopped" => format!(": stopped, unhealthy: {}", unhealthy.join(", ")),
+        "not_started" => ": not started".into(),
+        "complete" => ": complete".into(),
+        _ => format!(": in progress, {waiting} waiting for a report"),
+    });
+    if !diverged.is_empty() {
+        summary.push_str(&format!("; diverged (host-only commits): {}", diverged.join(", ")));
+    }
+    Ok(RolloutView {
+        from: from.to_string(),
+        commit: commit_hex,
+        state,
+        summary,
+        hosts: out,
+    })
+}
+
+/// The rollout as a text table for people.
+pub fn render_rollout(v: &RolloutView) -> String {
+    let mut out = format!("rollout: {}
+", v.summary);
+    let width = v.hosts.iter().map(|h| h.host.len()).max().unwrap_or(4).max(4);
+    out.push_str(&format!("{:<width$}  BEHIND  ROLLOUT\n", "HOST"));
+    for h in &v.hosts {
+        let behind = h.behind.map_or("-".to_string(), |b| b.to_string());
+        let state = match (&h.verdict, h.position) {
+            (Some(Verdict::Healthy), _) => "healthy".to_string(),
+            (Some(Verdict::Waiting), _) => "waiting for its report".to_string(),
+            (Some(Verdict::Unhealthy { reason }), _) => format!("unhealthy: {reason}"),
+            (None, "diverged") => format!("diverged ({} host-only commits)", h.ahead),
+            (None, "no_branch") => "no branch".to_string(),
+            (None, p) => p.to_string(),
+        };
+        out.push_str(&format!("{:<width$}  {behind:<6}  {state}\n", h.host));
+    }
+    out
+}
+
 /// The first 12 characters of a commit id.
 pub fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
