@@ -549,3 +549,72 @@ fn per_file_vars_are_refused_where_nothing_is_rendered() {
     ]);
     assert!(e.message.contains("vars.y"), "{e}");
 }
+
+#[test]
+fn users_groups_commands_validate_and_the_notify_mapping_render() {
+    use crate::desired::NotifyAction;
+    use crate::resource::{Kind, ResourceId};
+    let yaml = r#"
+vars: { user: app }
+packages: { sudo: {} }
+services: { nginx.service: {} }
+groups:
+  app: { gid: 990, system: true }
+users:
+  app:
+    uid: 990
+    group: app
+    groups: [sudo, adm, adm]
+    home: /srv/app/
+    shell: /usr/sbin/nologin
+    authorized_keys: ["ssh-ed25519 AAAA ops@{{facts.hostname}}"]
+  old: { state: absent }
+files:
+  /etc/sudoers.d/app: { content: "x\n", validate: [visudo, -cf, "{path}"] }
+  /etc/nginx/nginx.conf: { content: "y\n", notify: { nginx.service: reload } }
+commands:
+  reload:
+    run: [nginx, -s, reload]
+    on_change: [/etc/nginx/nginx.conf, "package:sudo", "service:nginx.service", "user:app", "group:app"]
+    timeout: 2m
+  init:
+    run: [/usr/local/bin/init, "{{vars.user}}"]
+    creates: /srv/app/.done
+    user: app
+    env: { HOST: "{{facts.hostname}}" }
+"#;
+    let d = load_files(&[("trueup.yaml", yaml)]).unwrap();
+    assert_eq!(d.groups["app"].gid, Some(990));
+    let app = &d.users["app"];
+    assert_eq!(app.groups.as_deref(), Some(&["adm".to_string(), "sudo".into()][..]));
+    assert_eq!(app.home.as_deref(), Some(Path::new("/srv/app")));
+    assert_eq!(
+        app.authorized_keys.as_deref(),
+        Some(&["ssh-ed25519 AAAA ops@web1".to_string()][..])
+    );
+    assert!(!d.users["old"].present);
+    assert_eq!(
+        d.files[Path::new("/etc/sudoers.d/app")].validate,
+        ["visudo", "-cf", "{path}"]
+    );
+    let nginx = &d.files[Path::new("/etc/nginx/nginx.conf")];
+    assert_eq!(nginx.notify, ["nginx.service"]);
+    assert_eq!(nginx.notify_action_for("nginx.service"), NotifyAction::Reload);
+    let reload = &d.commands["reload"];
+    assert_eq!(
+        reload.on_change,
+        [
+            ResourceId::new(Kind::File, "/etc/nginx/nginx.conf"),
+            ResourceId::new(Kind::Package, "sudo"),
+            ResourceId::new(Kind::Service, "nginx.service"),
+            ResourceId::new(Kind::User, "app"),
+            ResourceId::new(Kind::Group, "app"),
+        ]
+    );
+    assert_eq!(reload.timeout_secs, 120);
+    let init = &d.commands["init"];
+    assert_eq!(init.run, ["/usr/local/bin/init", "app"]);
+    assert_eq!(init.env.get("HOST").map(String::as_str), Some("web1"));
+    assert_eq!(init.timeout_secs, crate::resource::command::DEFAULT_TIMEOUT_SECS);
+    assert_eq!(init.user.as_deref(), Some("app"));
+}
