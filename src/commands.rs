@@ -63,6 +63,9 @@ impl Common {
         }
         let lock_file =
             lock_file.unwrap_or_else(|| crate::lock::default_lock_path(&settings.state_dir));
+        let own_known_hosts = settings.state_dir.join("known_hosts");
+        settings.auth.own_known_hosts = Some(own_known_hosts.clone());
+        settings.report.auth.own_known_hosts = Some(own_known_hosts);
         Common {
             source: settings.repo.clone(),
             root: settings.root.clone(),

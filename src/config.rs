@@ -202,6 +202,10 @@ pub struct Settings {
 pub struct Auth {
     pub ssh_key: Option<PathBuf>,
     pub known_hosts: Option<PathBuf>,
+    /// trueup's own known_hosts file, `<state_dir>/known_hosts`: read
+    /// first when `known_hosts` is not set, and the only file an accepted
+    /// new host key is then written to (never the machine's or a user's).
+    pub own_known_hosts: Option<PathBuf>,
     pub accept_new_host_keys: bool,
     pub ca_file: Option<PathBuf>,
     pub token_file: Option<PathBuf>,

@@ -6,7 +6,7 @@ mod gitsupport;
 
 use std::process::{Command, Stdio};
 
-use common::gitserver::{TestRepo, git};
+use common::gitserver::{SshServer, TestRepo, git};
 use gitsupport::*;
 use tempfile::TempDir;
 
@@ -60,4 +60,49 @@ fn a_git_cache_that_lost_objects_is_rebuilt_and_the_host_converges() {
     assert_eq!(run.json()["status"], "converged", "{}", run.all());
     assert_eq!(host.read("/etc/motd").as_deref(), Some("first\n"));
     git(&cache, &["cat-file", "-e", blob]);
+}
+
+/// With no `$HOME` (as under systemd), `accept_new_host_keys` appended the
+/// new key to `/etc/ssh/ssh_known_hosts`. It now goes to trueup's own
+/// `<state_dir>/known_hosts` only.
+#[test]
+fn a_new_host_key_is_recorded_only_in_trueups_own_known_hosts() {
+    let tmp = TempDir::new().unwrap();
+    let repo = TestRepo::create(tmp.path(), "fleet");
+    repo.commit_and_push(BRANCH, &files(&motd_branch("hi")), "one");
+    let ssh = SshServer::start(tmp.path());
+    let url = ssh.url(&repo.rel());
+    let host = GitHost::new("web1");
+    host.configure(&format!(
+        "auth:\n  ssh_key: {}\n  accept_new_host_keys: true\n",
+        ssh.client_key().display()
+    ));
+    let global = std::fs::read("/etc/ssh/ssh_known_hosts").ok();
+    let out = host
+        .command(&url, &["apply", "--format", "json"])
+        .env_remove("HOME")
+        .output()
+        .unwrap();
+    let run = Run::from(out);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(host.read("/etc/motd").as_deref(), Some("hi\n"));
+    let own = std::fs::read_to_string(host.state.path().join("known_hosts")).unwrap();
+    assert_eq!(
+        own,
+        format!("[127.0.0.1]:{} {}\n", ssh.port(), ssh.host_key_line())
+    );
+    assert_eq!(
+        std::fs::read("/etc/ssh/ssh_known_hosts").ok(),
+        global,
+        "the machine's known_hosts was written"
+    );
+    // The recorded key is trusted from then on.
+    host.configure(&format!("auth:\n  ssh_key: {}\n", ssh.client_key().display()));
+    let out = host
+        .command(&url, &["apply", "--format", "json"])
+        .env_remove("HOME")
+        .output()
+        .unwrap();
+    let run = Run::from(out);
+    assert_eq!(run.code, 0, "{}", run.all());
 }

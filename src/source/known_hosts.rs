@@ -52,8 +52,11 @@ pub fn lookup_name(host: &str, port: Option<u16>) -> String {
 }
 
 /// Checks `key` (the raw key blob) for `name` (see [`lookup_name`]) against
-/// the text of a known_hosts file.
+/// the text of a known_hosts file. As in OpenSSH, only a key of the same
+/// type can make a key "changed": a host known by its RSA key that offers
+/// an Ed25519 one is a host whose Ed25519 key is not known yet.
 pub fn check(text: &str, name: &str, key: &[u8]) -> HostKeyVerdict {
+    let kind = key_type(key);
     let mut any_for_host = false;
     let mut known = false;
     for entry in parse(text) {
@@ -66,9 +69,10 @@ pub fn check(text: &str, name: &str, key: &[u8]) -> HostKeyVerdict {
             }
             continue;
         }
-        any_for_host = true;
         if entry.key == key {
             known = true;
+        } else if key_type(&entry.key) == kind {
+            any_for_host = true;
         }
     }
     if known {
@@ -264,6 +268,25 @@ mod tests {
         assert_eq!(line, format!("[h]:1 ssh-ed25519 {KEY}"));
         assert_eq!(check(&line, "[h]:1", &key(KEY)), HostKeyVerdict::Known);
         assert_eq!(key_type(&[0, 0, 0, 200, b'a']), None);
+    }
+
+    #[test]
+    fn a_known_key_of_another_type_makes_the_host_new_not_changed() {
+        // An RSA blob (type name, then whatever): only its type matters here.
+        let mut rsa = vec![0, 0, 0, 7];
+        rsa.extend_from_slice(b"ssh-rsa");
+        rsa.extend_from_slice(&[0, 0, 0, 1, 1, 0, 0, 0, 1, 7]);
+        let text = format!("git.example.com ssh-rsa {}\n", STANDARD.encode(&rsa));
+        assert_eq!(
+            check(&text, "git.example.com", &key(KEY)),
+            HostKeyVerdict::Unknown
+        );
+        // Beside a same-type key that differs, it is changed.
+        let text = format!("{text}git.example.com ssh-ed25519 {OTHER}\n");
+        assert_eq!(
+            check(&text, "git.example.com", &key(KEY)),
+            HostKeyVerdict::Changed
+        );
     }
 
     #[test]

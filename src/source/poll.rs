@@ -189,6 +189,17 @@ pub fn ssh_command(auth: &Auth) -> Result<String, String> {
             "-o".into(),
             "GlobalKnownHostsFile=/dev/null".into(),
         ]);
+    } else if let Some(own) = &auth.own_known_hosts {
+        // trueup's own file first, then the user's (the global file stays
+        // OpenSSH's default), as the libgit2 path reads them.
+        let mut files = vec![own.display().to_string()];
+        if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+            files.push(format!("{}/.ssh/known_hosts", std::path::Path::new(&home).display()));
+        }
+        words.extend([
+            "-o".into(),
+            quote(&format!("UserKnownHostsFile={}", files.join(" ")))?,
+        ]);
     }
     Ok(words.join(" "))
 }

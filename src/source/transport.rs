@@ -105,11 +105,19 @@ impl Connector {
         }
         let known_hosts = match &auth.known_hosts {
             Some(p) => vec![p.clone()],
-            None => default_known_hosts(),
+            None => auth
+                .own_known_hosts
+                .iter()
+                .cloned()
+                .chain(default_known_hosts())
+                .collect(),
         };
+        // A new key goes to trueup's own file only: never to
+        // /etc/ssh/ssh_known_hosts (which, with no $HOME as under systemd,
+        // used to be the first file) nor to a user's.
         let record_new_host_keys = auth
             .accept_new_host_keys
-            .then(|| known_hosts.first().cloned())
+            .then(|| auth.known_hosts.clone().or(auth.own_known_hosts.clone()))
             .flatten();
         Ok(Connector {
             url: url.clone(),
