@@ -344,5 +344,38 @@ fn promote_in_waves_skips_hotfixed_hosts_and_stops_on_a_failing_canary() {
         "h01 should have reported a failure on v3"
     );
     assert!(out.contains("not promoted: h02"), "{out}");
+
+    // fleet status tells the same from tips and notes alone: how far each
+    // branch is behind main, and that the rollout stopped on h01.
+    let status = std::process::Command::new(trueup_bin())
+        .arg("--config")
+        .arg(base.path().join("no-agent.yaml"))
+        .args(["--source", &url, "--format", "json", "fleet", "status"])
+        .env_remove("TRUEUP_CONFIG")
+        .env_remove("TRUEUP_REPORTS")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(status.status.code(), Some(0), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let rollout = &v["rollout"];
+    assert_eq!(rollout["commit"], v3.as_str(), "{rollout}");
+    assert_eq!(rollout["state"], "stopped", "{rollout}");
+    let host = |h: &str| {
+        rollout["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["host"] == h)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(host("h01")["position"], "promoted");
+    assert!(host("h01")["verdict"]["reason"].as_str().unwrap().contains("no-such-user-h01"));
+    assert_eq!(host("h02")["position"], "behind");
+    assert_eq!(host("h02")["behind"], 1);
+    assert_eq!(host("h12")["position"], "diverged");
+    assert_eq!(host("h12")["ahead"], 1);
+    assert_eq!(host("h12")["behind"], 2);
     drop(agents);
 }
