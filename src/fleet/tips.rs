@@ -203,12 +203,16 @@ fn read_fetched(repo: &Repository, refs: &[(String, Oid)], with_recent: bool) ->
         .collect();
     hosts.sort_unstable();
     hosts.dedup();
+    let with_latest: std::collections::HashSet<&str> = refs
+        .iter()
+        .filter_map(|(n, _)| n.strip_prefix(LATEST_PREFIX))
+        .collect();
     let hosts = hosts
         .into_iter()
         .map(|host| {
             let notes_ref = format!("{NOTES_PREFIX}{host}");
             let latest_ref = format!("{LATEST_PREFIX}{host}");
-            let has_latest = refs.iter().any(|(n, _)| *n == latest_ref);
+            let has_latest = with_latest.contains(host);
             let read = |r: &str| tree_notes(repo, r).map_err(|e| e.message().to_string());
             let mut recent = Vec::new();
             let latest = if has_latest {
