@@ -63,6 +63,13 @@ pub fn render(report: &RunReport) -> String {
         if let Some(e) = &r.error {
             let _ = writeln!(out, "         {RED}error:{RED:#} {e}");
         }
+        // A command's own words: the tail of its output.
+        if let Some(run) = &r.run {
+            let _ = writeln!(out, "         ran: {}", run.status);
+            for line in run.output.lines() {
+                let _ = writeln!(out, "         | {line}");
+            }
+        }
     }
     if let Some(h) = &report.health {
         out.push_str(&health(h));
@@ -155,5 +162,41 @@ fn render_health(out: &mut String, h: &crate::health::HealthReport) {
             let _ = writeln!(out, "         {RED}error:{RED:#} {e}");
         }
         check_lines(out, &r.checks_after);
+    }
+}
+
+#[cfg(test)]
+mod command_output_tests {
+    use crate::apply::{Outcome, Status};
+    use crate::report::{Mode, RunReport, SourceInfo};
+    use crate::resource::Kind;
+    use crate::resource::command::CommandRun;
+
+    #[test]
+    fn a_command_shows_its_status_and_output_tail() {
+        let o = Outcome {
+            kind: Kind::Command,
+            resource: "init-db".into(),
+            status: Status::Failed,
+            drift: vec![],
+            action: Some("run".into()),
+            error: Some("`init-db` failed (exit status 3)".into()),
+            run: Some(CommandRun {
+                status: "exit status 3".into(),
+                exit_code: Some(3),
+                output: "connecting\nno database\n".into(),
+            }),
+        };
+        let report = RunReport::from_outcomes(
+            "h",
+            Mode::Apply,
+            false,
+            std::time::SystemTime::now(),
+            SourceInfo::default(),
+            vec![o],
+        );
+        let text = super::render(&report);
+        assert!(text.contains("ran: exit status 3\n"), "{text}");
+        assert!(text.contains("| connecting\n") && text.contains("| no database\n"), "{text}");
     }
 }
