@@ -236,12 +236,18 @@ fn a_fleet_of_30_hosts_in_chromium() {
     for n in 5..=8 {
         let name = format!("web0{n}");
         set_branch(&repo, &name, &c3);
-        assert_eq!(ok(&fleet.host(&name, "converged").apply(&url))["status"], "converged");
+        assert_eq!(
+            ok(&fleet.host(&name, "converged").apply(&url))["status"],
+            "converged"
+        );
     }
     for n in 1..=3 {
         let name = format!("db0{n}");
         set_branch(&repo, &name, &c1);
-        assert_eq!(ok(&fleet.host(&name, "converged").apply(&url))["status"], "converged");
+        assert_eq!(
+            ok(&fleet.host(&name, "converged").apply(&url))["status"],
+            "converged"
+        );
     }
     // Refused: applied c2, then the unsigned c3 under a trust policy.
     let keys = TempDir::new().unwrap();
@@ -253,7 +259,10 @@ fn a_fleet_of_30_hosts_in_chromium() {
         set_branch(&repo, &name, &c2);
         let h = fleet.host(&name, "refused");
         ok(&h.apply(&url));
-        h.configure(&format!("trust:\n  allowed_signers: {}\n", allowed.display()));
+        h.configure(&format!(
+            "trust:\n  allowed_signers: {}\n",
+            allowed.display()
+        ));
         set_branch(&repo, &name, &c3);
         assert_eq!(h.apply(&url).json()["status"], "refused");
     }
@@ -264,8 +273,11 @@ fn a_fleet_of_30_hosts_in_chromium() {
         set_branch(&repo, &name, &c3);
         let h = fleet.host(&name, "drift");
         ok(&h.apply(&url));
-        std::fs::write(h.path("/etc/app.conf"), "listen = 8080\nworkers = 2\nlog = info\n")
-            .unwrap();
+        std::fs::write(
+            h.path("/etc/app.conf"),
+            "listen = 8080\nworkers = 2\nlog = info\n",
+        )
+        .unwrap();
         std::fs::write(h.path("/etc/app/secret.key"), "someone else's token\n").unwrap();
         assert_eq!(ok(&h.check(&url))["status"], "drift");
     }
@@ -282,7 +294,10 @@ fn a_fleet_of_30_hosts_in_chromium() {
     for n in 1..=2 {
         let name = format!("cache0{n}");
         set_branch(&repo, &name, &broken);
-        assert_eq!(fleet.host(&name, "error").apply(&url).json()["status"], "error");
+        assert_eq!(
+            fleet.host(&name, "error").apply(&url).json()["status"],
+            "error"
+        );
     }
     // Disabled, and audit mode: both only check.
     for n in 1..=2 {
@@ -291,7 +306,10 @@ fn a_fleet_of_30_hosts_in_chromium() {
         let h = fleet.host(&name, "drift");
         let d = h.run(&url, &["disable", "--reason", "kernel upgrade window"]);
         assert_eq!(d.code, 0, "{}", d.stderr);
-        assert_eq!(ok(&h.apply(&url))["disabled"]["reason"], "kernel upgrade window");
+        assert_eq!(
+            ok(&h.apply(&url))["disabled"]["reason"],
+            "kernel upgrade window"
+        );
     }
     for n in 1..=2 {
         let name = format!("audit0{n}");
@@ -305,11 +323,10 @@ fn a_fleet_of_30_hosts_in_chromium() {
     let mut r = ok(&fleet.host("old01", "converged").apply(&url));
     assert_eq!(r["heartbeat_secs"], 3600);
     assert_eq!(r["commit_subject"], "docs: describe the fleet");
-    r["started_at"] = humantime::format_rfc3339_seconds(
-        SystemTime::now() - Duration::from_secs(3 * 3600),
-    )
-    .to_string()
-    .into();
+    r["started_at"] =
+        humantime::format_rfc3339_seconds(SystemTime::now() - Duration::from_secs(3 * 3600))
+            .to_string()
+            .into();
     write_note(&repo.bare, r);
     // Unhealthy and rolled back: a real run's report with the health
     // section a failed check window writes.
@@ -359,7 +376,12 @@ fn a_fleet_of_30_hosts_in_chromium() {
     );
     // A note that is no report, and one with a status from the future.
     fleet.expected.insert("broken01".into(), "malformed");
-    raw_note(&repo, "broken01", &c3, "this is not a run report <b>bold</b>\n");
+    raw_note(
+        &repo,
+        "broken01",
+        &c3,
+        "this is not a run report <b>bold</b>\n",
+    );
     fleet.expected.insert("future01".into(), "unknown");
     let note = repo.note("refs/notes/trueup/web05", &c3).unwrap();
     raw_note(
@@ -375,7 +397,14 @@ fn a_fleet_of_30_hosts_in_chromium() {
     let out = TempDir::new().unwrap();
     let site = out.path().join("site");
     let report = Command::new(trueup_bin())
-        .args(["--config", "/nonexistent/agent.yaml", "--source", &url, "fleet", "report"])
+        .args([
+            "--config",
+            "/nonexistent/agent.yaml",
+            "--source",
+            &url,
+            "fleet",
+            "report",
+        ])
         .arg("--out")
         .arg(&site)
         .env_remove("TRUEUP_CONFIG")
@@ -424,8 +453,16 @@ fn a_fleet_of_30_hosts_in_chromium() {
     }
     let mut want: BTreeMap<String, usize> = BTreeMap::new();
     for s in [
-        "error", "refused", "rolled_back", "unhealthy", "failed", "drift", "converged", "in_sync",
-        "unknown", "malformed",
+        "error",
+        "refused",
+        "rolled_back",
+        "unhealthy",
+        "failed",
+        "drift",
+        "converged",
+        "in_sync",
+        "unknown",
+        "malformed",
     ] {
         want.insert(s.into(), expected.values().filter(|v| **v == s).count());
     }
@@ -441,7 +478,10 @@ fn a_fleet_of_30_hosts_in_chromium() {
             .text()
             .collect()
     };
-    assert_eq!((flag("stale"), flag("disabled"), flag("audit")), ("1".into(), "2".into(), "2".into()));
+    assert_eq!(
+        (flag("stale"), flag("disabled"), flag("audit")),
+        ("1".into(), "2".into(), "2".into())
+    );
     // Every status is a word beside its colour.
     let words = text_of(&index, "ul.tiles li[data-status='rolled_back'] .w");
     assert!(words[0].ends_with("rolled back"), "{words:?}");
@@ -463,7 +503,10 @@ fn a_fleet_of_30_hosts_in_chromium() {
         assert_eq!(Some(&status), expected.get(&name), "{name}");
         pages.insert(name, page);
     }
-    assert_eq!(pages.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>());
+    assert_eq!(
+        pages.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>()
+    );
     // The rollout: hosts per commit, newest first, with subject and author.
     let rollout = text_of(&index, ".rollout li .subject");
     assert_eq!(
@@ -475,7 +518,10 @@ fn a_fleet_of_30_hosts_in_chromium() {
         ]
     );
     let authors = text_of(&index, ".rollout li .muted");
-    assert!(authors[0].contains(common::gitserver::GIT_NAME), "{authors:?}");
+    assert!(
+        authors[0].contains(common::gitserver::GIT_NAME),
+        "{authors:?}"
+    );
     // The refused hosts stay on c2, one commit behind their branch.
     let edge = rows
         .iter()
@@ -507,15 +553,24 @@ fn a_fleet_of_30_hosts_in_chromium() {
     let web = dom(profile.path(), &pages["web01"]);
     let runs = text_of(&web, "#timeline ~ ol li");
     assert_eq!(runs.len(), 2, "{runs:?}");
-    assert!(runs[0].contains("in sync") && runs[0].contains(&c3[..12]), "{runs:?}");
-    assert!(runs[1].contains("converged") && runs[1].contains(&c2[..12]), "{runs:?}");
+    assert!(
+        runs[0].contains("in sync") && runs[0].contains(&c3[..12]),
+        "{runs:?}"
+    );
+    assert!(
+        runs[1].contains("converged") && runs[1].contains(&c2[..12]),
+        "{runs:?}"
+    );
     let facts = text_of(&app, "#facts ~ dl dt");
     assert!(facts.iter().any(|f| f == "hostname"), "{facts:?}");
 
     // Health results.
     let api = dom(profile.path(), &pages["api02"]);
     let health = text_of(&api, "#health ~ .scroll td");
-    assert!(health.iter().any(|c| c.contains("connection refused")), "{health:?}");
+    assert!(
+        health.iter().any(|c| c.contains("connection refused")),
+        "{health:?}"
+    );
     assert!(api.html().contains("Rolled back"));
 
     // The hostile host: inert text, and no script ran.
@@ -561,8 +616,28 @@ fn a_fleet_of_30_hosts_in_chromium() {
     // Screenshots, for people (and the README).
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fleet-report");
     std::fs::create_dir_all(&shots).unwrap();
-    screenshot(profile.path(), &site.join("index.html"), &shots.join("fleet.png"), "1280,1800");
-    screenshot(profile.path(), &pages["app01"], &shots.join("host.png"), "1280,2000");
-    screenshot(profile.path(), &pages["app01"], &shots.join("host-phone.png"), "390,1800");
-    screenshot(profile.path(), &pages[&xss_name], &shots.join("hostile.png"), "1280,1600");
+    screenshot(
+        profile.path(),
+        &site.join("index.html"),
+        &shots.join("fleet.png"),
+        "1280,1800",
+    );
+    screenshot(
+        profile.path(),
+        &pages["app01"],
+        &shots.join("host.png"),
+        "1280,2000",
+    );
+    screenshot(
+        profile.path(),
+        &pages["app01"],
+        &shots.join("host-phone.png"),
+        "390,1800",
+    );
+    screenshot(
+        profile.path(),
+        &pages[&xss_name],
+        &shots.join("hostile.png"),
+        "1280,1600",
+    );
 }

@@ -203,7 +203,8 @@ pub fn render(
             &format!("status-{s}.html"),
         )?);
     }
-    let flags: [(&str, &str, fn(&HostView) -> bool); 3] = [
+    type Keep = fn(&HostView) -> bool;
+    let flags: [(&str, &str, Keep); 3] = [
         (
             "stale",
             "Stale hosts: no report for twice their heartbeat",

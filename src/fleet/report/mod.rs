@@ -130,6 +130,6 @@ pub fn generate(
     use anyhow::Context;
     let fleet = read::read_fleet(remote, auth)
         .with_context(|| format!("reading the notes of {}", remote.redacted()))?;
-    let (_, pages) = render(&fleet.hosts, &fleet, &remote.redacted().to_string(), now)?;
+    let (_, pages) = render(&fleet.hosts, &fleet, remote.redacted(), now)?;
     write_site(out, &pages).with_context(|| format!("writing the report to {}", out.display()))
 }

@@ -733,7 +733,7 @@ fn host_view(
     };
     let mut parsed: Vec<(bool, Note)> = notes.iter().map(|n| (n.newest, parse(n))).collect();
     // Newest first: by start time, notes without one (malformed) after.
-    parsed.sort_by(|a, b| started(&b.1).cmp(&started(&a.1)));
+    parsed.sort_by_key(|n| std::cmp::Reverse(started(&n.1)));
     // The latest note is the one the ref's tip commit wrote; failing that
     // (a tip that removed notes), the latest started.
     let latest = parsed
