@@ -339,10 +339,14 @@ mod tests {
         expected.machine_id = String::new();
         assert_eq!(back.into_facts(), expected);
         // A newer agent's extra fact, and an older one's missing ones.
-        let newer: PublishedFacts =
-            serde_json::from_str(r#"{"hostname":"h","gpu":"x","os":{"id":"debian","variant":"y"}}"#)
-                .unwrap();
-        assert_eq!((newer.hostname.as_str(), newer.os.id.as_str()), ("h", "debian"));
+        let newer: PublishedFacts = serde_json::from_str(
+            r#"{"hostname":"h","gpu":"x","os":{"id":"debian","variant":"y"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (newer.hostname.as_str(), newer.os.id.as_str()),
+            ("h", "debian")
+        );
     }
 
     #[test]

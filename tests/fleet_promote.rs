@@ -101,7 +101,10 @@ fn agent_log(a: &Agent) -> String {
 fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -176,8 +179,10 @@ impl WaveWatch {
             while !flag.load(Ordering::SeqCst) {
                 let tips = host_tips(&bare);
                 for (k, wave) in waves.iter().enumerate().skip(1) {
-                    let moved: Vec<&String> =
-                        wave.iter().filter(|h| tips.get(*h) == Some(&commit)).collect();
+                    let moved: Vec<&String> = wave
+                        .iter()
+                        .filter(|h| tips.get(*h) == Some(&commit))
+                        .collect();
                     if moved.is_empty() {
                         continue;
                     }
@@ -219,7 +224,10 @@ fn promote_in_waves_skips_hotfixed_hosts_and_stops_on_a_failing_canary() {
     let v1 = commit(&repo, &main_files("v1"), "v1");
     repo.push("main");
     for i in 1..HOSTS {
-        git(&repo.work, &["push", "-q", "origin", &format!("main:hosts/{}", name(i))]);
+        git(
+            &repo.work,
+            &["push", "-q", "origin", &format!("main:hosts/{}", name(i))],
+        );
     }
     git(&repo.work, &["checkout", "-q", "-b", "hosts/h12"]);
     let hotfix = repo.commit(
@@ -258,13 +266,15 @@ fn promote_in_waves_skips_hotfixed_hosts_and_stops_on_a_failing_canary() {
     ];
     let watch = WaveWatch::start(repo.bare.clone(), v2.clone(), waves.clone());
     let started = Instant::now();
-    let (code, out, err) = promote(
-        base.path(),
-        &url,
-        &["--from", "main", "--format", "json"],
-    );
+    let (code, out, err) = promote(base.path(), &url, &["--from", "main", "--format", "json"]);
     let violations = watch.finish();
-    let logs = || agents.iter().map(agent_log).collect::<Vec<_>>().join("\n---\n");
+    let logs = || {
+        agents
+            .iter()
+            .map(agent_log)
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
     assert_eq!(code, 0, "promote v2\n{out}\n{err}\n{}", logs());
     assert!(violations.is_empty(), "waves overlapped: {violations:#?}");
     let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -306,13 +316,19 @@ fn promote_in_waves_skips_hotfixed_hosts_and_stops_on_a_failing_canary() {
             a.host.read("/etc/motd").as_deref(),
             Some(format!("v2 on {}\n", a.host.name).as_str())
         );
-        assert_eq!(note_status(&repo.bare, &name(i), &v2).as_deref(), Some("converged"));
+        assert_eq!(
+            note_status(&repo.bare, &name(i), &v2).as_deref(),
+            Some("converged")
+        );
     }
     assert_eq!(
         agents[11].host.read("/etc/motd").as_deref(),
         Some("v1 on h12\n")
     );
-    eprintln!("rollout of 11 hosts in 3 waves took {:?}", started.elapsed());
+    eprintln!(
+        "rollout of 11 hosts in 3 waves took {:?}",
+        started.elapsed()
+    );
     assert_ne!(v1, v2);
 
     // --- 3: a commit that fails on the canary stops after wave 1 ---
@@ -327,7 +343,10 @@ fn promote_in_waves_skips_hotfixed_hosts_and_stops_on_a_failing_canary() {
     let (code, out, err) = promote(base.path(), &url, &["--from", "main"]);
     assert_eq!(code, 1, "promote v3\n{out}\n{err}");
     assert!(out.contains("rollout stopped"), "{out}");
-    let stop_line = out.lines().find(|l| l.starts_with("rollout stopped")).unwrap();
+    let stop_line = out
+        .lines()
+        .find(|l| l.starts_with("rollout stopped"))
+        .unwrap();
     assert!(stop_line.contains("h01"), "{out}");
     assert!(stop_line.contains("no-such-user-h01"), "{out}");
     let tips = host_tips(&repo.bare);
@@ -371,7 +390,12 @@ fn promote_in_waves_skips_hotfixed_hosts_and_stops_on_a_failing_canary() {
             .clone()
     };
     assert_eq!(host("h01")["position"], "promoted");
-    assert!(host("h01")["verdict"]["reason"].as_str().unwrap().contains("no-such-user-h01"));
+    assert!(
+        host("h01")["verdict"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-user-h01")
+    );
     assert_eq!(host("h02")["position"], "behind");
     assert_eq!(host("h02")["behind"], 1);
     assert_eq!(host("h12")["position"], "diverged");

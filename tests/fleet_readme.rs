@@ -77,7 +77,11 @@ fn the_readme_fleet_walkthrough_runs_as_written() {
     let home = dir.path().join("home");
     std::fs::create_dir(&home).unwrap();
     let child = Command::new("bash")
-        .args(["-c", &format!("set -eu -o pipefail\n{script}"), "walkthrough"])
+        .args([
+            "-c",
+            &format!("set -eu -o pipefail\n{script}"),
+            "walkthrough",
+        ])
         .current_dir(dir.path())
         .env("PATH", path)
         .env("HOME", &home)
@@ -104,20 +108,14 @@ fn the_readme_fleet_walkthrough_runs_as_written() {
     let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
     let logs: String = ["web-01", "web-02", "db-01"]
         .iter()
-        .map(|h| {
-            std::fs::read_to_string(dir.path().join(h).join("agent.log")).unwrap_or_default()
-        })
+        .map(|h| std::fs::read_to_string(dir.path().join(h).join("agent.log")).unwrap_or_default())
         .collect::<Vec<_>>()
         .join("\n---\n");
     assert!(
         status.success(),
         "the walkthrough failed ({status:?})\nstdout:\n{stdout}\nstderr:\n{stderr}\nagents:\n{logs}"
     );
-    assert_eq!(
-        stdout.matches("rollout completed").count(),
-        3,
-        "{stdout}"
-    );
+    assert_eq!(stdout.matches("rollout completed").count(), 3, "{stdout}");
     assert!(stdout.contains("all 3 hosts render"), "{stdout}");
     assert!(stdout.contains("<h1>web-01</h1>"), "{stdout}");
     // Step 5 printed the new port, step 6 the old one again.

@@ -51,8 +51,8 @@ fn duration(what: &str, raw: &str) -> Result<Duration> {
 
 /// `trueup validate --fleet DIR`: one line per host; exit 1 if any fails.
 pub fn validate_fleet(common: &Common, dir: &Path, reports: Option<&str>) -> Result<i32> {
-    let config: FleetConfig =
-        read_fleet_config(dir).with_context(|| format!("validating the fleet in {}", dir.display()))?;
+    let config: FleetConfig = read_fleet_config(dir)
+        .with_context(|| format!("validating the fleet in {}", dir.display()))?;
     // `--offline`: the stand-in facts files only (no reports are read).
     let location = if common.offline {
         None
@@ -139,7 +139,11 @@ pub fn fleet_promote(common: &Common, reports: Option<&str>, opts: &PromoteOptio
         groups: opts.groups.clone(),
         hosts: opts.hosts.clone(),
         waves,
-        wait: opts.wait.as_deref().map(|w| duration("--wait", w)).transpose()?,
+        wait: opts
+            .wait
+            .as_deref()
+            .map(|w| duration("--wait", w))
+            .transpose()?,
         max_unhealthy: opts.max_unhealthy,
         dry_run: opts.dry_run,
         poll: opts
@@ -189,7 +193,12 @@ impl PromoteProgress for PlainProgress {
     }
     fn wave_started(&mut self, i: usize, n: usize, w: &WaveOutcome) {
         let hosts: Vec<&str> = w.hosts.iter().map(|h| h.host.as_str()).collect();
-        println!("wave {}/{n} ({}): pushing {}", i + 1, w.wave, hosts.join(", "));
+        println!(
+            "wave {}/{n} ({}): pushing {}",
+            i + 1,
+            w.wave,
+            hosts.join(", ")
+        );
     }
     fn host_reported(&mut self, h: &WaveHost) {
         match &h.verdict {
@@ -276,8 +285,10 @@ pub fn rollout_status(
         // No main (a fleet without one): nothing to compare with.
         Err(promote::PromoteError::UnknownFrom(_)) if from.is_none() => return Ok(None),
         Err(e) => {
-            return Err(anyhow::Error::new(e)
-                .context(format!("reading the rollout of {} in {source}", from.unwrap_or("main"))));
+            return Err(anyhow::Error::new(e).context(format!(
+                "reading the rollout of {} in {source}",
+                from.unwrap_or("main")
+            )));
         }
     };
     Ok(Some(view))

@@ -218,14 +218,15 @@ pub fn parse_fleet_config(file: &str, bytes: &[u8]) -> Result<FleetConfig, SpecE
     let text = std::str::from_utf8(bytes)
         .map_err(|_| SpecErrors(vec![pos_err(0, 0, "the file is not valid UTF-8".into())]))?;
     let options = serde_saphyr::options! { emit_comments: false };
-    let raw: Option<RawFleet> = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
-        let loc = e.location();
-        SpecErrors(vec![pos_err(
-            loc.map(|l| l.line()).unwrap_or(0),
-            loc.map(|l| l.column()).unwrap_or(0),
-            yaml_error_message(&e),
-        )])
-    })?;
+    let raw: Option<RawFleet> =
+        serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+            let loc = e.location();
+            SpecErrors(vec![pos_err(
+                loc.map(|l| l.line()).unwrap_or(0),
+                loc.map(|l| l.column()).unwrap_or(0),
+                yaml_error_message(&e),
+            )])
+        })?;
     let mut v = Validator {
         file,
         errors: Vec::new(),
@@ -409,7 +410,10 @@ impl Validator<'_> {
             if let Err(why) = check_name(&g.value) {
                 self.err(&g, format!("host '{name}': group '{}': {why}", g.value));
             } else if host.groups.contains(&g.value) {
-                self.err(&g, format!("host '{name}': group '{}' is listed twice", g.value));
+                self.err(
+                    &g,
+                    format!("host '{name}': group '{}' is listed twice", g.value),
+                );
             } else if hosts.contains(&g.value) {
                 self.err(
                     &g,
@@ -441,10 +445,9 @@ impl Validator<'_> {
             let mut out = Vec::new();
             for w in &waves.value {
                 match Wave::parse(&w.value) {
-                    Ok(Wave::Group(g)) if !groups.contains(&g) => self.err(
-                        w,
-                        format!("rollout.waves: no host is in the group '{g}'"),
-                    ),
+                    Ok(Wave::Group(g)) if !groups.contains(&g) => {
+                        self.err(w, format!("rollout.waves: no host is in the group '{g}'"))
+                    }
                     Ok(wave) => out.push(wave),
                     Err(why) => self.err(w, format!("rollout.waves: {why}")),
                 }
@@ -459,7 +462,10 @@ impl Validator<'_> {
                 Ok(_) => self.err(&w, "rollout.wait: must be longer than 0s".into()),
                 Err(e) => self.err(
                     &w,
-                    format!("rollout.wait: '{}' is not a duration like 10m: {e}", w.value),
+                    format!(
+                        "rollout.wait: '{}' is not a duration like 10m: {e}",
+                        w.value
+                    ),
                 ),
             }
         }
@@ -491,7 +497,10 @@ impl Validator<'_> {
                 continue;
             }
             if s.files.contains_key(&path.value) {
-                self.err(&path, format!("secrets.files: '{}' is listed twice", path.value));
+                self.err(
+                    &path,
+                    format!("secrets.files: '{}' is listed twice", path.value),
+                );
                 continue;
             }
             let mut names = Vec::new();
@@ -511,7 +520,10 @@ impl Validator<'_> {
             if names.is_empty() {
                 self.err(
                     &path,
-                    format!("secrets.files: '{}': no host or group to encrypt for", path.value),
+                    format!(
+                        "secrets.files: '{}': no host or group to encrypt for",
+                        path.value
+                    ),
                 );
             }
             s.files.insert(path.value, names);
@@ -583,7 +595,13 @@ secrets:
         );
         assert_eq!(c.hosts["web-01"].groups, ["web", "canary"]);
         assert!(c.hosts["bare-01"].groups.is_empty());
-        assert!(c.hosts["db-01"].ssh_key.as_deref().unwrap().starts_with("ssh-ed25519 "));
+        assert!(
+            c.hosts["db-01"]
+                .ssh_key
+                .as_deref()
+                .unwrap()
+                .starts_with("ssh-ed25519 ")
+        );
         assert_eq!(
             c.rollout.waves,
             [
@@ -596,7 +614,10 @@ secrets:
         assert_eq!(c.rollout.max_unhealthy, 1);
         assert_eq!(c.secrets.admins.len(), 1);
         assert_eq!(c.secrets.files["secrets/db.age"], ["db", "web-01"]);
-        assert_eq!(c.groups().into_iter().collect::<Vec<_>>(), ["canary", "db", "web"]);
+        assert_eq!(
+            c.groups().into_iter().collect::<Vec<_>>(),
+            ["canary", "db", "web"]
+        );
     }
 
     #[test]
@@ -612,7 +633,10 @@ secrets:
     fn targets_resolve_hosts_and_groups() {
         let c = parse(EXAMPLE).unwrap();
         let t = c.resolve_targets(&["web", "db-01"]).unwrap();
-        assert_eq!(t.into_iter().collect::<Vec<_>>(), ["db-01", "web-01", "web-02"]);
+        assert_eq!(
+            t.into_iter().collect::<Vec<_>>(),
+            ["db-01", "web-01", "web-02"]
+        );
         assert_eq!(
             c.resolve_targets(&["nope"]).unwrap_err(),
             UnknownTarget("nope".into())
@@ -681,9 +705,8 @@ secrets:
 
     #[test]
     fn secrets_name_known_hosts_or_groups_and_real_keys() {
-        let e = one_error(
-            "hosts: { a: { groups: [g] } }\nsecrets:\n  files:\n    s/x.age: [g, b]\n",
-        );
+        let e =
+            one_error("hosts: { a: { groups: [g] } }\nsecrets:\n  files:\n    s/x.age: [g, b]\n");
         assert!(e.starts_with("fleet.yaml:4:18: "), "{e}");
         assert!(e.contains("'b' is neither a host nor a group"), "{e}");
         let e = one_error("secrets: { files: { /etc/x.age: [] } }");
@@ -691,7 +714,10 @@ secrets:
         let e = one_error("secrets:\n  admins: [\"ssh-dss AAAA\"]\n");
         assert!(e.starts_with("fleet.yaml:2:12: secrets.admins"), "{e}");
         let e = one_error("hosts:\n  a: { ssh_key: \"ssh-ed25519\" }\n");
-        assert!(e.contains("host 'a': ssh_key: the key's base64 body"), "{e}");
+        assert!(
+            e.contains("host 'a': ssh_key: the key's base64 body"),
+            "{e}"
+        );
     }
 
     #[test]

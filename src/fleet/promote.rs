@@ -194,7 +194,9 @@ pub enum Verdict {
     Waiting,
     Healthy,
     /// Why, in the words of the note's summary line.
-    Unhealthy { reason: String },
+    Unhealthy {
+        reason: String,
+    },
 }
 
 /// Judges the note a host wrote on the promoted commit. Healthy: status
@@ -203,10 +205,14 @@ pub enum Verdict {
 pub fn verdict(summary: &str, report: &RunReport) -> Verdict {
     // The note's summary line, and the first failing resource's error: the
     // summary counts failures, the resource says what broke.
-    let first_failure = report
-        .resources
-        .iter()
-        .find_map(|r| Some(format!("{} {}: {}", r.kind.as_str(), r.resource, r.error.as_ref()?)));
+    let first_failure = report.resources.iter().find_map(|r| {
+        Some(format!(
+            "{} {}: {}",
+            r.kind.as_str(),
+            r.resource,
+            r.error.as_ref()?
+        ))
+    });
     let bad = |why: &str| {
         let mut reason = if summary.trim().is_empty() {
             why.to_string()
@@ -217,7 +223,11 @@ pub fn verdict(summary: &str, report: &RunReport) -> Verdict {
             reason = format!("{reason}; {f}");
         }
         Verdict::Unhealthy {
-            reason: reason.chars().filter(|c| !c.is_control()).take(500).collect(),
+            reason: reason
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(500)
+                .collect(),
         }
     };
     match report.status {
@@ -367,7 +377,10 @@ pub fn run(
     let refs = conn.list_refs(&repo)?;
     // Every branch: the promoted commit is reachable from one, and each
     // host branch's history decides fast-forward or not.
-    conn.fetch(&repo, &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"])?;
+    conn.fetch(
+        &repo,
+        &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+    )?;
     let commit = resolve_from(&repo, &refs, &req.from)?;
     let commit_hex = commit.to_string();
     let config = fleet_of(&repo, commit)?;
@@ -429,10 +442,7 @@ pub fn run(
                     .iter()
                     .map(|h| WaveHost {
                         host: h.clone(),
-                        branch_move: pending_moves
-                            .get(h)
-                            .cloned()
-                            .unwrap_or(BranchMove::Create),
+                        branch_move: pending_moves.get(h).cloned().unwrap_or(BranchMove::Create),
                         verdict: Verdict::Waiting,
                     })
                     .collect(),
@@ -477,7 +487,15 @@ pub fn run(
                 break;
             }
         }
-        watch_wave(req, reports_url, &commit_hex, wave, wait, max_unhealthy, progress)?;
+        watch_wave(
+            req,
+            reports_url,
+            &commit_hex,
+            wave,
+            wait,
+            max_unhealthy,
+            progress,
+        )?;
         progress.wave_finished(wave);
         if wave.unhealthy > max_unhealthy as usize {
             let bad: Vec<String> = wave
@@ -806,7 +824,10 @@ pub fn rollout_view(
     let repo = Repository::init_bare(tmp.path()).map_err(repo_err)?;
     let conn = Connector::new(source, auth)?;
     let refs = conn.list_refs(&repo)?;
-    conn.fetch(&repo, &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"])?;
+    conn.fetch(
+        &repo,
+        &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+    )?;
     let commit = resolve_from(&repo, &refs, from)?;
     let commit_hex = commit.to_string();
     let heads: BTreeMap<&str, Oid> = refs
@@ -885,7 +906,10 @@ pub fn rollout_view(
         _ => format!(": in progress, {waiting} waiting for a report"),
     });
     if !diverged.is_empty() {
-        summary.push_str(&format!("; diverged (host-only commits): {}", diverged.join(", ")));
+        summary.push_str(&format!(
+            "; diverged (host-only commits): {}",
+            diverged.join(", ")
+        ));
     }
     Ok(RolloutView {
         from: from.to_string(),
@@ -898,9 +922,18 @@ pub fn rollout_view(
 
 /// The rollout as a text table for people.
 pub fn render_rollout(v: &RolloutView) -> String {
-    let mut out = format!("rollout: {}
-", v.summary);
-    let width = v.hosts.iter().map(|h| h.host.len()).max().unwrap_or(4).max(4);
+    let mut out = format!(
+        "rollout: {}
+",
+        v.summary
+    );
+    let width = v
+        .hosts
+        .iter()
+        .map(|h| h.host.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     out.push_str(&format!("{:<width$}  BEHIND  ROLLOUT\n", "HOST"));
     for h in &v.hosts {
         let behind = h.behind.map_or("-".to_string(), |b| b.to_string());
@@ -929,7 +962,12 @@ pub fn render_summary(s: &PromoteSummary) -> String {
         RolloutResult::DryRun => "would promote",
         _ => "promoting",
     };
-    out.push_str(&format!("{verb} {} ({}) from {}\n", s.from, short(&s.commit), s.source));
+    out.push_str(&format!(
+        "{verb} {} ({}) from {}\n",
+        s.from,
+        short(&s.commit),
+        s.source
+    ));
     for (i, w) in s.waves.iter().enumerate() {
         out.push_str(&format!(
             "wave {}/{} ({}): {} host(s)",
@@ -951,7 +989,12 @@ pub fn render_summary(s: &PromoteSummary) -> String {
             let mv = match &h.branch_move {
                 BranchMove::Create => format!("create {}", host_branch(&h.host)),
                 BranchMove::FastForward { from } => {
-                    format!("{} {}..{}", host_branch(&h.host), short(from), short(&s.commit))
+                    format!(
+                        "{} {}..{}",
+                        host_branch(&h.host),
+                        short(from),
+                        short(&s.commit)
+                    )
                 }
                 BranchMove::AlreadyThere => "already there".into(),
                 BranchMove::Diverged { .. } => "diverged".into(),
@@ -1025,7 +1068,11 @@ mod tests {
         let c = fleet();
         let pending = names(&["a1", "a2", "a3", "a4", "a5", "b1"]);
         let waves = plan_waves(
-            &[Wave::Group("canary".into()), Wave::Share(25), Wave::Share(100)],
+            &[
+                Wave::Group("canary".into()),
+                Wave::Share(25),
+                Wave::Share(100),
+            ],
             &pending,
             &c,
         );
@@ -1046,7 +1093,11 @@ mod tests {
     fn a_share_takes_at_least_one_and_empty_waves_are_dropped() {
         let c = fleet();
         let waves = plan_waves(
-            &[Wave::Share(1), Wave::Group("canary".into()), Wave::Share(50)],
+            &[
+                Wave::Share(1),
+                Wave::Group("canary".into()),
+                Wave::Share(50),
+            ],
             &names(&["a3", "a4", "a5"]),
             &c,
         );
@@ -1079,13 +1130,24 @@ mod tests {
         let s = select(&hosts, &moves, &latest);
         assert_eq!(s.promoted, names(&["a1"]));
         assert_eq!(
-            s.pending.iter().map(|(h, _)| h.as_str()).collect::<Vec<_>>(),
+            s.pending
+                .iter()
+                .map(|(h, _)| h.as_str())
+                .collect::<Vec<_>>(),
             ["a5", "b1"]
         );
         let skipped: Vec<&str> = s.skipped.iter().map(|k| k.host.as_str()).collect();
         assert_eq!(skipped, ["a2", "a3", "a4"]);
-        assert!(s.skipped[0].reason.contains("holds commits"), "{:?}", s.skipped);
-        assert!(s.skipped[2].reason.contains("maintenance"), "{:?}", s.skipped);
+        assert!(
+            s.skipped[0].reason.contains("holds commits"),
+            "{:?}",
+            s.skipped
+        );
+        assert!(
+            s.skipped[2].reason.contains("maintenance"),
+            "{:?}",
+            s.skipped
+        );
         // The canary is on the commit: the canary wave is empty and dropped.
         let waves = plan_waves(
             &[Wave::Group("canary".into()), Wave::Share(100)],
@@ -1098,8 +1160,14 @@ mod tests {
     #[test]
     fn healthy_needs_a_good_status_and_passed_or_no_health() {
         let c = "c".repeat(40);
-        assert_eq!(verdict("ok", &report(RunStatus::InSync, &c)), Verdict::Healthy);
-        assert_eq!(verdict("ok", &report(RunStatus::Converged, &c)), Verdict::Healthy);
+        assert_eq!(
+            verdict("ok", &report(RunStatus::InSync, &c)),
+            Verdict::Healthy
+        );
+        assert_eq!(
+            verdict("ok", &report(RunStatus::Converged, &c)),
+            Verdict::Healthy
+        );
         for s in [
             RunStatus::Failed,
             RunStatus::Error,
@@ -1160,7 +1228,10 @@ mod tests {
             Verdict::Unhealthy { .. }
         ));
         // Only the latest ref was read (an older reader's view).
-        let t = tips(vec![], Some(format_note(&report(RunStatus::Converged, &new))));
+        let t = tips(
+            vec![],
+            Some(format_note(&report(RunStatus::Converged, &new))),
+        );
         assert_eq!(host_verdict(&t, "h", &new), Verdict::Healthy);
     }
 

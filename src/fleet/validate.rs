@@ -100,7 +100,8 @@ pub fn read_facts_file(dir: &Path, host: &str) -> Result<Option<Facts>, String> 
         serde_json::Value::Object(map) => {
             for (k, v) in map {
                 if k == "os"
-                    && let (Some(o), serde_json::Value::Object(given_os)) = (merged.get_mut("os"), &v)
+                    && let (Some(o), serde_json::Value::Object(given_os)) =
+                        (merged.get_mut("os"), &v)
                 {
                     for (ok, ov) in given_os {
                         o[ok] = ov.clone();
@@ -203,8 +204,7 @@ mod tests {
         );
         write(d, "hosts/a.facts.yaml", "os: { id: debian }\n");
         write(d, "hosts/b.facts.yaml", "os: { id: rocky }\ncpus: 4\n");
-        let config =
-            parse_fleet_config("fleet.yaml", b"hosts: { a: {}, b: {}, c: {} }\n").unwrap();
+        let config = parse_fleet_config("fleet.yaml", b"hosts: { a: {}, b: {}, c: {} }\n").unwrap();
         let mut reported = BTreeMap::new();
         let mut c_facts = PublishedFacts {
             hostname: "c".into(),
@@ -249,12 +249,13 @@ mod tests {
             e.contains("hosts/h.facts.yaml") && e.contains("hostnme"),
             "{e}"
         );
-        write(tmp.path(), "hosts/h.facts.yaml", "os: { version_id: \"12\" }\n");
-        let f = read_facts_file(tmp.path(), "h").unwrap().unwrap();
-        assert_eq!(
-            (f.hostname.as_str(), f.os.version_id.as_str()),
-            ("h", "12")
+        write(
+            tmp.path(),
+            "hosts/h.facts.yaml",
+            "os: { version_id: \"12\" }\n",
         );
+        let f = read_facts_file(tmp.path(), "h").unwrap().unwrap();
+        assert_eq!((f.hostname.as_str(), f.os.version_id.as_str()), ("h", "12"));
         assert_eq!(read_facts_file(tmp.path(), "none").unwrap(), None);
     }
 }
