@@ -63,6 +63,17 @@ impl Phase {
 pub struct RunControl {
     stop: Arc<AtomicBool>,
     progress: Arc<Progress>,
+    /// The run lock this run holds, so the health window can let go of it
+    /// (a `check` or `disable` during the window runs at once).
+    lock: Arc<Mutex<RunLock>>,
+}
+
+/// The run lock as a run holds it.
+#[derive(Default)]
+struct RunLock {
+    path: PathBuf,
+    timeout: Duration,
+    held: Option<crate::lock::Held>,
 }
 
 impl RunControl {
@@ -71,7 +82,40 @@ impl RunControl {
         RunControl {
             stop: Arc::new(AtomicBool::new(false)),
             progress: Arc::new(Progress::new()),
+            lock: Arc::default(),
         }
+    }
+
+    /// Keeps the run lock, taken from `path`, for this run.
+    pub fn hold_lock(&self, path: &std::path::Path, timeout: Duration, held: crate::lock::Held) {
+        if let Ok(mut l) = self.lock.lock() {
+            *l = RunLock {
+                path: path.to_path_buf(),
+                timeout,
+                held: Some(held),
+            };
+        }
+    }
+
+    /// Lets go of the run lock; true when it was held.
+    pub fn release_lock(&self) -> bool {
+        self.lock
+            .lock()
+            .map(|mut l| l.held.take().is_some())
+            .unwrap_or(false)
+    }
+
+    /// Takes the run lock again after `release_lock`.
+    pub fn reacquire_lock(&self) -> Result<(), crate::lock::LockError> {
+        let (path, timeout) = match self.lock.lock() {
+            Ok(l) => (l.path.clone(), l.timeout),
+            Err(_) => return Ok(()),
+        };
+        let held = crate::lock::acquire(&path, timeout, &|| self.should_stop())?;
+        if let Ok(mut l) = self.lock.lock() {
+            l.held = Some(held);
+        }
+        Ok(())
     }
 
     /// Polled between resource changes: true once SIGTERM arrived. Each
@@ -304,6 +348,7 @@ pub async fn run(opts: AgentOptions, runner: Runner) -> Result<()> {
         let control = RunControl {
             stop: stop.clone(),
             progress: Arc::new(Progress::new()),
+            lock: Arc::default(),
         };
         control.progress.touch();
         let job = {

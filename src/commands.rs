@@ -193,10 +193,23 @@ pub fn locked_run(
     control: &RunControl,
 ) -> Result<RunReport> {
     control.phase(Phase::Waiting);
-    let _lock = crate::lock::acquire(&common.lock_file, common.settings.lock_timeout, &|| {
+    let lock = crate::lock::acquire(&common.lock_file, common.settings.lock_timeout, &|| {
         control.should_stop()
     })
     .context("waiting for the run lock")?;
+    // Held through the control: the health window lets go of it.
+    control.hold_lock(&common.lock_file, common.settings.lock_timeout, lock);
+    let result = locked_run_held(common, mode, dry_run, control);
+    control.release_lock();
+    result
+}
+
+fn locked_run_held(
+    common: &Common,
+    mode: Mode,
+    dry_run: bool,
+    control: &RunControl,
+) -> Result<RunReport> {
     let state = HostState::load(&common.state_dir)?;
     let mode = if state.disabled.is_some() || common.settings.mode == AgentMode::Check {
         Mode::Check

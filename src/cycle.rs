@@ -93,6 +93,7 @@ pub fn run_cycle(
                     state_dir: &settings.state_dir,
                     can_roll_back: false,
                     stop: &stop,
+                    lock: Some(control),
                 }
                 .after_run(&mut report, desired.as_ref(), &mut state, &mut |_| {
                     (report_without_rollback(&run_opts, facts), None)
@@ -246,6 +247,9 @@ fn git_cycle(
         None => (report, tip_hex),
     };
     let tip_hex = applied;
+    let mut report = report;
+    // What `validate --fleet` renders this host's state with (issue 11).
+    report.set_facts(facts);
     {
         control.phase(Phase::Checking);
         let stop = || control.should_stop();
@@ -254,6 +258,7 @@ fn git_cycle(
             state_dir: &settings.state_dir,
             can_roll_back: settings.root == std::path::Path::new("/"),
             stop: &stop,
+            lock: Some(control),
         };
         stage.after_run(&mut report, desired.as_ref(), &mut state, &mut |commit| {
             converge_commit(
@@ -261,9 +266,6 @@ fn git_cycle(
             )
         });
     }
-    // What `validate --fleet` renders this host's state with (issue 11).
-    let mut report = report;
-    report.set_facts(facts);
     // What the fleet report needs beside the run (issue 16), after a
     // rollback may have changed the commit.
     report.set_host_context(

@@ -938,6 +938,10 @@ pub struct Stage<'a> {
     /// Polled during the window: an agent told to stop leaves the
     /// decision pending in `state.json`.
     pub stop: &'a dyn Fn() -> bool,
+    /// The run's control, whose run lock the window lets go of and takes
+    /// back, so a `check` or `disable` meanwhile runs at once. `None`
+    /// keeps whatever lock there is.
+    pub lock: Option<&'a crate::agent::RunControl>,
 }
 
 impl Stage<'_> {
@@ -1063,6 +1067,9 @@ impl Stage<'_> {
         };
         let mut prober = make(settle);
         let started = Instant::now();
+        // The wait does not hold the run lock; what `state.json` says is
+        // read again once it is back.
+        let released = full && self.lock.is_some_and(|c| c.release_lock());
         let checks = watch(
             &spec.checks,
             prober.as_mut(),
@@ -1070,6 +1077,44 @@ impl Stage<'_> {
             PROBE_INTERVAL,
             self.stop,
         );
+        if released && let Some(control) = self.lock {
+            control.phase(crate::agent::Phase::Waiting);
+            if let Err(e) = control.reacquire_lock() {
+                warn!(error = %e, "could not take the run lock back after the health window; the decision stays pending");
+                report.health = Some(HealthReport {
+                    status: HealthStatus::Pending,
+                    commit,
+                    window_ms: millis(spec.window),
+                    duration_ms: millis(started.elapsed()),
+                    checks,
+                    rollback: None,
+                    note: Some(format!("the run lock was not taken back: {e}")),
+                });
+                return;
+            }
+            control.phase(crate::agent::Phase::Checking);
+            match HostState::load(self.state_dir) {
+                // Another run finished this decision meanwhile.
+                Ok(disk) if disk.pending_health.as_ref().map(|p| &p.commit) != commit.as_ref() => {
+                    *state = disk;
+                    report.health = Some(HealthReport {
+                        status: status_of(&checks, true),
+                        commit,
+                        window_ms: millis(spec.window),
+                        duration_ms: millis(started.elapsed()),
+                        checks,
+                        rollback: None,
+                        note: Some("another run decided during the window".into()),
+                    });
+                    return;
+                }
+                Ok(disk) => {
+                    state.disabled = disk.disabled;
+                    state.last_note = disk.last_note;
+                }
+                Err(e) => warn!(error = %e, "could not read state.json after the health window"),
+            }
+        }
         let over = !full || Instant::now() >= deadline;
         let status = status_of(&checks, over);
         let mut health = HealthReport {
@@ -1094,7 +1139,16 @@ impl Stage<'_> {
             can_roll_back: self.can_roll_back,
             on_failure: spec.on_failure,
         };
-        match decide(status, &situation) {
+        // `trueup disable` during the window pauses the rollback too.
+        let decision = match decide(status, &situation) {
+            Decision::RollBack { .. } if state.disabled.is_some() => Decision::KeepUnhealthy {
+                reason:
+                    "convergence was paused (trueup disable) during the window: not rolled back"
+                        .into(),
+            },
+            d => d,
+        };
+        match decision {
             Decision::Healthy => {
                 info!(commit = commit.as_deref().unwrap_or(""), "healthy");
                 state.last_healthy = commit.or(state.last_healthy.take());
@@ -1474,6 +1528,7 @@ mod tests {
             state_dir: state_dir.path(),
             can_roll_back: true,
             stop: &|| false,
+            lock: None,
         };
         let mut state = HostState {
             applied_commit: Some("a".into()),
@@ -1556,6 +1611,7 @@ mod tests {
             state_dir: state_dir.path(),
             can_roll_back: true,
             stop: &|| false,
+            lock: None,
         };
         // The agent stopped during B's window; B is applied, and this run
         // found it in sync (it created nothing now).

@@ -146,3 +146,54 @@ fn a_branch_without_checks_is_healthy_and_health_says_so() {
     assert_eq!(now.code, 0, "{}", now.all());
     assert!(now.stdout.contains("no health checks"), "{}", now.stdout);
 }
+
+#[test]
+fn the_window_does_not_hold_the_run_lock() {
+    // Nothing listens on this port: the apply waits out its whole window.
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let src = tempfile::tempdir().unwrap();
+    write(
+        src.path(),
+        "trueup.yaml",
+        &format!(
+            "files:\n  /etc/app.conf:\n    content: \"x\\n\"\nhealth:\n  window: 8s\n  checks:\n    db: {{ tcp: \"127.0.0.1:{port}\", timeout: 1s }}\n"
+        ),
+    );
+    let host = Host::new();
+    let mut apply = std::process::Command::new(trueup_bin())
+        .arg("--source")
+        .arg(src.path())
+        .arg("--root")
+        .arg(host.root.path())
+        .arg("--state-dir")
+        .arg(host.state.path())
+        .args(["apply", "--format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The file is written before the window opens.
+    let started = std::time::Instant::now();
+    while !host.path("/etc/app.conf").exists() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // A check during the window runs at once (the lock is free), while
+    // the apply is still waiting for its checks.
+    let check = host.run(src.path(), &["check"]);
+    assert_eq!(check.code, 0, "{}", check.all());
+    assert!(
+        apply.try_wait().unwrap().is_none(),
+        "the apply ended before the check ran; the window is 8s"
+    );
+    let out = apply.wait_with_output().unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["status"], "unhealthy", "{r:#}");
+    assert!(
+        r["health"]["duration_ms"].as_u64().unwrap() >= 7_000,
+        "{r:#}"
+    );
+}
