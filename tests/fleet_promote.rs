@@ -401,5 +401,28 @@ fn promote_in_waves_skips_hotfixed_hosts_and_stops_on_a_failing_canary() {
     assert_eq!(host("h12")["position"], "diverged");
     assert_eq!(host("h12")["ahead"], 1);
     assert_eq!(host("h12")["behind"], 2);
+
+    // A host that says nothing within --wait is unhealthy: h02's agent is
+    // stopped, so a rollout of v3 to it alone (--hosts, --waves) stops.
+    let mut agents = agents;
+    let h02 = agents.remove(1);
+    drop(h02);
+    let (code, out, err) = promote(
+        base.path(),
+        &url,
+        &[
+            "--from", &v3, "--hosts", "h0[2]", "--waves", "100%", "--wait", "3s",
+        ],
+    );
+    assert_eq!(code, 1, "{out}\n{err}");
+    let stop_line = out
+        .lines()
+        .find(|l| l.starts_with("rollout stopped"))
+        .unwrap();
+    assert!(
+        stop_line.contains("h02: no healthy report on the promoted commit within 3s"),
+        "{out}"
+    );
+    assert_eq!(host_tips(&repo.bare)["h03"], v2, "only h02 was selected");
     drop(agents);
 }
