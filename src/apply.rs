@@ -711,7 +711,8 @@ fn apply_node(
         (spec, content, action)
         && !spec.validate.is_empty()
     {
-        return write_validated(opts, path, &spec.validate, content, *uid, *gid, *mode);
+        let meta = (*uid, *gid, *mode);
+        return write_validated(opts, path, &spec.validate, content, meta, spec.secret);
     }
     node::execute(opts.root, path, action, content)
 }
@@ -724,9 +725,8 @@ fn write_validated(
     path: &Path,
     argv: &[String],
     content: &[u8],
-    uid: Option<u32>,
-    gid: Option<u32>,
-    mode: u32,
+    (uid, gid, mode): (Option<u32>, Option<u32>, u32),
+    secret: bool,
 ) -> Result<(), String> {
     let entry = crate::safe_fs::Entry::open(opts.root, path, true)
         .map_err(|e| e.to_string())?
@@ -736,6 +736,13 @@ fn write_validated(
         let run = runner.validate(argv, tmp)?;
         if run.success() {
             Ok(())
+        } else if secret {
+            // A validator may quote the content it refuses.
+            Err(format!(
+                "validate `{}` refused the new content ({}); its output is not shown for a secret file; the file was not replaced",
+                argv.join(" "),
+                run.status
+            ))
         } else {
             Err(format!(
                 "validate `{}` refused the new content ({}): {}; the file was not replaced",
@@ -1534,6 +1541,24 @@ mod tests {
         let r = by_resource(&out);
         assert_eq!(r["command bad"].0, Status::Skipped);
         assert!(r["command bad"].2.as_deref().unwrap().starts_with("commands do not run under --root"));
+    }
+
+    #[test]
+    fn a_secret_file_refused_by_validate_does_not_show_the_output() {
+        let h = account_host();
+        let mut d = DesiredState::default();
+        let mut key = file("hunter2\n", &[], NotifyAction::Restart);
+        key.secret = true;
+        key.validate = ["sh", "-c", "cat \"$0\"; exit 1", "{path}"]
+            .map(String::from)
+            .to_vec();
+        d.files.insert("/etc/app.key".into(), key);
+        let out = h.apply_accounts(&d);
+        let o = &out[0];
+        assert_eq!(o.status, Status::Failed);
+        let err = o.error.as_deref().unwrap();
+        assert!(err.contains("exit status 1") && !err.contains("hunter2"), "{err}");
+        assert!(!h.root.path().join("etc/app.key").exists());
     }
 
     #[test]

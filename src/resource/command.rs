@@ -229,7 +229,9 @@ pub fn diff(
     if let Some(p) = &spec.creates {
         why.push(format!("{} does not exist", p.display()));
     }
-    if let Some(Ok(run)) = &obs.unless {
+    if spec.secret && obs.unless.is_some() {
+        why.push("unless: did not exit 0".into());
+    } else if let Some(Ok(run)) = &obs.unless {
         why.push(format!("unless: {}", run.status));
     } else if spec.unless.is_some() {
         why.push("unless: not run under --root".into());
