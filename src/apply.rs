@@ -127,7 +127,12 @@ pub fn apply(plan: &Plan, desired: &DesiredState, opts: &ApplyOptions) -> Vec<Ou
     let mut writes = StagedWrites::default();
     for step in &plan.steps {
         let stages = writes.stages(step, desired);
-        if writes.full() || (!stages && (step.is_follow_up() || step.action.is_some())) {
+        let commit_first = if stages {
+            writes.full(step)
+        } else {
+            step.is_follow_up() || step.action.is_some()
+        };
+        if commit_first {
             // Anything else may depend on the files written so far (a
             // unit file before daemon-reload, a file before a restart).
             writes.commit(&mut out, &mut changed, &mut broken);
@@ -259,6 +264,8 @@ struct StagedWrites<'p> {
     /// Parent directories shared by consecutive files.
     walk: safe_fs::WalkCache,
     backup_dir_made: bool,
+    /// The directory of the files staged so far.
+    dir: Option<PathBuf>,
 }
 
 /// A batch is committed at this many files or bytes even without a step
@@ -359,9 +366,21 @@ impl<'p> StagedWrites<'p> {
         }
     }
 
-    /// Whether the batch should be committed before it grows further.
-    fn full(&self) -> bool {
-        self.batch.len() >= MAX_BATCH_FILES || self.batch.bytes() >= MAX_BATCH_BYTES
+    /// Whether the batch should be committed before `next` joins it: at
+    /// its size limits, or when `next` is in another directory. A batch
+    /// per directory keeps one directory descriptor, fsyncs its directory
+    /// right after its renames, and leaves each directory old or new as
+    /// a whole after a crash while the next one is written.
+    fn full(&mut self, next: &Step) -> bool {
+        let dir = Path::new(&next.resource.name).parent();
+        let other_dir = self.dir.as_deref() != dir;
+        if other_dir {
+            self.dir = dir.map(Path::to_path_buf);
+        }
+        !self.batch.is_empty()
+            && (other_dir
+                || self.batch.len() >= MAX_BATCH_FILES
+                || self.batch.bytes() >= MAX_BATCH_BYTES)
     }
 }
 
