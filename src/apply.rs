@@ -105,6 +105,25 @@ pub fn check(plan: &Plan) -> Vec<Outcome> {
         .collect()
 }
 
+/// Removes what killed runs left beside managed files, once per managed
+/// directory: runs hold the run lock, so a trueup temporary file found
+/// there now is stale, even beside a file that is never written again.
+fn sweep_stale_temps(desired: &DesiredState, root: &Path) {
+    let dirs: std::collections::BTreeSet<&Path> = desired
+        .files
+        .keys()
+        .chain(desired.symlinks.keys())
+        .filter_map(|p| p.parent())
+        .collect();
+    for dir in dirs {
+        match safe_fs::sweep_stale_temps(root, dir) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(directory = %dir.display(), removed = n, "stale temporary files removed"),
+            Err(e) => tracing::warn!(directory = %dir.display(), error = %e, "could not sweep stale temporary files"),
+        }
+    }
+}
+
 /// Where and how a plan is applied.
 pub struct ApplyOptions<'a> {
     /// Prefix of every managed path.
@@ -120,6 +139,7 @@ pub struct ApplyOptions<'a> {
 
 /// Executes the plan and returns one outcome per step.
 pub fn apply(plan: &Plan, desired: &DesiredState, opts: &ApplyOptions) -> Vec<Outcome> {
+    sweep_stale_temps(desired, opts.root);
     let mut broken: HashSet<&ResourceId> = HashSet::new();
     let mut changed: HashSet<&ResourceId> = HashSet::new();
     let mut packages = PackageBatch::of(plan);
@@ -1249,6 +1269,7 @@ mod tests {
         assert!(h.packages.batches.borrow().is_empty());
         assert!(out.iter().all(|o| o.status == Status::Skipped), "{out:?}");
     }
+
     // --- users, groups, commands, validate, pending owners -------------
 
     use crate::desired::{CommandSpec, GroupSpec, UserSpec};

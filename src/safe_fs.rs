@@ -324,7 +324,6 @@ impl Entry {
         gid: Option<u32>,
         mode: u32,
     ) -> Result<()> {
-        self.remove_stale_temps();
         let tmp = self.temp_name();
         let fd = nix::fcntl::openat(
             &self.dir,
@@ -390,7 +389,6 @@ impl Entry {
 
     /// Replaces the entry with a symlink to `target`, atomically.
     pub fn symlink_atomic(&self, target: &Path) -> Result<()> {
-        self.remove_stale_temps();
         let tmp = self.temp_name();
         nix::unistd::symlinkat(target, &self.dir, tmp.as_os_str())
             .map_err(io(&self.shown, "creating a temporary symlink"))?;
@@ -439,39 +437,6 @@ impl Entry {
         name.push(".trueup-");
         name
     }
-
-    /// Removes temporary files of this entry that a killed trueup left
-    /// behind (`.<name>.trueup-<pid>-<n>` whose process is gone), so that
-    /// crashes do not accumulate half-written copies. Best effort: a
-    /// directory that cannot be listed is left as it is.
-    fn remove_stale_temps(&self) {
-        use std::os::fd::AsRawFd;
-        let prefix = self.temp_prefix();
-        let prefix = prefix.as_bytes();
-        // The descriptor's own directory, whatever happened to its path.
-        let listing = format!("/proc/self/fd/{}", self.dir.as_raw_fd());
-        let Ok(entries) = std::fs::read_dir(listing) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let Some(rest) = name.as_bytes().strip_prefix(prefix) else {
-                continue;
-            };
-            let Some(pid) = stale_temp_owner(rest) else {
-                continue;
-            };
-            let alive = pid == std::process::id()
-                || !matches!(
-                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None),
-                    Err(Errno::ESRCH)
-                );
-            if !alive {
-                let _ =
-                    nix::unistd::unlinkat(&self.dir, name.as_os_str(), UnlinkatFlags::NoRemoveDir);
-            }
-        }
-    }
 }
 
 impl Entry {
@@ -488,7 +453,6 @@ impl Entry {
         gid: Option<u32>,
         mode: u32,
     ) -> Result<usize> {
-        self.remove_stale_temps();
         let tmp = self.temp_name();
         let fd = nix::fcntl::openat(
             &self.dir,
@@ -723,7 +687,6 @@ impl Entry {
         mode: u32,
         check: &mut dyn FnMut(&Path) -> std::result::Result<(), String>,
     ) -> std::result::Result<(), ValidatedWriteError> {
-        self.remove_stale_temps();
         let tmp = self.temp_name();
         let fd = nix::fcntl::openat(
             &self.dir,
@@ -757,6 +720,60 @@ impl Entry {
         }
         Ok(self.sync_dir()?)
     }
+}
+
+/// Removes the temporary files a killed trueup left in the directory
+/// `dir` beneath `root` (`.<name>.trueup-<pid>-<n>` whose process is
+/// gone), whatever file they were for, so a file that is never written
+/// again does not keep its leftovers. Called once per managed directory at
+/// the start of an apply, replacing a listing per write. A missing
+/// directory has none. Returns how many were removed.
+pub fn sweep_stale_temps(root: &Path, dir: &Path) -> Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut fd = open_root(root)?;
+    let mut at = root.to_path_buf();
+    for part in components(dir)? {
+        at.push(part);
+        fd = match open_dir_at(&fd, part) {
+            Ok(next) => next,
+            Err(Errno::ENOENT) | Err(Errno::ENOTDIR) | Err(Errno::ELOOP) => return Ok(0),
+            Err(e) => return Err(io(&at, "opening the directory")(e)),
+        };
+    }
+    // The descriptor's own directory, whatever happens to its path.
+    let listing = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let entries = std::fs::read_dir(listing)
+        .map_err(|e| io(&at, "listing the directory")(errno_of(&e)))?;
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let bytes = name.as_bytes();
+        let Some(at_marker) = bytes.windows(8).rposition(|w| w == b".trueup-") else {
+            continue;
+        };
+        if !bytes.starts_with(b".") {
+            continue;
+        }
+        let Some(pid) = stale_temp_owner(&bytes[at_marker + 8..]) else {
+            continue;
+        };
+        // A live process's file may be a write in hand (this run's, or one
+        // under another state directory and lock): left alone.
+        let alive = pid == std::process::id()
+            || !matches!(
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None),
+                Err(Errno::ESRCH)
+            );
+        if alive {
+            continue;
+        }
+        match nix::unistd::unlinkat(&fd, name.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) => removed += 1,
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(io(&at.join(&name), "removing a stale temporary file")(e)),
+        }
+    }
+    Ok(removed)
 }
 
 /// The pid in the tail `<pid>-<n>` of a temporary file's name.
@@ -886,7 +903,7 @@ mod tests {
     }
 
     #[test]
-    fn stale_temp_files_of_dead_runs_are_removed_on_write() {
+    fn stale_temp_files_are_swept_from_a_directory() {
         assert_eq!(stale_temp_owner(b"123-0"), Some(123));
         assert_eq!(stale_temp_owner(b"123-"), None);
         assert_eq!(stale_temp_owner(b"x-1"), None);
@@ -895,17 +912,32 @@ mod tests {
         let e = Entry::open(root.path(), Path::new("/etc/a.conf"), true)
             .unwrap()
             .unwrap();
-        let etc = root.path().join("etc");
-        // pid_max is at most 4194304: this pid never runs.
-        std::fs::write(etc.join(".a.conf.trueup-4194999-7"), "torn").unwrap();
-        std::fs::write(etc.join(".b.conf.trueup-4194999-7"), "torn").unwrap();
         e.write_atomic(b"whole", None, None, 0o644).unwrap();
+        let etc = root.path().join("etc");
+        std::fs::write(etc.join(".a.conf.trueup-4194999-7"), "torn").unwrap();
+        std::fs::write(etc.join(".b.conf.trueup-4194998-7"), "torn").unwrap();
+        std::fs::write(etc.join(".c.trueup-notapid"), "keep").unwrap();
+        std::fs::write(etc.join("d.trueup-1-1"), "keep").unwrap();
+        let mine = format!(".e.trueup-{}-1", std::process::id());
+        std::fs::write(etc.join(&mine), "a write in hand").unwrap();
+        // pid 1 is always alive: its file is left alone.
+        std::fs::write(etc.join(".f.trueup-1-1"), "live").unwrap();
+        assert_eq!(sweep_stale_temps(root.path(), Path::new("/etc")).unwrap(), 2);
         let mut names: Vec<_> = std::fs::read_dir(&etc)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         names.sort();
-        assert_eq!(names, vec![".b.conf.trueup-4194999-7", "a.conf"]);
+        let mut want = vec![
+            ".c.trueup-notapid",
+            ".f.trueup-1-1",
+            "a.conf",
+            "d.trueup-1-1",
+            mine.as_str(),
+        ];
+        want.sort();
+        assert_eq!(names, want);
+        assert_eq!(sweep_stale_temps(root.path(), Path::new("/nowhere")).unwrap(), 0);
     }
 
     #[test]

@@ -207,9 +207,9 @@ fn sigkill_during_apply_never_leaves_a_torn_file() {
     assert_eq!(r.code, 0, "in sync after converging: {}", r.all());
 }
 
-/// A temporary file a killed run left is removed by the next write of the
-/// same file; one that belongs to a live process, or to another name, is
-/// left alone.
+/// Temporary files a killed run left in a managed directory are removed at
+/// the start of the next apply, whatever file they were for; one that
+/// belongs to a live process, or a name that is not trueup's, is left alone.
 #[test]
 fn stale_temp_files_of_a_killed_run_are_removed_by_the_next_write() {
     let host = Host::new();
@@ -243,6 +243,6 @@ fn stale_temp_files_of_a_killed_run_are_removed_by_the_next_write() {
     );
     assert!(!dead.exists(), "the dead run's temp file is removed");
     assert!(live.exists(), "a live process's temp file is kept");
-    assert!(other.exists(), "another file's temp file is kept");
+    assert!(!other.exists(), "another file's stale temp file is removed too");
     assert!(unrelated.exists(), "a name that is not trueup's is kept");
 }

@@ -179,3 +179,30 @@ fn old_backups_are_pruned_after_a_run() {
     assert!(!backup.join("20261125T000000Z-2").exists());
     assert!(backup.join("20261130T000000Z-3").exists());
 }
+
+/// A temporary file left by a killed run stayed next to its managed file
+/// until that file was written again, which may be never. Every apply now
+/// starts by sweeping the managed directories.
+#[test]
+fn stale_temporary_files_are_swept_at_the_start_of_an_apply() {
+    let host = Host::new();
+    let branch = demo_copy();
+    let (code, report) = host.apply_json(branch.path());
+    assert_eq!(code, 0, "{report:#}");
+    let etc = host.path("/etc");
+    // /etc/motd is in sync: nothing will write it again.
+    std::fs::write(etc.join(".motd.trueup-4194999-3"), "torn").unwrap();
+    // Another file's leftover too, though that file is not declared.
+    let other = ".gone.conf.trueup-4194998-9";
+    std::fs::write(etc.join(other), "torn").unwrap();
+    std::fs::write(etc.join("unrelated.trueup-1-1"), "not ours").unwrap();
+    let (code, report) = host.apply_json(branch.path());
+    assert_eq!(code, 0, "{report:#}");
+    assert!(!etc.join(".motd.trueup-4194999-3").exists());
+    assert!(!etc.join(other).exists());
+    assert!(etc.join("unrelated.trueup-1-1").exists());
+    // check changes nothing, temporary files included.
+    std::fs::write(etc.join(".motd.trueup-4194999-4"), "torn").unwrap();
+    host.check_json(branch.path());
+    assert!(etc.join(".motd.trueup-4194999-4").exists());
+}
