@@ -271,13 +271,10 @@ pub fn rollout_status(
         return Ok(None);
     };
     let source = git_url("--source", source)?;
-    let reports = match reports {
-        Some(r) => git_url("--reports", r)?,
-        None => source.clone(),
-    };
+    let reports = reports.map(|r| git_url("--reports", r)).transpose()?;
     let view = match promote::rollout_view(
         &source,
-        &reports,
+        reports.as_ref(),
         &common.settings.auth,
         from.unwrap_or("main"),
     ) {

@@ -386,7 +386,12 @@ pub fn run(
     let config = fleet_of(&repo, commit)?;
     let hosts = selected_hosts(&config, &req.groups, &req.hosts)?;
 
-    let reports_url = req.reports.as_ref().unwrap_or(&req.source);
+    let configured = configured_reports(req.reports.as_ref(), &config, commit)?;
+    let reports_url = req
+        .reports
+        .as_ref()
+        .or(configured.as_ref())
+        .unwrap_or(&req.source);
     let tips = read_tips(reports_url, &req.auth, false)?;
     let latest = latest_reports(&tips);
     let heads: BTreeMap<&str, Oid> = refs
@@ -558,6 +563,24 @@ fn resolve_from(
         .and_then(|o| o.peel_to_commit())
         .map(|c| c.id())
         .map_err(|_| PromoteError::UnknownFrom(from.to_string()))
+}
+
+/// `reports:` of the commit's `fleet.yaml`, when `--reports` does not say
+/// where the notes are.
+fn configured_reports(
+    flag: Option<&RemoteUrl>,
+    config: &FleetConfig,
+    commit: Oid,
+) -> Result<Option<RemoteUrl>, PromoteError> {
+    match (flag, &config.reports) {
+        (None, Some(raw)) => RemoteUrl::parse(raw)
+            .map(Some)
+            .map_err(|e| PromoteError::Fleet {
+                commit: short(&commit.to_string()).to_string(),
+                detail: format!("reports: {e}"),
+            }),
+        _ => Ok(None),
+    }
 }
 
 /// `fleet.yaml` of the promoted commit.
@@ -809,7 +832,7 @@ pub struct RolloutView {
 /// How far each host's branch is from `from`, and the rollout's state.
 pub fn rollout_view(
     source: &RemoteUrl,
-    reports: &RemoteUrl,
+    reports: Option<&RemoteUrl>,
     auth: &Auth,
     from: &str,
 ) -> Result<RolloutView, PromoteError> {
@@ -835,14 +858,20 @@ pub fn rollout_view(
         .filter_map(|(n, o)| Some((n.strip_prefix("refs/heads/")?, *o)))
         .collect();
     // The hosts of the commit's fleet.yaml, else every host branch.
-    let hosts: Vec<String> = match fleet_of(&repo, commit) {
-        Ok(c) => c.hosts.keys().cloned().collect(),
-        Err(_) => heads
+    let config = fleet_of(&repo, commit).ok();
+    let hosts: Vec<String> = match &config {
+        Some(c) => c.hosts.keys().cloned().collect(),
+        None => heads
             .keys()
             .filter_map(|b| b.strip_prefix("hosts/"))
             .map(str::to_string)
             .collect(),
     };
+    let configured = match &config {
+        Some(c) => configured_reports(reports, c, commit)?,
+        None => None,
+    };
+    let reports = reports.or(configured.as_ref()).unwrap_or(source);
     let tips = read_tips(reports, auth, true)?;
     let mut out = Vec::new();
     for host in hosts {
