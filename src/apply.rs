@@ -118,8 +118,12 @@ fn sweep_stale_temps(desired: &DesiredState, root: &Path) {
     for dir in dirs {
         match safe_fs::sweep_stale_temps(root, dir) {
             Ok(0) => {}
-            Ok(n) => tracing::info!(directory = %dir.display(), removed = n, "stale temporary files removed"),
-            Err(e) => tracing::warn!(directory = %dir.display(), error = %e, "could not sweep stale temporary files"),
+            Ok(n) => {
+                tracing::info!(directory = %dir.display(), removed = n, "stale temporary files removed")
+            }
+            Err(e) => {
+                tracing::warn!(directory = %dir.display(), error = %e, "could not sweep stale temporary files")
+            }
         }
     }
 }
@@ -1362,8 +1366,10 @@ mod tests {
                 system: true,
             },
         );
-        d.users
-            .insert("app".into(), app_user(uid, &["ssh-ed25519 AAAA ops@example.com"]));
+        d.users.insert(
+            "app".into(),
+            app_user(uid, &["ssh-ed25519 AAAA ops@example.com"]),
+        );
         d.users.insert(
             "olduser".into(),
             UserSpec {
@@ -1387,7 +1393,10 @@ mod tests {
         let r = by_resource(&out);
         assert_eq!(r["group app"].0, Status::Changed, "{r:?}");
         assert_eq!(r["user app"].0, Status::Changed, "{r:?}");
-        assert_eq!(r["user app"].1.as_deref(), Some("create, write authorized_keys"));
+        assert_eq!(
+            r["user app"].1.as_deref(),
+            Some("create, write authorized_keys")
+        );
         assert_eq!(r["user olduser"].0, Status::Changed);
         let calls = h.accounts.calls.borrow().clone();
         assert!(calls[0].starts_with("groupadd --gid"), "{calls:?}");
@@ -1409,22 +1418,37 @@ mod tests {
 
         // Drift by hand: a shell, an edited key file, then the user gone.
         h.accounts
-            .run_tool("usermod", &["--shell".into(), "/bin/bash".into(), "app".into()])
+            .run_tool(
+                "usermod",
+                &["--shell".into(), "/bin/bash".into(), "app".into()],
+            )
             .unwrap();
         std::fs::write(&keys, "ssh-rsa BBBB intruder\n").unwrap();
         let p = h.plan_accounts(&d).unwrap();
-        let user = p.steps.iter().find(|s| s.resource.name == "app" && s.resource.kind == Kind::User).unwrap();
+        let user = p
+            .steps
+            .iter()
+            .find(|s| s.resource.name == "app" && s.resource.kind == Kind::User)
+            .unwrap();
         let attrs: Vec<_> = user.drift.iter().map(|d| d.attribute).collect();
         assert_eq!(
             attrs,
-            [crate::resource::Attribute::Shell, crate::resource::Attribute::AuthorizedKeys]
+            [
+                crate::resource::Attribute::Shell,
+                crate::resource::Attribute::AuthorizedKeys
+            ]
         );
         let out = h.apply_accounts(&d);
-        assert_eq!(by_resource(&out)["user app"].1.as_deref(), Some("modify, write authorized_keys"));
+        assert_eq!(
+            by_resource(&out)["user app"].1.as_deref(),
+            Some("modify, write authorized_keys")
+        );
         assert!(h.plan_accounts(&d).unwrap().steps.iter().all(Step::in_sync));
         // The replaced keys were kept.
         assert!(
-            walk(h.backup.path()).iter().any(|p| p.ends_with("srv/app/.ssh/authorized_keys")),
+            walk(h.backup.path())
+                .iter()
+                .any(|p| p.ends_with("srv/app/.ssh/authorized_keys")),
             "{:?}",
             walk(h.backup.path())
         );
@@ -1455,7 +1479,11 @@ mod tests {
         conf.group = Some("app".into());
         d.files.insert("/etc/app.conf".into(), conf);
         let p = h.plan_accounts(&d).unwrap();
-        let step = p.steps.iter().find(|s| s.resource.kind == Kind::File).unwrap();
+        let step = p
+            .steps
+            .iter()
+            .find(|s| s.resource.kind == Kind::File)
+            .unwrap();
         assert_eq!(step.action, Some(Action::Deferred));
         let shown: Vec<String> = step
             .drift
@@ -1464,15 +1492,32 @@ mod tests {
             .collect();
         assert_eq!(
             shown,
-            ["presence file: absent", "owner app: not present yet", "group app: not present yet"]
+            [
+                "presence file: absent",
+                "owner app: not present yet",
+                "group app: not present yet"
+            ]
         );
         assert_eq!(
             step.requires,
-            [ResourceId::new(Kind::User, "app"), ResourceId::new(Kind::Group, "app")]
+            [
+                ResourceId::new(Kind::User, "app"),
+                ResourceId::new(Kind::Group, "app")
+            ]
         );
-        assert_eq!(check(&p).iter().filter(|o| o.status == Status::Drift).count(), 4);
+        assert_eq!(
+            check(&p)
+                .iter()
+                .filter(|o| o.status == Status::Drift)
+                .count(),
+            4
+        );
         let out = h.apply_accounts(&d);
-        assert_eq!(by_resource(&out)["file /etc/app.conf"].0, Status::Changed, "{out:?}");
+        assert_eq!(
+            by_resource(&out)["file /etc/app.conf"].0,
+            Status::Changed,
+            "{out:?}"
+        );
         assert!(h.plan_accounts(&d).unwrap().steps.iter().all(Step::in_sync));
     }
 
@@ -1483,14 +1528,22 @@ mod tests {
         let mut conf = file("x\n", &[], NotifyAction::Restart);
         conf.owner = Some("uuidd".into());
         d.files.insert("/etc/uuidd.conf".into(), conf);
-        d.files.insert("/etc/motd".into(), file("hi\n", &[], NotifyAction::Restart));
+        d.files
+            .insert("/etc/motd".into(), file("hi\n", &[], NotifyAction::Restart));
         let errs = h.plan_accounts(&d).unwrap_err();
-        assert_eq!(errs[0].to_string(), "file /etc/uuidd.conf: owner 'uuidd' does not exist");
+        assert_eq!(
+            errs[0].to_string(),
+            "file /etc/uuidd.conf: owner 'uuidd' does not exist"
+        );
         // A package to install may create it; this one does not: the file
         // fails alone, the rest of the run goes on.
         d.packages.insert("uuid-runtime".into(), present());
         let p = h.plan_accounts(&d).unwrap();
-        let step = p.steps.iter().find(|s| s.resource.name == "/etc/uuidd.conf").unwrap();
+        let step = p
+            .steps
+            .iter()
+            .find(|s| s.resource.name == "/etc/uuidd.conf")
+            .unwrap();
         assert_eq!(step.action, Some(Action::Deferred));
         assert!(step.requires.is_empty());
         let out = h.apply_accounts(&d);
@@ -1498,7 +1551,10 @@ mod tests {
         assert_eq!(r["package uuid-runtime"].0, Status::Changed);
         assert_eq!(r["file /etc/motd"].0, Status::Changed);
         assert_eq!(r["file /etc/uuidd.conf"].0, Status::Failed);
-        assert_eq!(r["file /etc/uuidd.conf"].2.as_deref(), Some("owner 'uuidd' does not exist"));
+        assert_eq!(
+            r["file /etc/uuidd.conf"].2.as_deref(),
+            Some("owner 'uuidd' does not exist")
+        );
         // Installed now, and still no uuidd: the branch is broken again.
         assert!(h.plan_accounts(&d).is_err());
     }
@@ -1517,25 +1573,55 @@ mod tests {
         let marker = h.root.path().join("ran");
         let done = h.root.path().join("done");
         let mut d = DesiredState::default();
-        d.files.insert("/etc/sysctl.d/90-app.conf".into(), file("a=1\n", &[], NotifyAction::Restart));
-        let mut reload = command(&["sh", "-c", "echo reload >> \"$0\"; echo reloaded", marker.to_str().unwrap()]);
+        d.files.insert(
+            "/etc/sysctl.d/90-app.conf".into(),
+            file("a=1\n", &[], NotifyAction::Restart),
+        );
+        let mut reload = command(&[
+            "sh",
+            "-c",
+            "echo reload >> \"$0\"; echo reloaded",
+            marker.to_str().unwrap(),
+        ]);
         reload.on_change = vec![ResourceId::new(Kind::File, "/etc/sysctl.d/90-app.conf")];
         d.commands.insert("sysctl-reload".into(), reload);
-        let mut init = command(&["sh", "-c", "echo init >> \"$0\" && touch \"$1\"", marker.to_str().unwrap(), done.to_str().unwrap()]);
+        let mut init = command(&[
+            "sh",
+            "-c",
+            "echo init >> \"$0\" && touch \"$1\"",
+            marker.to_str().unwrap(),
+            done.to_str().unwrap(),
+        ]);
         init.creates = Some("/done".into());
         d.commands.insert("init-db".into(), init);
         let p = h.plan_accounts(&d).unwrap();
         let order: Vec<String> = p.steps.iter().map(|s| s.resource.to_string()).collect();
-        assert_eq!(order, ["file /etc/sysctl.d/90-app.conf", "command init-db", "command sysctl-reload"]);
+        assert_eq!(
+            order,
+            [
+                "file /etc/sysctl.d/90-app.conf",
+                "command init-db",
+                "command sysctl-reload"
+            ]
+        );
         let checked = check(&p);
         assert_eq!(checked.len(), 3, "check lists the commands that would run");
-        assert!(checked.iter().all(|o| o.status == Status::Drift), "{checked:?}");
+        assert!(
+            checked.iter().all(|o| o.status == Status::Drift),
+            "{checked:?}"
+        );
 
         let out = h.apply_accounts(&d);
         let r = by_resource(&out);
         assert_eq!(r["command sysctl-reload"].0, Status::Changed, "{out:?}");
         assert_eq!(r["command init-db"].0, Status::Changed);
-        let run = out.iter().find(|o| o.resource == "sysctl-reload").unwrap().run.clone().unwrap();
+        let run = out
+            .iter()
+            .find(|o| o.resource == "sysctl-reload")
+            .unwrap()
+            .run
+            .clone()
+            .unwrap();
         assert_eq!(run.exit_code, Some(0));
         assert_eq!(run.output, "reloaded\n");
         let runs = || std::fs::read_to_string(&marker).unwrap();
@@ -1549,7 +1635,10 @@ mod tests {
         assert_eq!(runs(), "init\nreload\n");
 
         // The file changes: only the on_change command runs.
-        d.files.insert("/etc/sysctl.d/90-app.conf".into(), file("a=2\n", &[], NotifyAction::Restart));
+        d.files.insert(
+            "/etc/sysctl.d/90-app.conf".into(),
+            file("a=2\n", &[], NotifyAction::Restart),
+        );
         h.apply_accounts(&d);
         assert_eq!(runs(), "init\nreload\nreload\n");
     }
@@ -1568,8 +1657,17 @@ mod tests {
         let out = h.apply_accounts(&d);
         let r = by_resource(&out);
         assert_eq!(r["command bad"].0, Status::Failed);
-        assert_eq!(r["command bad"].2.as_deref(), Some("`sh -c echo oops; exit 4` failed (exit status 4)"));
-        let run = out.iter().find(|o| o.resource == "bad").unwrap().run.clone().unwrap();
+        assert_eq!(
+            r["command bad"].2.as_deref(),
+            Some("`sh -c echo oops; exit 4` failed (exit status 4)")
+        );
+        let run = out
+            .iter()
+            .find(|o| o.resource == "bad")
+            .unwrap()
+            .run
+            .clone()
+            .unwrap();
         assert_eq!((run.exit_code, run.output.as_str()), (Some(4), "oops\n"));
         let s = out.iter().find(|o| o.resource == "secret").unwrap();
         assert_eq!(s.status, Status::Failed);
@@ -1580,7 +1678,13 @@ mod tests {
         let out = h.apply_accounts(&d);
         let r = by_resource(&out);
         assert_eq!(r["command bad"].0, Status::Skipped);
-        assert!(r["command bad"].2.as_deref().unwrap().starts_with("commands do not run under --root"));
+        assert!(
+            r["command bad"]
+                .2
+                .as_deref()
+                .unwrap()
+                .starts_with("commands do not run under --root")
+        );
     }
 
     #[test]
@@ -1597,7 +1701,10 @@ mod tests {
         let o = &out[0];
         assert_eq!(o.status, Status::Failed);
         let err = o.error.as_deref().unwrap();
-        assert!(err.contains("exit status 1") && !err.contains("hunter2"), "{err}");
+        assert!(
+            err.contains("exit status 1") && !err.contains("hunter2"),
+            "{err}"
+        );
         assert!(!h.root.path().join("etc/app.key").exists());
     }
 
@@ -1618,7 +1725,8 @@ mod tests {
         let mut sudoers = file("bad new\n", &[], NotifyAction::Restart);
         sudoers.validate = argv.clone();
         d.files.insert("/etc/sudoers.d/app".into(), sudoers);
-        d.files.insert("/etc/motd".into(), file("hi\n", &[], NotifyAction::Restart));
+        d.files
+            .insert("/etc/motd".into(), file("hi\n", &[], NotifyAction::Restart));
         let out = h.apply_accounts(&d);
         let r = by_resource(&out);
         assert_eq!(r["file /etc/sudoers.d/app"].0, Status::Failed);
@@ -1630,14 +1738,19 @@ mod tests {
             std::fs::read_to_string(h.root.path().join("etc/sudoers.d/app")).unwrap(),
             "good old\n"
         );
-        let left: Vec<_> = std::fs::read_dir(h.root.path().join("etc/sudoers.d")).unwrap().collect();
+        let left: Vec<_> = std::fs::read_dir(h.root.path().join("etc/sudoers.d"))
+            .unwrap()
+            .collect();
         assert_eq!(left.len(), 1, "no temporary file left: {left:?}");
         // Accepted content is written; then nothing to do.
         let mut sudoers = file("good new\n", &[], NotifyAction::Restart);
         sudoers.validate = argv;
         d.files.insert("/etc/sudoers.d/app".into(), sudoers);
         let out = h.apply_accounts(&d);
-        assert_eq!(by_resource(&out)["file /etc/sudoers.d/app"].0, Status::Changed);
+        assert_eq!(
+            by_resource(&out)["file /etc/sudoers.d/app"].0,
+            Status::Changed
+        );
         assert_eq!(
             std::fs::read_to_string(h.root.path().join("etc/sudoers.d/app")).unwrap(),
             "good new\n"
@@ -1662,7 +1775,13 @@ mod tests {
         .into();
         h.apply(&d);
         let calls = h.units.calls();
-        assert!(calls.contains(&"reload app.service".to_string()), "{calls:?}");
-        assert!(calls.contains(&"try-restart web.service".to_string()), "{calls:?}");
+        assert!(
+            calls.contains(&"reload app.service".to_string()),
+            "{calls:?}"
+        );
+        assert!(
+            calls.contains(&"try-restart web.service".to_string()),
+            "{calls:?}"
+        );
     }
 }

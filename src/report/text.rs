@@ -197,6 +197,9 @@ mod command_output_tests {
         );
         let text = super::render(&report);
         assert!(text.contains("ran: exit status 3\n"), "{text}");
-        assert!(text.contains("| connecting\n") && text.contains("| no database\n"), "{text}");
+        assert!(
+            text.contains("| connecting\n") && text.contains("| no database\n"),
+            "{text}"
+        );
     }
 }
