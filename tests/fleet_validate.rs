@@ -112,6 +112,37 @@ fn the_example_fleet_validates_and_a_break_on_one_host_names_it() {
 }
 
 #[test]
+fn a_bad_fleet_yaml_names_file_line_and_column() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    copy_example(dir);
+    for (yaml, expect) in [
+        (
+            "hosts:\n  web-01: { groups: [web], grups: [x] }\n",
+            "fleet.yaml:2:28: unknown field `grups`",
+        ),
+        (
+            "hosts:\n  web-01: {}\nrollout:\n  waves: [canary]\n",
+            "fleet.yaml:4:11: rollout.waves: no host is in the group 'canary'",
+        ),
+        (
+            "hosts:\n  \"web/01\": {}\n",
+            "fleet.yaml:2:3: host 'web/01'",
+        ),
+        (
+            "rollout: { wait: soon }\n",
+            "fleet.yaml:1:18: rollout.wait: 'soon'",
+        ),
+    ] {
+        std::fs::write(dir.join("fleet.yaml"), yaml).unwrap();
+        let (code, out, err) = validate(dir, &["--offline"]);
+        assert_eq!(code, 1, "{yaml}\n{out}\n{err}");
+        assert!(err.contains(expect), "{yaml}\nexpected {expect}\n{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
 fn a_host_that_reported_is_rendered_with_the_facts_of_its_note() {
     let base = tempfile::tempdir().unwrap();
     let repo = TestRepo::create(base.path(), "fleet");
