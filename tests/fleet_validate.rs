@@ -194,3 +194,55 @@ fn a_host_that_reported_is_rendered_with_the_facts_of_its_note() {
     let (code, out, _) = validate(&repo.work, &["--offline"]);
     assert_eq!(code, 0, "with the stand-in facts db-01 renders:\n{out}");
 }
+
+#[test]
+fn a_host_whose_own_file_is_missing_keeps_its_last_good_commit() {
+    let base = tempfile::tempdir().unwrap();
+    let repo = TestRepo::create(base.path(), "fleet");
+    let good = repo.commit(
+        &[
+            (
+                "trueup.yaml",
+                "include: [\"hosts/{{facts.hostname}}.yaml\"]\n",
+            ),
+            (
+                "hosts/db-01.yaml",
+                "files:\n  /etc/motd: { content: \"db\\n\" }\n",
+            ),
+        ],
+        "good",
+    );
+    git(&repo.work, &["push", "-q", "origin", "main:hosts/db-01"]);
+    let url = format!("file://{}", repo.bare.display());
+    let host = GitHost::new("db-01");
+    let run = host.apply(&url);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(host.read("/etc/motd").as_deref(), Some("db\n"));
+
+    // The host's file is renamed away on the next commit.
+    git(&repo.work, &["mv", "hosts/db-01.yaml", "hosts/db-1.yaml"]);
+    let bad = repo.commit(&[], "rename db-01's file by mistake");
+    git(&repo.work, &["push", "-q", "origin", "main:hosts/db-01"]);
+    let run = host.apply(&url);
+    let report = run.json();
+    assert_eq!(report["source"]["commit"], good.as_str(), "{report}");
+    assert_eq!(
+        report["source"]["rejected"]["commit"],
+        bad.as_str(),
+        "{report}"
+    );
+    let reason = report["source"]["rejected"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("'hosts/db-01.yaml' does not exist"),
+        "{reason}"
+    );
+    assert_eq!(host.read("/etc/motd").as_deref(), Some("db\n"));
+    assert_eq!(host.applied_commit().as_deref(), Some(good.as_str()));
+    // The note on the bad commit names it and the missing path.
+    let note = repo
+        .note(&host.notes_ref(), &bad)
+        .expect("a note on the bad commit");
+    let summary = note.lines().next().unwrap();
+    assert!(summary.contains(&bad[..12]), "{summary}");
+    assert!(summary.contains("hosts/db-01.yaml"), "{summary}");
+}
