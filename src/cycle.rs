@@ -19,11 +19,12 @@ use crate::config::Settings;
 use crate::facts::Facts;
 use crate::report::notes;
 use crate::report::{Mode, RunReport, RunStatus, SourceInfo, short_id};
-use crate::run::{RunOptions, run, run_with_state};
+use crate::run::{RunOptions, run_with_state};
 use crate::source::DirTree;
 use crate::source::git::{GitCache, valid_branch};
 use crate::source::remote::{self, Location, RemoteUrl};
 use crate::source::trust;
+use crate::pipeline::{CommitChoice, TipVerdict, choose_commit};
 use crate::state::HostState;
 
 /// How this run goes.
@@ -172,7 +173,16 @@ fn git_cycle(
     info.applied = state.applied_commit.clone().filter(|a| *a != tip_hex);
     // A commit rolled back for failing its health checks is not applied
     // again until the branch tip moves; the last healthy commit is.
-    let stay = crate::health::stay_on_healthy(&mut state, &tip_hex);
+    let choice = choose_commit(&tip_hex, &TipVerdict::Verified, &state);
+    if choice.clears_bad_commit(&state) {
+        state.bad_commit = None;
+    }
+    let stay = match choice {
+        CommitChoice::StayHealthy { commit, reason, .. } => {
+            Some(crate::health::Stay { commit, reason })
+        }
+        _ => None,
+    };
 
     let mut desired = None;
     let report = match refusal(&cache, tip, &state, settings) {
@@ -236,15 +246,41 @@ fn git_cycle(
     // converging the last good commit, and the broken one gets a note
     // saying why.
     let mut noted_broken = false;
-    let (report, applied) = match last_good(&report, &state, &tip_hex) {
-        Some(good) => {
+    let runner = CommitRunner {
+        cache: &cache,
+        url,
+        branch: &branch,
+        facts,
+        run_opts,
+        started,
+        control,
+    };
+    // The one decision of which commit to fall back on (crate::pipeline):
+    // a tip that did not render (no desired state came of it).
+    let verdict = if report.status == RunStatus::Error
+        && desired.is_none()
+        && report.source.commit.as_deref() == Some(tip_hex.as_str())
+    {
+        TipVerdict::Unrenderable(report.errors.join("; "))
+    } else {
+        TipVerdict::Verified
+    };
+    let (report, applied) = match choose_commit(&tip_hex, &verdict, &state) {
+        CommitChoice::LastGood {
+            commit: good,
+            rejected,
+            reason,
+        } => {
             noted_broken = settings.report.notes && note_broken_commit(&cache, &report);
-            let fallback = converge_last_good(
-                &cache, good, &report, url, &branch, facts, run_opts, started, control,
-            );
-            (fallback, good.to_string())
+            let rejected = crate::report::Rejected {
+                commit: rejected,
+                reason,
+            };
+            let fallback =
+                runner.converge_last_good(&good, rejected, report.source.location.clone());
+            (fallback, good)
         }
-        None => (report, tip_hex),
+        _ => (report, tip_hex),
     };
     let tip_hex = applied;
     let mut report = report;
@@ -261,9 +297,7 @@ fn git_cycle(
             lock: Some(control),
         };
         stage.after_run(&mut report, desired.as_ref(), &mut state, &mut |commit| {
-            converge_commit(
-                &cache, commit, url, &branch, facts, run_opts, started, control,
-            )
+            runner.converge_commit(commit)
         });
     }
     // What the fleet report needs beside the run (issue 16), after a
@@ -380,15 +414,6 @@ fn note_and_push(
     }
 }
 
-/// The last applied commit to fall back to, when the new tip does not render.
-fn last_good<'s>(report: &RunReport, state: &'s HostState, tip: &str) -> Option<&'s str> {
-    let good = state.applied_commit.as_deref()?;
-    (report.status == RunStatus::Error
-        && report.source.commit.as_deref() == Some(tip)
-        && good != tip)
-        .then_some(good)
-}
-
 /// Notes a commit that was not applied, once: not again while the note on
 /// it already says the same. Returns whether a note was written.
 fn note_broken_commit(cache: &GitCache, report: &RunReport) -> bool {
@@ -414,110 +439,82 @@ fn note_broken_commit(cache: &GitCache, report: &RunReport) -> bool {
     }
 }
 
-/// Converges the last good commit, reporting the rejected one beside it.
-#[allow(clippy::too_many_arguments)]
-fn converge_last_good(
-    cache: &GitCache,
-    good: &str,
-    broken: &RunReport,
-    url: &RemoteUrl,
-    branch: &str,
-    facts: &Facts,
-    run_opts: &RunOptions,
+/// What converging one commit of the cache takes, so falling back to the
+/// last good commit and rolling back to the last healthy one share one way
+/// to run a commit (and no function takes nine arguments).
+struct CommitRunner<'a> {
+    cache: &'a GitCache,
+    url: &'a RemoteUrl,
+    branch: &'a str,
+    facts: &'a Facts,
+    run_opts: &'a RunOptions,
     started: SystemTime,
-    control: &RunControl,
-) -> RunReport {
-    let rejected = crate::report::Rejected {
-        commit: broken.source.commit.clone().unwrap_or_default(),
-        reason: broken.errors.join("; "),
-    };
-    warn!(commit = %rejected.commit, kept = good, reason = %rejected.reason, "new commit does not render; converging the last good commit");
-    let info = SourceInfo {
-        location: broken.source.location.clone(),
-        branch: Some(branch.to_string()),
-        commit: Some(good.to_string()),
-        applied: None,
-        rejected: Some(rejected),
-    };
-    let tree = Oid::from_str(good)
-        .map_err(|e| e.to_string())
-        .and_then(|oid| {
-            cache
-                .tree(
-                    oid,
-                    format!(
-                        "commit {} of {} ({branch})",
-                        &good[..good.len().min(12)],
-                        url
-                    ),
-                )
-                .map_err(|e| e.to_string())
-        });
-    match tree {
-        Ok(tree) => {
-            control.phase(Phase::Converging);
-            run(&tree, info, facts, run_opts, &|| control.should_stop())
-        }
-        Err(e) => RunReport::failed_early(
-            &facts.hostname,
-            run_opts.mode,
-            run_opts.dry_run,
-            started,
-            info,
-            RunStatus::Error,
-            vec![format!(
-                "the last good commit {good} is not in the cache: {e}"
-            )],
-        ),
-    }
+    control: &'a RunControl,
 }
 
-/// Converges `commit` (the last healthy one, on a rollback) and hands back
-/// its report and rendered state.
-#[allow(clippy::too_many_arguments)]
-fn converge_commit(
-    cache: &GitCache,
-    commit: &str,
-    url: &RemoteUrl,
-    branch: &str,
-    facts: &Facts,
-    run_opts: &RunOptions,
-    started: SystemTime,
-    control: &RunControl,
-) -> (RunReport, Option<crate::desired::DesiredState>) {
-    let info = SourceInfo {
-        location: url.redacted().to_string(),
-        branch: Some(branch.to_string()),
-        commit: Some(commit.to_string()),
-        ..SourceInfo::default()
-    };
-    let tree = Oid::from_str(commit)
-        .map_err(|e| e.to_string())
-        .and_then(|oid| {
-            cache
-                .tree(
-                    oid,
-                    format!("commit {} of {url} ({branch})", short_id(commit, 12)),
-                )
-                .map_err(|e| e.to_string())
-        });
-    match tree {
-        Ok(tree) => {
-            control.phase(Phase::Converging);
-            run_with_state(&tree, info, facts, run_opts, &|| control.should_stop())
-        }
-        Err(e) => (
-            RunReport::failed_early(
-                &facts.hostname,
-                run_opts.mode,
-                run_opts.dry_run,
-                started,
-                info,
-                RunStatus::Error,
-                vec![format!("the commit {commit} is not in the cache: {e}")],
+impl CommitRunner<'_> {
+    /// Converges `commit`, reported as `info`, and hands back its report
+    /// and rendered state.
+    fn converge(
+        &self,
+        commit: &str,
+        info: SourceInfo,
+    ) -> (RunReport, Option<crate::desired::DesiredState>) {
+        let branch = self.branch;
+        let tree = Oid::from_str(commit)
+            .map_err(|e| e.to_string())
+            .and_then(|oid| {
+                self.cache
+                    .tree(
+                        oid,
+                        format!("commit {} of {} ({branch})", short_id(commit, 12), self.url),
+                    )
+                    .map_err(|e| e.to_string())
+            });
+        match tree {
+            Ok(tree) => {
+                self.control.phase(Phase::Converging);
+                run_with_state(&tree, info, self.facts, self.run_opts, &|| {
+                    self.control.should_stop()
+                })
+            }
+            Err(e) => (
+                RunReport::failed_early(
+                    &self.facts.hostname,
+                    self.run_opts.mode,
+                    self.run_opts.dry_run,
+                    self.started,
+                    info,
+                    RunStatus::Error,
+                    vec![format!("the commit {commit} is not in the cache: {e}")],
+                ),
+                None,
             ),
-            None,
-        ),
+        }
+    }
+
+    /// Converges the last good commit, reporting the rejected one beside it.
+    fn converge_last_good(&self, good: &str, rejected: crate::report::Rejected, location: String) -> RunReport {
+        warn!(commit = %rejected.commit, kept = good, reason = %rejected.reason, "new commit does not render; converging the last good commit");
+        let info = SourceInfo {
+            location,
+            branch: Some(self.branch.to_string()),
+            commit: Some(good.to_string()),
+            applied: None,
+            rejected: Some(rejected),
+        };
+        self.converge(good, info).0
+    }
+
+    /// Converges `commit` (the last healthy one, on a rollback).
+    fn converge_commit(&self, commit: &str) -> (RunReport, Option<crate::desired::DesiredState>) {
+        let info = SourceInfo {
+            location: self.url.redacted().to_string(),
+            branch: Some(self.branch.to_string()),
+            commit: Some(commit.to_string()),
+            ..SourceInfo::default()
+        };
+        self.converge(commit, info)
     }
 }
 
