@@ -321,7 +321,8 @@ pub async fn run(opts: AgentOptions, runner: Runner) -> Result<()> {
         jitter,
     };
     let mut m = machine::Machine::default();
-    let mut next_run = tokio::time::Instant::now() + machine::first_wait(&schedule(random_fraction()));
+    let mut next_run =
+        tokio::time::Instant::now() + machine::first_wait(&schedule(random_fraction()));
     let mut last: Option<(RunReport, Instant)> = None;
 
     'daemon: loop {
@@ -377,7 +378,10 @@ pub async fn run(opts: AgentOptions, runner: Runner) -> Result<()> {
             if action == Action::StopRun {
                 info!("SIGTERM: finishing the change in hand");
                 stop.store(true, Ordering::SeqCst);
-                notify(&[NotifyState::Stopping, NotifyState::Status("stopping after the change in hand")]);
+                notify(&[
+                    NotifyState::Stopping,
+                    NotifyState::Status("stopping after the change in hand"),
+                ]);
             }
         };
         let result = result.unwrap_or_else(|e| Err(anyhow::anyhow!("the run panicked: {e}")));
@@ -405,7 +409,8 @@ pub async fn run(opts: AgentOptions, runner: Runner) -> Result<()> {
             None => RunOutcome::Succeeded,
         };
         let action;
-        (m, action) = machine::transition(m, Event::Finished(outcome), &schedule(random_fraction()));
+        (m, action) =
+            machine::transition(m, Event::Finished(outcome), &schedule(random_fraction()));
         match action {
             Action::Wait(wait) => {
                 if let Some(cause) = &failure {

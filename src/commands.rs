@@ -468,7 +468,8 @@ pub fn enable(common: &Common) -> Result<i32> {
             state.save(&common.state_dir)?;
             outln!(
                 "convergence resumed (was paused since {}: {})",
-                d.since, d.reason
+                d.since,
+                d.reason
             );
         }
         None => outln!("convergence was not paused"),

@@ -17,6 +17,7 @@ use tracing::{error, info, warn};
 use crate::agent::{Phase, RunControl};
 use crate::config::Settings;
 use crate::facts::Facts;
+use crate::pipeline::{CommitChoice, TipVerdict, choose_commit};
 use crate::report::notes;
 use crate::report::{Mode, RunReport, RunStatus, SourceInfo, short_id};
 use crate::run::{RunOptions, run_with_state};
@@ -24,7 +25,6 @@ use crate::source::DirTree;
 use crate::source::git::{GitCache, valid_branch};
 use crate::source::remote::{self, Location, RemoteUrl};
 use crate::source::trust;
-use crate::pipeline::{CommitChoice, TipVerdict, choose_commit};
 use crate::state::HostState;
 
 /// How this run goes.
@@ -212,9 +212,10 @@ fn git_cycle(
                 Err(e) => early(&info, RunStatus::Error, e.to_string()),
                 Ok(tree) => {
                     control.phase(Phase::Converging);
-                    let (mut r, mut d) = run_with_state(&tree, info.clone(), facts, run_opts, &|| {
-                        control.should_stop()
-                    });
+                    let (mut r, mut d) =
+                        run_with_state(&tree, info.clone(), facts, run_opts, &|| {
+                            control.should_stop()
+                        });
                     // A cache that lost objects never heals by itself (the
                     // tip did not move, nothing fetches): rebuild, run again.
                     if tree.missing_objects() && !opts.offline {
@@ -494,7 +495,12 @@ impl CommitRunner<'_> {
     }
 
     /// Converges the last good commit, reporting the rejected one beside it.
-    fn converge_last_good(&self, good: &str, rejected: crate::report::Rejected, location: String) -> RunReport {
+    fn converge_last_good(
+        &self,
+        good: &str,
+        rejected: crate::report::Rejected,
+        location: String,
+    ) -> RunReport {
         warn!(commit = %rejected.commit, kept = good, reason = %rejected.reason, "new commit does not render; converging the last good commit");
         let info = SourceInfo {
             location,

@@ -742,8 +742,8 @@ pub fn sweep_stale_temps(root: &Path, dir: &Path) -> Result<usize> {
     }
     // The descriptor's own directory, whatever happens to its path.
     let listing = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    let entries = std::fs::read_dir(listing)
-        .map_err(|e| io(&at, "listing the directory")(errno_of(&e)))?;
+    let entries =
+        std::fs::read_dir(listing).map_err(|e| io(&at, "listing the directory")(errno_of(&e)))?;
     let mut removed = 0;
     for e in entries.flatten() {
         let name = e.file_name();
@@ -922,7 +922,10 @@ mod tests {
         std::fs::write(etc.join(&mine), "a write in hand").unwrap();
         // pid 1 is always alive: its file is left alone.
         std::fs::write(etc.join(".f.trueup-1-1"), "live").unwrap();
-        assert_eq!(sweep_stale_temps(root.path(), Path::new("/etc")).unwrap(), 2);
+        assert_eq!(
+            sweep_stale_temps(root.path(), Path::new("/etc")).unwrap(),
+            2
+        );
         let mut names: Vec<_> = std::fs::read_dir(&etc)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -937,7 +940,10 @@ mod tests {
         ];
         want.sort();
         assert_eq!(names, want);
-        assert_eq!(sweep_stale_temps(root.path(), Path::new("/nowhere")).unwrap(), 0);
+        assert_eq!(
+            sweep_stale_temps(root.path(), Path::new("/nowhere")).unwrap(),
+            0
+        );
     }
 
     #[test]

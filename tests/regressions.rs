@@ -78,7 +78,11 @@ fn owners_under_a_root_resolve_against_the_roots_own_users() {
     );
     let r = host.run(branch.path(), &["apply", "--format", "json"]);
     assert_eq!(r.code, 1, "{}", r.all());
-    assert!(r.all().contains("owner 'daemon' does not exist"), "{}", r.all());
+    assert!(
+        r.all().contains("owner 'daemon' does not exist"),
+        "{}",
+        r.all()
+    );
     assert!(!host.path("/srv/owned").exists());
 }
 
@@ -121,7 +125,9 @@ fn disable_and_enable_during_a_run_are_not_lost() {
         let mut seen = String::new();
         loop {
             let mut line = String::new();
-            if stderr.read_line(&mut line).unwrap() == 0 || line.contains("waiting for the run lock") {
+            if stderr.read_line(&mut line).unwrap() == 0
+                || line.contains("waiting for the run lock")
+            {
                 break;
             }
             seen.push_str(&line);
@@ -134,7 +140,10 @@ fn disable_and_enable_during_a_run_are_not_lost() {
         let saved: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();
         let run_change: serde_json::Value = serde_json::from_str(after).unwrap();
-        assert_eq!(saved["applied_commit"], run_change["applied_commit"], "{saved:#}");
+        assert_eq!(
+            saved["applied_commit"], run_change["applied_commit"],
+            "{saved:#}"
+        );
         match args[0] {
             "disable" => assert_eq!(saved["disabled"]["reason"], "maintenance", "{saved:#}"),
             _ => assert!(saved.get("disabled").is_none(), "{saved:#}"),
@@ -171,10 +180,7 @@ fn old_backups_are_pruned_after_a_run() {
     // With a count: only the newest stays.
     let cfg = host.state.path().join("agent.yaml");
     std::fs::write(&cfg, "backups:\n  max_count: 1\n").unwrap();
-    let r = host.run(
-        branch.path(),
-        &["apply", "--config", cfg.to_str().unwrap()],
-    );
+    let r = host.run(branch.path(), &["apply", "--config", cfg.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(!backup.join("20261125T000000Z-2").exists());
     assert!(backup.join("20261130T000000Z-3").exists());

@@ -97,7 +97,10 @@ fn a_new_host_key_is_recorded_only_in_trueups_own_known_hosts() {
         "the machine's known_hosts was written"
     );
     // The recorded key is trusted from then on.
-    host.configure(&format!("auth:\n  ssh_key: {}\n", ssh.client_key().display()));
+    host.configure(&format!(
+        "auth:\n  ssh_key: {}\n",
+        ssh.client_key().display()
+    ));
     let out = host
         .command(&url, &["apply", "--format", "json"])
         .env_remove("HOME")

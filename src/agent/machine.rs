@@ -150,7 +150,13 @@ pub fn transition(m: Machine, event: Event, s: &Schedule) -> (Machine, Action) {
             },
             A::StartRun,
         ),
-        (Idle, Event::Terminate) => (Machine { state: Stopped, ..m }, A::Exit),
+        (Idle, Event::Terminate) => (
+            Machine {
+                state: Stopped,
+                ..m
+            },
+            A::Exit,
+        ),
         (Running { .. }, Event::Hangup) => (
             Machine {
                 state: Running { again: true },
@@ -158,11 +164,21 @@ pub fn transition(m: Machine, event: Event, s: &Schedule) -> (Machine, Action) {
             },
             A::None,
         ),
-        (Running { .. }, Event::Terminate) => (Machine { state: Stopping, ..m }, A::StopRun),
+        (Running { .. }, Event::Terminate) => (
+            Machine {
+                state: Stopping,
+                ..m
+            },
+            A::StopRun,
+        ),
         (Running { again }, Event::Finished(outcome)) => {
             let (backoff, wait) = match outcome {
                 RunOutcome::Succeeded => {
-                    let extra = if m.first { s.splay_offset } else { Duration::ZERO };
+                    let extra = if m.first {
+                        s.splay_offset
+                    } else {
+                        Duration::ZERO
+                    };
                     (None, A::WaitFromStart(s.interval + extra))
                 }
                 RunOutcome::Failed => {
@@ -184,7 +200,13 @@ pub fn transition(m: Machine, event: Event, s: &Schedule) -> (Machine, Action) {
                 wait,
             )
         }
-        (Stopping, Event::Finished(_)) => (Machine { state: Stopped, ..m }, A::Exit),
+        (Stopping, Event::Finished(_)) => (
+            Machine {
+                state: Stopped,
+                ..m
+            },
+            A::Exit,
+        ),
         (Stopping, _) => (m, A::None),
         (Stopped, _) => (m, A::Exit),
         // A run that did not start cannot finish; a timer firing during a
@@ -220,13 +242,19 @@ mod tests {
     #[test]
     fn idle_due_starts_a_run() {
         let (m, a) = transition(at(State::Idle), Event::Due, &S);
-        assert_eq!((m.state, a), (State::Running { again: false }, Action::StartRun));
+        assert_eq!(
+            (m.state, a),
+            (State::Running { again: false }, Action::StartRun)
+        );
     }
 
     #[test]
     fn idle_hangup_starts_a_run_now() {
         let (m, a) = transition(at(State::Idle), Event::Hangup, &S);
-        assert_eq!((m.state, a), (State::Running { again: false }, Action::StartRun));
+        assert_eq!(
+            (m.state, a),
+            (State::Running { again: false }, Action::StartRun)
+        );
     }
 
     #[test]
@@ -246,7 +274,10 @@ mod tests {
 
     #[test]
     fn running_ignores_a_stale_timer() {
-        assert_eq!(transition(running(), Event::Due, &S), (running(), Action::None));
+        assert_eq!(
+            transition(running(), Event::Due, &S),
+            (running(), Action::None)
+        );
     }
 
     #[test]
@@ -308,7 +339,10 @@ mod tests {
         let s = Schedule { jitter: 0.999, ..S };
         let (_, a) = transition(running(), Event::Finished(RunOutcome::Failed), &s);
         let Action::Wait(w) = a else { panic!("{a:?}") };
-        assert!(w > Duration::from_secs(2) && w < Duration::from_millis(2500), "{w:?}");
+        assert!(
+            w > Duration::from_secs(2) && w < Duration::from_millis(2500),
+            "{w:?}"
+        );
         // At the interval cap the jitter spreads over the splay.
         let capped = Machine {
             backoff: Some(S.interval),
@@ -316,7 +350,10 @@ mod tests {
         };
         let (_, a) = transition(capped, Event::Finished(RunOutcome::Failed), &s);
         let Action::Wait(w) = a else { panic!("{a:?}") };
-        assert!(w > S.interval + Duration::from_secs(29) && w < S.interval + S.splay, "{w:?}");
+        assert!(
+            w > S.interval + Duration::from_secs(29) && w < S.interval + S.splay,
+            "{w:?}"
+        );
     }
 
     #[test]

@@ -180,9 +180,9 @@ pub fn for_root(root: &std::path::Path) -> Result<Box<dyn Accounts>, String> {
     } else {
         Vec::new()
     };
-    Ok(Box::new(RootAccounts::new(super::user::AccountDb::from_entries(
-        users, groups,
-    ))))
+    Ok(Box::new(RootAccounts::new(
+        super::user::AccountDb::from_entries(users, groups),
+    )))
 }
 
 /// Fixed users and groups, for unit tests of the pure core.

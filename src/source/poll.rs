@@ -194,7 +194,10 @@ pub fn ssh_command(auth: &Auth) -> Result<String, String> {
         // OpenSSH's default), as the libgit2 path reads them.
         let mut files = vec![own.display().to_string()];
         if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
-            files.push(format!("{}/.ssh/known_hosts", std::path::Path::new(&home).display()));
+            files.push(format!(
+                "{}/.ssh/known_hosts",
+                std::path::Path::new(&home).display()
+            ));
         }
         words.extend([
             "-o".into(),
