@@ -71,6 +71,7 @@ fn leftovers(dir: &Path) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root: run by scripts/test.sh"]
 fn apply_on_a_full_disk_fails_cleanly() {
     let fs = SmallTmpfs::mount("1m");
     let state = tempfile::tempdir().unwrap();
@@ -148,6 +149,7 @@ fn apply_on_a_full_disk_fails_cleanly() {
 }
 
 #[test]
+#[ignore = "needs root: run by scripts/test.sh"]
 fn a_full_state_directory_leaves_the_file_as_it_was() {
     // The backup of the replaced content cannot be written: the step fails
     // before the file is touched.

@@ -39,6 +39,7 @@ fn example_user_data() -> String {
 }
 
 #[test]
+#[ignore = "needs root: run by scripts/test.sh"]
 fn cloud_init_bootstraps_a_host_from_the_example_user_data() {
     let deb = built_deb();
     let base = Base::cloud_init();

@@ -26,6 +26,7 @@ fn rpm(home: &Path) -> Command {
 }
 
 #[test]
+#[ignore = "needs root: run by scripts/test.sh"]
 fn rpm_holds_the_agent_unit_config_and_docs_with_scriptlets() {
     let started = Instant::now();
     let pkg = built_rpm();

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::harness::*;
 
 #[test]
+#[ignore = "needs root: run by scripts/test.sh"]
 fn boot_install_and_upgrade_testsvc() {
     let started = Instant::now();
     let base = Base::debian();
