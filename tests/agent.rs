@@ -197,7 +197,10 @@ fn speaks_sd_notify_with_watchdog_at_the_configured_rate() {
         if converged && pings >= 10 {
             break;
         }
-        assert!(Instant::now() < limit, "no 10 pings after converging: {messages:?}");
+        assert!(
+            Instant::now() < limit,
+            "no 10 pings after converging: {messages:?}"
+        );
     }
     let (code, _) = agent.stop(Duration::from_secs(5));
     assert_eq!(code, 0);
@@ -241,7 +244,10 @@ fn bad_configuration_exits_78_naming_the_line() {
 #[test]
 fn a_repo_that_is_not_a_supported_url_exits_78_at_load() {
     let host = Host::new();
-    let cfg = config(host.state.path(), "interval: 1h\nrepo: htps//git.example.com/x.git\n");
+    let cfg = config(
+        host.state.path(),
+        "interval: 1h\nrepo: htps//git.example.com/x.git\n",
+    );
     // Any command that reads the configuration refuses it (`status` here,
     // which would otherwise just print and exit 0).
     let r = host.run(
