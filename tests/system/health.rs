@@ -238,6 +238,16 @@ fn health_checks_roll_back_a_bad_commit_and_keep_it_out() {
         || get(&c, port_a).is_none(),
     );
     let moved = pushed.elapsed();
+    // During the window the agent does not hold the run lock: a check
+    // runs at once and shows the health as pending.
+    let asked = Instant::now();
+    let during = c.exec(&["trueup", "check", "--format", "json"]);
+    let check_took = asked.elapsed();
+    let during: Value = serde_json::from_slice(&during.stdout)
+        .unwrap_or_else(|e| c.fail(format!("trueup check during the window: {e}: {during:?}")));
+    assert_eq!(during["source"]["commit"], b.as_str(), "{during:#}");
+    assert_eq!(during["health"]["status"], "pending", "{during:#}");
+    assert!(check_took < WINDOW, "the check waited {check_took:?}");
     c.wait_for(WINDOW + INTERVAL * 4, "A's page back on A's port", || {
         get(&c, port_a).as_deref() == Some("hello from A\n")
     });
