@@ -225,7 +225,11 @@ fn locked_run_held(
         dry_run,
         offline: common.offline,
     };
+    // Output of the tools the run drives counts as its progress.
+    let progress = control.clone();
+    crate::resource::tool::set_progress(Some(std::sync::Arc::new(move || progress.touch())));
     let report = crate::cycle::run_cycle(&common.settings, &facts, &opts, control);
+    crate::resource::tool::set_progress(None);
     save(&report, &common.state_dir);
     // Still under the lock: no run is writing a backup meanwhile.
     match crate::backup::prune(

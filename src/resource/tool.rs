@@ -2,8 +2,17 @@
 //! (`apt-get`, `apt-cache`, `dnf`, `rpm`, `systemctl`): one place that
 //! checks the exit status and puts the tool's own words (the tail of its
 //! stderr) into the error.
+//!
+//! Liveness: a tool that prints nothing for its kind's timeout is taken
+//! as hung, killed, and reported; every chunk of output it prints counts
+//! as progress (it resets the timeout and feeds the agent's watchdog
+//! through [`set_progress`]). So a slow `apt-get upgrade` that keeps
+//! printing is never killed, and a hung one is.
 
-use std::process::{Command, Output};
+use std::io::Read;
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// How much of a failing tool's output an error keeps.
 const MAX_ERROR_LINES: usize = 12;
@@ -17,6 +26,13 @@ pub enum ToolError {
         #[source]
         source: std::io::Error,
     },
+    #[error("`{command}` printed nothing for {}s and was killed (hung?): {output}", .after.as_secs())]
+    TimedOut {
+        command: String,
+        after: Duration,
+        /// The tail of what it printed before.
+        output: String,
+    },
     #[error("`{command}` failed ({status}): {output}")]
     Failed {
         command: String,
@@ -26,16 +42,168 @@ pub enum ToolError {
     },
 }
 
+/// Called for each chunk of output a tool prints: the run's progress.
+type ProgressHook = Arc<dyn Fn() + Send + Sync>;
+
+static PROGRESS: Mutex<Option<ProgressHook>> = Mutex::new(None);
+static TIMEOUTS: Mutex<Option<Timeouts>> = Mutex::new(None);
+
+/// How long a tool may stay silent before it is taken as hung, per kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// apt-get, dnf (downloads and maintainer scripts can be slow).
+    pub packages: Duration,
+    /// Everything else: dpkg-query, rpm, systemctl, account tools.
+    pub other: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            packages: Duration::from_secs(30 * 60),
+            other: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+/// Sets the process-wide timeouts (from the agent configuration).
+pub fn set_timeouts(t: Timeouts) {
+    if let Ok(mut slot) = TIMEOUTS.lock() {
+        *slot = Some(t);
+    }
+}
+
+/// Where tools report progress: the run in hand sets it (the agent feeds
+/// its watchdog from it), `None` clears it.
+pub fn set_progress(hook: Option<ProgressHook>) {
+    if let Ok(mut slot) = PROGRESS.lock() {
+        *slot = hook;
+    }
+}
+
+fn progress() {
+    let hook = PROGRESS.lock().ok().and_then(|h| h.clone());
+    if let Some(hook) = hook {
+        hook();
+    }
+}
+
+/// The silence allowed to `cmd`, by what it is.
+fn timeout_for(cmd: &Command) -> Duration {
+    let t = TIMEOUTS.lock().ok().and_then(|t| *t).unwrap_or_default();
+    let program = cmd.get_program().to_string_lossy();
+    let name = program.rsplit('/').next().unwrap_or("");
+    if matches!(name, "apt-get" | "dnf" | "yum") {
+        t.packages
+    } else {
+        t.other
+    }
+}
+
 /// Runs `cmd` to completion, stdin from /dev/null; returns its output when
-/// it exits 0.
+/// it exits 0. Killed (and an error) when silent longer than its kind's
+/// timeout.
 pub fn run(cmd: &mut Command) -> Result<Output, ToolError> {
-    let out = cmd
-        .stdin(std::process::Stdio::null())
-        .output()
+    let timeout = timeout_for(cmd);
+    run_with_timeout(cmd, timeout)
+}
+
+/// [`run`] with an explicit silence timeout.
+pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output, ToolError> {
+    use std::os::unix::process::CommandExt;
+    // Its own process group, so a hung tool is killed with its children
+    // (dpkg under apt-get), which would otherwise keep the pipes open.
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
         .map_err(|source| ToolError::Spawn {
             program: cmd.get_program().to_string_lossy().into_owned(),
             source,
         })?;
+    let last_output = Arc::new(Mutex::new(Instant::now()));
+    let reader = |pipe: Option<Box<dyn Read + Send>>| {
+        let last = last_output.clone();
+        std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let Some(mut pipe) = pipe else {
+                return all;
+            };
+            let mut buf = [0u8; 8192];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        all.extend_from_slice(&buf[..n]);
+                        if let Ok(mut t) = last.lock() {
+                            *t = Instant::now();
+                        }
+                        progress();
+                    }
+                }
+            }
+            all
+        })
+    };
+    let out_thread = reader(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err_thread = reader(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let mut timed_out = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(source) => {
+                return Err(ToolError::Spawn {
+                    program: cmd.get_program().to_string_lossy().into_owned(),
+                    source,
+                });
+            }
+        }
+        let silent = last_output.lock().map(|t| t.elapsed()).unwrap_or_default();
+        if silent >= timeout {
+            timed_out = true;
+            match i32::try_from(child.id()) {
+                Ok(pid) => {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20).min(timeout / 4 + Duration::from_millis(1)));
+    };
+    let stdout = out_thread.join().unwrap_or_default();
+    let stderr = err_thread.join().unwrap_or_default();
+    let out = Output {
+        status,
+        stdout,
+        stderr,
+    };
+    if timed_out {
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        return Err(ToolError::TimedOut {
+            command: describe(cmd),
+            after: timeout,
+            output: tail(&text, MAX_ERROR_LINES),
+        });
+    }
     if out.status.success() {
         Ok(out)
     } else {
@@ -129,6 +297,53 @@ mod tests {
         let err = run(&mut Command::new("/nonexistent/trueup-tool")).unwrap_err();
         assert!(matches!(err, ToolError::Spawn { .. }));
         assert!(err.to_string().contains("/nonexistent/trueup-tool"));
+    }
+
+    #[test]
+    fn a_slow_tool_that_keeps_printing_is_not_killed_and_feeds_progress() {
+        // Longer in all than its timeout, but never silent that long.
+        let ticks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = ticks.clone();
+        set_progress(Some(Arc::new(move || {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })));
+        let out = run_with_timeout(
+            Command::new("sh").args([
+                "-c",
+                "for i in 1 2 3 4 5 6; do echo \"progress $i\"; sleep 0.2; done",
+            ]),
+            Duration::from_millis(800),
+        );
+        set_progress(None);
+        let out = out.unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains("progress 6"));
+        assert!(ticks.load(std::sync::atomic::Ordering::SeqCst) >= 6);
+    }
+
+    #[test]
+    fn a_hung_tool_is_killed_at_its_timeout_and_reported() {
+        let start = Instant::now();
+        let err = run_with_timeout(
+            // A child that keeps the pipes open must not keep us waiting.
+            Command::new("sh").args(["-c", "echo started; sleep 30 & sleep 30"]),
+            Duration::from_millis(300),
+        )
+        .unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(10), "not killed");
+        assert!(matches!(err, ToolError::TimedOut { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("`sh -c") && text.contains("killed") && text.contains("started"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn package_managers_get_the_longer_timeout() {
+        let t = Timeouts::default();
+        assert_eq!(timeout_for(&Command::new("apt-get")), t.packages);
+        assert_eq!(timeout_for(&Command::new("/usr/bin/dnf")), t.packages);
+        assert_eq!(timeout_for(&Command::new("systemctl")), t.other);
     }
 
     #[test]
