@@ -347,7 +347,13 @@ for n in $peer_sizes $large; do
   peer_trueup_branch "$d/branch" "$n"
   troot=$d/troot tstate=$d/tstate croot=$d/croot
   tcommon=(--config "$cfg" --source "file://$d/branch" --branch hosts/bench --root "$troot" --state-dir "$tstate")
-  treset="rm -rf '$troot' '$tstate' && mkdir -p '$troot' '$tstate'"
+  # ext4 passes over inodes freed in the last 5 s (35 s while their table
+  # block is dirty) when it allocates new ones; re-creating 10,000 files
+  # right after deleting 10,000 costs seconds of kernel CPU per run in
+  # find_inode_bit/recently_deleted (perf), for either tool. A fresh host
+  # has no such inodes, so each reset syncs and waits that out.
+  settle="sync -f '$pw' && sleep 6"
+  treset="rm -rf '$troot' '$tstate' && mkdir -p '$troot' '$tstate' && $settle"
   log "peers N=$n: trueup first apply"
   read -r ta_min ta_med ta_rss ta_cpu < <(timed --runs "$slow_runs" --warmup 0 --cpu --prepare "$treset" -- "$bin" apply "${tcommon[@]}")
   first_cpu[$n]=$ta_cpu
@@ -368,7 +374,7 @@ for n in $peer_sizes $large; do
   read -r tr_min tr_med tr_rss tr_cpu < <(timed --runs "$runs" --warmup 1 --cpu --prepare "$tdrift" -- "$bin" apply "${tcommon[@]}")
 
   peer_cfengine_policy "$d/cf" "$n" "$croot"
-  creset="rm -rf '$croot' && mkdir -p '$croot'"
+  creset="rm -rf '$croot' && mkdir -p '$croot' && $settle"
   cf=(cf-agent -K -f "$d/cf/policy.cf")
   log "peers N=$n: CFEngine first apply"
   read -r ca_min ca_med ca_rss ca_cpu < <(timed --runs "$slow_runs" --warmup 1 --cpu --prepare "$creset" -- "${cf[@]}")
