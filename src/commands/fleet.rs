@@ -2,6 +2,7 @@
 //! options, call `crate::fleet`, print (live progress on a terminal, plain
 //! lines elsewhere, a JSON summary with `--format json`).
 
+use super::out::progressln;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Duration;
@@ -182,7 +183,7 @@ impl PromoteProgress for PlainProgress {
         if s.result == RolloutResult::DryRun {
             return;
         }
-        println!(
+        progressln!(
             "promoting {} ({}) in {} wave(s); wait {}s, max_unhealthy {}",
             s.from,
             promote::short(&s.commit),
@@ -193,7 +194,7 @@ impl PromoteProgress for PlainProgress {
     }
     fn wave_started(&mut self, i: usize, n: usize, w: &WaveOutcome) {
         let hosts: Vec<&str> = w.hosts.iter().map(|h| h.host.as_str()).collect();
-        println!(
+        progressln!(
             "wave {}/{n} ({}): pushing {}",
             i + 1,
             w.wave,
@@ -202,13 +203,13 @@ impl PromoteProgress for PlainProgress {
     }
     fn host_reported(&mut self, h: &WaveHost) {
         match &h.verdict {
-            Verdict::Healthy => println!("  {}: healthy", h.host),
-            Verdict::Unhealthy { reason } => println!("  {}: UNHEALTHY: {reason}", h.host),
+            Verdict::Healthy => progressln!("  {}: healthy", h.host),
+            Verdict::Unhealthy { reason } => progressln!("  {}: UNHEALTHY: {reason}", h.host),
             Verdict::Waiting => {}
         }
     }
     fn wave_finished(&mut self, w: &WaveOutcome) {
-        println!(
+        progressln!(
             "wave {}: {} healthy, {} unhealthy of {}",
             w.wave,
             w.healthy,

@@ -1,6 +1,7 @@
 //! `trueup fleet report --out DIR`: writes the fleet's static HTML report
 //! from the repository's notes, and says where it is.
 
+use super::out::outln;
 use std::path::Path;
 
 use anyhow::{Result, bail};
@@ -29,7 +30,7 @@ pub fn fleet_report(common: &Common, out: &Path) -> Result<i32> {
     )?;
     let index = out.join("index.html");
     match common.format {
-        Format::Json => println!(
+        Format::Json => outln!(
             "{}",
             serde_json::json!({
                 "repository": url.redacted(),
@@ -40,7 +41,7 @@ pub fn fleet_report(common: &Common, out: &Path) -> Result<i32> {
                 "duration_ms": started.elapsed().as_millis() as u64,
             })
         ),
-        Format::Text => println!(
+        Format::Text => outln!(
             "wrote {} ({} hosts, {} pages, {} KiB) in {:.1} s",
             index.display(),
             written.hosts,

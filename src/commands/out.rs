@@ -27,7 +27,15 @@ macro_rules! outln {
     };
 }
 
-pub(crate) use {out, outln};
+/// Like `println!` for progress lines of a longer operation (a rollout):
+/// a closed stdout neither panics nor stops the operation.
+macro_rules! progressln {
+    ($($arg:tt)*) => {{
+        let _ = $crate::commands::out::write(format_args!("{}\n", format_args!($($arg)*)));
+    }};
+}
+
+pub(crate) use {out, outln, progressln};
 
 /// Writes to stdout.
 pub fn write(args: fmt::Arguments<'_>) -> std::io::Result<()> {
