@@ -47,7 +47,12 @@ fn notes_go_to_the_reports_repository_and_never_to_the_fleet_repository() {
     let run = host.apply(&fleet_url);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(run.json()["status"], "converged");
-    assert_eq!(host.state_json()["last_note"]["unpushed"], false, "{}", run.stderr);
+    assert_eq!(
+        host.state_json()["last_note"]["unpushed"],
+        false,
+        "{}",
+        run.stderr
+    );
     // A change on the branch: another note, again to the reports repository.
     // (The hook refuses pushes from hosts; the test's own push goes
     // around it.)
@@ -82,7 +87,14 @@ fn notes_go_to_the_reports_repository_and_never_to_the_fleet_repository() {
     let viewer = GitHost::new("viewer");
     let run = viewer.run(
         &fleet_url,
-        &["fleet", "status", "--format", "json", "--reports", &reports_url],
+        &[
+            "fleet",
+            "status",
+            "--format",
+            "json",
+            "--reports",
+            &reports_url,
+        ],
     );
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     let out = run.json();
@@ -172,8 +184,16 @@ fn a_server_without_protocol_v2_still_serves_the_poll() {
     assert!(run.stderr.contains("fetched"), "{}", run.stderr);
     let before = daemon.packs_served();
     let run = poll(&c1);
-    assert!(run.stderr.contains("remote tip unchanged"), "{}", run.stderr);
-    assert_eq!(daemon.packs_served(), before, "an unchanged poll fetched a pack");
+    assert!(
+        run.stderr.contains("remote tip unchanged"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        daemon.packs_served(),
+        before,
+        "an unchanged poll fetched a pack"
+    );
     let c2 = repo.commit_and_push(BRANCH, &files(&motd_branch("two")), "two");
     poll(&c2);
     assert_eq!(host.read("/etc/motd").as_deref(), Some("two\n"));
@@ -212,10 +232,7 @@ fn heartbeats_replace_the_latest_note_and_changes_stay_in_history() {
         }
     }
     // Three changes: three history commits, each naming its commit.
-    let log = git(
-        &repo.bare,
-        &["log", "--format=%s", &host.notes_ref()],
-    );
+    let log = git(&repo.bare, &["log", "--format=%s", &host.notes_ref()]);
     let subjects: Vec<&str> = log.lines().collect();
     assert_eq!(subjects.len(), 3, "{log}");
     for (subject, c) in subjects.iter().rev().zip(&changes) {
@@ -242,6 +259,9 @@ fn heartbeats_replace_the_latest_note_and_changes_stay_in_history() {
         &["notes", "--ref", "trueup-latest/web1", "show", last],
     );
     assert!(heartbeat_time(&note) >= first);
-    assert_eq!(git(&repo.bare, &["rev-list", "--count", latest]).trim(), "1");
+    assert_eq!(
+        git(&repo.bare, &["rev-list", "--count", latest]).trim(),
+        "1"
+    );
     assert_eq!(notes_commits(&repo.bare, &host.notes_ref()), 3);
 }

@@ -72,11 +72,19 @@ def wait_port(port, proc, what):
 
 
 def child_cpu(pid):
-    """CPU seconds of the children `pid` has reaped (user + system)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    """CPU seconds used by `pid` and every process under it, the reaped ones
+    included (user + system). `git daemon` is a `git` wrapper whose child
+    `git-daemon` forks a process per connection, so the tree is walked."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        return 0.0
     # utime stime cutime cstime are fields 14-17 (1-based) of the whole line.
-    return (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / CLK
+    own = (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / CLK
+    return own + sum(child_cpu(c) for c in children)
 
 
 class CountingProxy:

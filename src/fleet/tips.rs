@@ -4,11 +4,11 @@
 //! recipients`) calls [`read_tips`].
 //!
 //! One listing of the remote's refs (branch tips and notes refs, protocol
-//! v2 `ls-refs` with ref prefixes), then one shallow fetch (depth 1) of the
-//! refs it needs: each host's `refs/notes/trueup-latest/<host>` (one note),
-//! and the history ref `refs/notes/trueup/<host>` only for a host that has
-//! no latest ref yet (an older agent) or when the caller wants the last
-//! runs. Nothing is written anywhere but a temporary repository. A server
+//! v2 `ls-refs` with ref prefixes), then one fetch of the refs it needs:
+//! each host's `refs/notes/trueup-latest/<host>` (one commit without parent,
+//! one note), and the history ref `refs/notes/trueup/<host>` at depth 1 only
+//! for a host that has no latest ref yet (an older agent) or when the
+//! caller wants the last runs. Nothing is written anywhere but a temporary repository. A server
 //! gix cannot talk to is read again with libgit2 (whole notes refs).
 
 use std::collections::HashMap;
@@ -67,7 +67,13 @@ pub fn read_tips(
     let refs = if remote.transport == Transport::File {
         None
     } else {
-        match shallow_fetch(tmp.path(), remote, auth, conn.basic_credentials(), with_recent) {
+        match shallow_fetch(
+            tmp.path(),
+            remote,
+            auth,
+            conn.basic_credentials(),
+            with_recent,
+        ) {
             Ok(refs) => Some(refs),
             Err(e) => {
                 warn!(reason = %e, "reading the notes tips with protocol v2 failed; reading them with libgit2");
@@ -166,18 +172,30 @@ fn shallow_fetch(
     let fetch = repo
         .remote_at(url)
         .and_then(|r| {
-            r.with_refspecs(specs.iter().map(String::as_str), gix::remote::Direction::Fetch)
+            r.with_refspecs(
+                specs.iter().map(String::as_str),
+                gix::remote::Direction::Fetch,
+            )
         })
         .map_err(|e| remote.scrub(&e.to_string()))?;
-    let depth = NonZeroU32::new(1).ok_or("depth")?;
     let interrupt = AtomicBool::new(false);
-    let outcome = fetch
+    let mut prepared = fetch
         .connect(gix::remote::Direction::Fetch)
         .map_err(|e| remote.scrub(&e.to_string()))?
         .with_credentials(credentials)
         .prepare_fetch(gix::progress::Discard, Default::default())
         .map_err(|e| remote.scrub(&e.to_string()))?
-        .with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(depth))
+        // One packed-refs file for thousands of refs, not a file (and a lock)
+        // for each.
+        .with_write_packed_refs_only(true);
+    // Latest-note commits have no parent: asking for depth 1 would only make
+    // the server compute shallow boundaries for nothing. History refs do
+    // have parents, and only their tip is wanted.
+    if history_needed {
+        let depth = NonZeroU32::new(1).ok_or("depth")?;
+        prepared = prepared.with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(depth));
+    }
+    let outcome = prepared
         .receive(gix::progress::Discard, &interrupt)
         .map_err(|e| remote.scrub(&e.to_string()))?;
     debug!(
@@ -246,10 +264,7 @@ fn started(text: &str) -> String {
 
 /// The note whose run started last.
 fn newest(notes: Vec<(String, String)>) -> Option<String> {
-    notes
-        .into_iter()
-        .map(|(_, t)| t)
-        .max_by_key(|t| started(t))
+    notes.into_iter().map(|(_, t)| t).max_by_key(|t| started(t))
 }
 
 /// Every note in the tip tree of `reference`: (annotated commit, text).

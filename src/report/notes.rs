@@ -716,7 +716,10 @@ mod tests {
             ..Settings::default()
         };
         let w = lateral_movement_warning(&s).expect("ssh credentials, no trust");
-        assert!(w.contains("SECURITY.md") && w.contains("report.repo"), "{w}");
+        assert!(
+            w.contains("SECURITY.md") && w.contains("report.repo"),
+            "{w}"
+        );
         s.report.repo = Some("ssh://git@git.example.com/reports.git".into());
         assert_eq!(lateral_movement_warning(&s), None);
         s.report.repo = None;
