@@ -226,9 +226,11 @@ fn a_broken_commit_is_not_applied_and_drift_is_still_repaired_to_the_good_one() 
     // Wait for the event (the SIGHUP's run has finished), not a clock.
     let runs_before = log(&host).matches("run finished").count();
     kill(agent.pid(), Signal::SIGHUP).unwrap();
-    wait_for("the run the SIGHUP asked for", Duration::from_secs(20), || {
-        log(&host).matches("run finished").count() > runs_before
-    });
+    wait_for(
+        "the run the SIGHUP asked for",
+        Duration::from_secs(20),
+        || log(&host).matches("run finished").count() > runs_before,
+    );
     assert_eq!(
         notes_commits(&repo.bare, &host.notes_ref()),
         notes_before,

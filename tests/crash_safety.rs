@@ -243,6 +243,9 @@ fn stale_temp_files_of_a_killed_run_are_removed_by_the_next_write() {
     );
     assert!(!dead.exists(), "the dead run's temp file is removed");
     assert!(live.exists(), "a live process's temp file is kept");
-    assert!(!other.exists(), "another file's stale temp file is removed too");
+    assert!(
+        !other.exists(),
+        "another file's stale temp file is removed too"
+    );
     assert!(unrelated.exists(), "a name that is not trueup's is kept");
 }
