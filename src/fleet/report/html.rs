@@ -102,7 +102,7 @@ struct IndexPage<'a> {
     flags: &'a [super::model::StatusCount],
     commits: &'a [super::model::CommitGroup],
     sort: &'a str,
-    rows: &'a [HostView],
+    rows: Vec<Row<'a>>,
 }
 
 #[derive(Serialize)]
@@ -111,7 +111,46 @@ struct ListPage<'a> {
     frame: Frame<'a>,
     heading: String,
     sort: &'a str,
-    rows: Vec<&'a HostView>,
+    rows: Vec<Row<'a>>,
+}
+
+/// A host as a table row shows it: only what the table needs, so a page
+/// of 10,000 rows does not carry every host's whole run.
+#[derive(Serialize)]
+struct Row<'a> {
+    page: &'a str,
+    name: &'a str,
+    status: &'a str,
+    stale: bool,
+    disabled: bool,
+    audit: bool,
+    applied_short: Option<&'a str>,
+    behind: &'a str,
+    age: &'a str,
+    drift: u64,
+    changed: u64,
+    failed: u64,
+    health: &'a str,
+}
+
+impl<'a> From<&'a HostView> for Row<'a> {
+    fn from(h: &'a HostView) -> Row<'a> {
+        Row {
+            page: &h.page,
+            name: &h.name,
+            status: &h.status,
+            stale: h.stale,
+            disabled: h.disabled,
+            audit: h.audit,
+            applied_short: h.applied_short.as_deref(),
+            behind: &h.behind,
+            age: &h.age,
+            drift: h.drift,
+            changed: h.changed,
+            failed: h.failed,
+            health: &h.health,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -147,7 +186,7 @@ pub fn render(
                 flags: &fleet.flags,
                 commits: &fleet.commits,
                 sort: "name",
-                rows: &fleet.hosts,
+                rows: fleet.hosts.iter().map(Row::from).collect(),
             },
         )?,
     });
@@ -254,7 +293,7 @@ fn list_page<'a>(
             frame: frame(format!("{heading} — trueup fleet"), ""),
             heading,
             sort,
-            rows,
+            rows: rows.into_iter().map(Row::from).collect(),
         },
     )?;
     Ok(Page {

@@ -732,8 +732,10 @@ fn host_view(
         }
     };
     let mut parsed: Vec<(bool, Note)> = notes.iter().map(|n| (n.newest, parse(n))).collect();
-    // Newest first: by start time, notes without one (malformed) after.
-    parsed.sort_by_key(|n| std::cmp::Reverse(started(&n.1)));
+    // Newest first: by start time (to the second), the note the tip wrote
+    // first among runs of the same second, notes without a time
+    // (malformed) after.
+    parsed.sort_by_key(|(newest, n)| (std::cmp::Reverse(started(n)), !newest));
     // The latest note is the one the ref's tip commit wrote; failing that
     // (a tip that removed notes), the latest started.
     let latest = parsed
