@@ -15,7 +15,9 @@ error, and a few stale or malformed), written with `git fast-import`.
 Then it times `trueup fleet report --source file://... --out DIR` (the
 whole process: reading every notes ref, rendering, writing the site), and
 prints the wall time, the peak RSS, the number of pages and the site's
-size (total, index.html, the largest host page). Figures are printed,
+size (total, index.html, the largest host page), and beside it the time
+of `trueup fleet status` over the same notes (reading alone, no
+rendering). Figures are printed,
 never asserted. No root needed; nothing leaves the temporary directory.
 """
 
@@ -167,8 +169,8 @@ def main():
     work = tempfile.mkdtemp(prefix="trueup-fleet-report-")
     try:
         commits, converged, drift = seed_notes(a.trueup, work)
-        print("| hosts | refs | run | wall time | peak RSS | pages | site | index.html | largest host page |")
-        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print("| hosts | refs | run | wall time | peak RSS | pages | site | index.html | largest host page | `fleet status` alone |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for n in [int(s) for s in a.sizes.split(",")]:
             nwork = os.path.join(work, str(n))
             os.makedirs(nwork)
@@ -192,8 +194,16 @@ def main():
                     sys.exit(f"fleet report: exit {p.returncode}\n{err.decode(errors='replace')}")
                 rss_note = f"{usage.ru_maxrss / 1024:.0f} MiB"
                 total, pages, biggest, index = site_size(out)
+                # The same notes read by `fleet status`: what reading the
+                # fleet costs, without rendering or writing.
+                t1 = time.monotonic()
+                sh(a.trueup, "--config", "/nonexistent/agent.yaml",
+                   "--source", f"file://{bare}", "fleet", "status", "--format", "json",
+                   env=clean_env())
+                read_only = time.monotonic() - t1
                 print(f"| {n} | {refs} | {run} | {wall:.2f} s | {rss_note} | {pages} | "
-                      f"{total / 1048576:.1f} MiB | {index / 1024:.0f} KiB | {biggest / 1024:.1f} KiB |",
+                      f"{total / 1048576:.1f} MiB | {index / 1024:.0f} KiB | {biggest / 1024:.1f} KiB | "
+                      f"{read_only:.2f} s |",
                       flush=True)
         if a.keep:
             print(f"kept: {work}")
