@@ -225,6 +225,7 @@ fn locked_run_held(
         dry_run,
         offline: common.offline,
     };
+    crate::resource::tool::set_timeouts(common.settings.timeouts);
     // Output of the tools the run drives counts as its progress.
     let progress = control.clone();
     crate::resource::tool::set_progress(Some(std::sync::Arc::new(move || progress.touch())));

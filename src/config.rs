@@ -77,6 +77,18 @@ pub struct Fragment {
     pub secrets: SecretsFragment,
     #[serde(default)]
     pub backups: BackupsFragment,
+    #[serde(default)]
+    pub timeouts: TimeoutsFragment,
+}
+
+/// How long an external tool may print nothing before it is taken as hung.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsFragment {
+    /// apt-get and dnf (default 30m).
+    pub packages: Option<Spanned<String>>,
+    /// dpkg-query, rpm, systemctl, account tools (default 5m).
+    pub tools: Option<Spanned<String>>,
 }
 
 /// How long the replaced contents under `<state_dir>/backup` are kept.
@@ -196,6 +208,8 @@ pub struct Settings {
     pub secrets_identity: PathBuf,
     /// `backups:`: retention of replaced contents.
     pub backups: crate::backup::Retention,
+    /// `timeouts:`: silence allowed to external tools, per kind.
+    pub timeouts: crate::resource::tool::Timeouts,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -264,6 +278,7 @@ impl Default for Settings {
             dnf_options: vec![],
             secrets_identity: PathBuf::from(crate::secrets::DEFAULT_IDENTITY),
             backups: crate::backup::Retention::default(),
+            timeouts: crate::resource::tool::Timeouts::default(),
         }
     }
 }
@@ -448,6 +463,12 @@ pub fn settings(fragments: &[Located]) -> Result<Settings, ConfigError> {
         if let Some(n) = f.backups.max_count {
             s.backups.max_count = Some(n);
         }
+        if let Some(v) = &f.timeouts.packages {
+            s.timeouts.packages = positive(file, v, "timeouts.packages")?;
+        }
+        if let Some(v) = &f.timeouts.tools {
+            s.timeouts.other = positive(file, v, "timeouts.tools")?;
+        }
         if let Some(v) = &f.packages.apt_lists_max_age {
             s.apt_lists_max_age = duration(file, v, "packages.apt_lists_max_age")?;
         }
@@ -519,6 +540,19 @@ fn duration(file: &Path, v: &Spanned<String>, field: &str) -> Result<Duration, C
     })
 }
 
+/// A duration that must not be zero (a zero timeout kills every tool).
+fn positive(file: &Path, v: &Spanned<String>, field: &str) -> Result<Duration, ConfigError> {
+    let d = duration(file, v, field)?;
+    if d.is_zero() {
+        return Err(ConfigError::at(
+            file,
+            v,
+            format!("{field} must be more than 0s"),
+        ));
+    }
+    Ok(d)
+}
+
 fn abs_path(file: &Path, v: &Spanned<String>, field: &str) -> Result<PathBuf, ConfigError> {
     let p = PathBuf::from(&v.value);
     if !p.is_absolute() {
@@ -540,6 +574,29 @@ mod tests {
             file: PathBuf::from(name),
             fragment: parse_fragment(Path::new(name), text).unwrap(),
         }
+    }
+
+    #[test]
+    fn tool_timeouts_per_kind_and_backups() {
+        let s = settings(&[frag(
+            "a.yaml",
+            "timeouts:\n  packages: 2h\n  tools: 90s\nbackups:\n  max_age: 7d\n  max_count: 5\n",
+        )])
+        .unwrap();
+        assert_eq!(s.timeouts.packages, Duration::from_secs(7200));
+        assert_eq!(s.timeouts.other, Duration::from_secs(90));
+        assert_eq!(s.backups.max_age, Duration::from_secs(7 * 86400));
+        assert_eq!(s.backups.max_count, Some(5));
+        let d = settings(&[]).unwrap();
+        assert_eq!(d.timeouts, crate::resource::tool::Timeouts::default());
+        let e = settings(&[frag("a.yaml", "timeouts:\n  tools: 0s\n")]).unwrap_err();
+        assert_eq!((e.line, e.column), (2, 10), "{e}");
+        assert!(
+            e.message.contains("timeouts.tools must be more than 0s"),
+            "{e}"
+        );
+        let e = parse_fragment(Path::new("a.yaml"), "timeouts:\n  apt: 1h\n").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
     }
 
     #[test]
@@ -577,9 +634,13 @@ mod tests {
             e.to_string().starts_with("/etc/trueup/agent.yaml:2:1:"),
             "{e}"
         );
-        let e = settings(&[frag("a.yaml", "repo: x\ninterval: soon\n")]).unwrap_err();
+        let e = settings(&[frag("a.yaml", "repo: /srv/x\ninterval: soon\n")]).unwrap_err();
         assert_eq!(e.line, 2, "{e}");
         assert!(e.message.contains("soon"), "{e}");
+        // A repo that is no supported URL is found at load.
+        let e = settings(&[frag("a.yaml", "repo: x\n")]).unwrap_err();
+        assert_eq!((e.line, e.column), (1, 7), "{e}");
+        assert!(e.message.starts_with("repo: "), "{e}");
         let e = settings(&[frag("a.yaml", "auth:\n  ssh_key: relative/key\n")]).unwrap_err();
         assert_eq!(e.line, 2, "{e}");
     }
@@ -660,7 +721,8 @@ mod tests {
         let e = settings(&[frag("a.yaml", "report:\n  auth:\n    ssh_key: key\n")]).unwrap_err();
         assert_eq!(e.line, 3, "{e}");
         assert!(e.message.contains("report.auth.ssh_key"), "{e}");
-        let e = parse_fragment(Path::new("a.yaml"), "report:\n  auth:\n    sshkey: /k\n").unwrap_err();
+        let e =
+            parse_fragment(Path::new("a.yaml"), "report:\n  auth:\n    sshkey: /k\n").unwrap_err();
         assert_eq!(e.line, 3, "{e}");
     }
 }
