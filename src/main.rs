@@ -95,6 +95,12 @@ enum Command {
     },
     /// Resume convergence.
     Enable,
+    /// Age-encrypted secrets in a fleet checkout: recipients, encrypt,
+    /// rekey, edit.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     /// The whole fleet, read from the repository's notes.
     Fleet {
         #[command(subcommand)]
@@ -106,34 +112,9 @@ enum Command {
         /// Directory to write man/ and completions/ into.
         #[arg(long)]
         out: PathBuf,
-    /// Age-encrypted secrets in a fleet checkout: recipients, encrypt,
-    /// rekey, edit.
-    Secrets {
-        #[command(subcommand)]
-        command: SecretsCommand,
-    },
     },
 }
 
-#[derive(Debug, Subcommand)]
-enum FleetCommand {
-    /// Every host's latest note: branch tip, applied commit, behind,
-    /// status, drift, age; and how far each host is behind main (or
-    /// --from) and the rollout's state.
-    Status {
-        /// The commit the rollout is measured against.
-        #[arg(long, value_name = "REF")]
-        from: Option<String>,
-    },
-    /// Fast-forward host branches to a commit in waves, each gated by the
-    /// hosts' own notes on that commit. Exit 1 when the rollout stops.
-    Promote(PromoteArgs),
-    /// Write a static HTML report of the fleet (index.html and a page per
-    /// host) from the hosts' notes.
-    Report {
-        /// Directory to write the site into (created if missing).
-        #[arg(long)]
-        out: PathBuf,
 #[derive(Debug, Subcommand)]
 enum SecretsCommand {
     /// Each host's SSH host key as its notes report it, beside the key
@@ -176,6 +157,25 @@ enum SecretsCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum FleetCommand {
+    /// Every host's latest note: branch tip, applied commit, behind,
+    /// status, drift, age; and how far each host is behind main (or
+    /// --from) and the rollout's state.
+    Status {
+        /// The commit the rollout is measured against.
+        #[arg(long, value_name = "REF")]
+        from: Option<String>,
+    },
+    /// Fast-forward host branches to a commit in waves, each gated by the
+    /// hosts' own notes on that commit. Exit 1 when the rollout stops.
+    Promote(PromoteArgs),
+    /// Write a static HTML report of the fleet (index.html and a page per
+    /// host) from the hosts' notes.
+    Report {
+        /// Directory to write the site into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -291,6 +291,23 @@ fn main() -> ExitCode {
         Command::Health => commands::health(&common),
         Command::Disable { reason } => commands::disable(&common, reason),
         Command::Enable => commands::enable(&common),
+        Command::Secrets { command } => match command {
+            SecretsCommand::Recipients { dir } => commands::secrets_recipients(&common, dir),
+            SecretsCommand::Encrypt {
+                to,
+                input,
+                dir,
+                file,
+            } => commands::secrets_encrypt(dir, to, input.as_deref(), file),
+            SecretsCommand::Rekey { identity, dir } => {
+                commands::secrets_rekey(dir, identity.as_deref())
+            }
+            SecretsCommand::Edit {
+                identity,
+                dir,
+                file,
+            } => commands::secrets_edit(dir, identity.as_deref(), file),
+        },
         Command::Fleet {
             command: FleetCommand::Status { from },
         } => commands::fleet_status(&common, cli.reports.as_deref(), from.as_deref()),
@@ -355,23 +372,6 @@ fn generate_assets(out: &std::path::Path) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&completions)
         .with_context(|| format!("creating {}", completions.display()))?;
     let cmd = Cli::command();
-        Command::Secrets { command } => match command {
-            SecretsCommand::Recipients { dir } => commands::secrets_recipients(&common, dir),
-            SecretsCommand::Encrypt {
-                to,
-                input,
-                dir,
-                file,
-            } => commands::secrets_encrypt(dir, to, input.as_deref(), file),
-            SecretsCommand::Rekey { identity, dir } => {
-                commands::secrets_rekey(dir, identity.as_deref())
-            }
-            SecretsCommand::Edit {
-                identity,
-                dir,
-                file,
-            } => commands::secrets_edit(dir, identity.as_deref(), file),
-        },
     clap_mangen::generate_to(cmd.clone(), &man).context("writing man pages")?;
     for shell in [
         clap_complete::Shell::Bash,

@@ -173,6 +173,9 @@ pub struct RunReport {
     /// Errors that stopped the run before any change, one per line.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// The health checks after the run, and a rollback if there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::health::HealthReport>,
     /// The first line of `source.commit`'s message, for people reading
     /// the fleet (the fleet report's rollout picture).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -194,9 +197,6 @@ pub struct RunReport {
     /// never repaired.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub audit: bool,
-    /// The health checks after the run, and a rollback if there was one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<crate::health::HealthReport>,
     /// The facts this run rendered with, `machine_id` left out, so the
     /// fleet's states can be validated centrally (`validate --fleet`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -237,15 +237,16 @@ impl RunReport {
             source,
             status,
             summary: Summary::default(),
+            host_key: None,
             resources: vec![],
             errors,
+            health: None,
             commit_subject: None,
             commit_author: None,
             interval_secs: None,
             heartbeat_secs: None,
             disabled: None,
             audit: false,
-            health: None,
             facts: None,
         }
     }
@@ -272,7 +273,6 @@ impl RunReport {
         let mut report =
             RunReport::failed_early(host, mode, dry_run, started, source, status, vec![]);
         report.summary = summary;
-            host_key: None,
         report.resources = outcomes
             .into_iter()
             .filter(|o| o.status != Status::InSync)
@@ -346,11 +346,6 @@ impl RunReport {
         line + &rejected
     }
 
-    /// Records the facts the run rendered with (without `machine_id`).
-    pub fn set_facts(&mut self, facts: &crate::facts::Facts) {
-        self.facts = Some(facts.into());
-    }
-
     /// Records what a fleet's readers need to know about this host beside
     /// the run: how often it runs and reports, whether it is paused, and
     /// whether it only audits.
@@ -368,6 +363,11 @@ impl RunReport {
             since: d.since.clone(),
         });
         self.audit = audit;
+    }
+
+    /// Records the facts the run rendered with (without `machine_id`).
+    pub fn set_facts(&mut self, facts: &crate::facts::Facts) {
+        self.facts = Some(facts.into());
     }
 
     /// Records the subject and author of `source.commit`, read from

@@ -464,7 +464,7 @@ pub fn load_with_secrets(
 /// Turns merged raw documents into a desired state, collecting every error.
 struct Builder<'t> {
     tree: &'t dyn Tree,
-    renderer: Renderer,
+    renderer: Renderer<'t>,
     errors: Vec<SpecError>,
     /// File content held so far, against `MAX_STATE_CONTENT`.
     content_bytes: usize,
