@@ -486,7 +486,9 @@ pub fn enable(common: &Common) -> Result<i32> {
 pub fn fleet_status(common: &Common, reports: Option<&str>, from: Option<&str>) -> Result<i32> {
     // `--reports URL` (the reports repository), else the fleet repository.
     let Some(source) = reports.or(common.settings.repo.as_deref()) else {
-        bail!("no repository: give --reports URL or --source URL, or set repo in the configuration");
+        bail!(
+            "no repository: give --reports URL or --source URL, or set repo in the configuration"
+        );
     };
     let url = match crate::source::remote::locate(source).map_err(anyhow::Error::msg)? {
         crate::source::remote::Location::Git(u) => u,

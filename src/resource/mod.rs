@@ -212,10 +212,9 @@ mod tests {
 
     #[test]
     fn kinds_and_attributes_of_newer_hosts_read_as_unknown() {
-        let d: Drift = serde_json::from_str(
-            r#"{"attribute":"selinux_label","expected":"a","actual":"b"}"#,
-        )
-        .unwrap();
+        let d: Drift =
+            serde_json::from_str(r#"{"attribute":"selinux_label","expected":"a","actual":"b"}"#)
+                .unwrap();
         assert_eq!(d.attribute, Attribute::Unknown);
         let k: Kind = serde_json::from_str(r#""firewall_rule""#).unwrap();
         assert_eq!(k, Kind::Unknown);

@@ -171,11 +171,21 @@ fn include_paths_use_facts_so_one_entry_file_serves_a_fleet() {
     other.hostname = "web2".into();
     let errs = load(&MemTree::new(&files), &other).unwrap_err();
     let e = &errs.0[0];
-    assert_eq!((e.file.as_str(), e.line, e.column), ("trueup.yaml", 1, 11), "{e}");
-    assert!(e.message.contains("'hosts/web2.yaml' does not exist"), "{e}");
+    assert_eq!(
+        (e.file.as_str(), e.line, e.column),
+        ("trueup.yaml", 1, 11),
+        "{e}"
+    );
+    assert!(
+        e.message.contains("'hosts/web2.yaml' does not exist"),
+        "{e}"
+    );
 
     // Only facts: vars come from the very files being included.
-    let e = one_error(&[("trueup.yaml", "include: [\"{{vars.x}}.yaml\"]\nvars: { x: a }\n")]);
+    let e = one_error(&[(
+        "trueup.yaml",
+        "include: [\"{{vars.x}}.yaml\"]\nvars: { x: a }\n",
+    )]);
     assert!(e.message.contains("vars.x"), "{e}");
     // A rendered path is checked like a written one.
     let mut odd = facts();
@@ -586,7 +596,10 @@ commands:
     let d = load_files(&[("trueup.yaml", yaml)]).unwrap();
     assert_eq!(d.groups["app"].gid, Some(990));
     let app = &d.users["app"];
-    assert_eq!(app.groups.as_deref(), Some(&["adm".to_string(), "sudo".into()][..]));
+    assert_eq!(
+        app.groups.as_deref(),
+        Some(&["adm".to_string(), "sudo".into()][..])
+    );
     assert_eq!(app.home.as_deref(), Some(Path::new("/srv/app")));
     assert_eq!(
         app.authorized_keys.as_deref(),
@@ -599,7 +612,10 @@ commands:
     );
     let nginx = &d.files[Path::new("/etc/nginx/nginx.conf")];
     assert_eq!(nginx.notify, ["nginx.service"]);
-    assert_eq!(nginx.notify_action_for("nginx.service"), NotifyAction::Reload);
+    assert_eq!(
+        nginx.notify_action_for("nginx.service"),
+        NotifyAction::Reload
+    );
     let reload = &d.commands["reload"];
     assert_eq!(
         reload.on_change,
@@ -615,6 +631,9 @@ commands:
     let init = &d.commands["init"];
     assert_eq!(init.run, ["/usr/local/bin/init", "app"]);
     assert_eq!(init.env.get("HOST").map(String::as_str), Some("web1"));
-    assert_eq!(init.timeout_secs, crate::resource::command::DEFAULT_TIMEOUT_SECS);
+    assert_eq!(
+        init.timeout_secs,
+        crate::resource::command::DEFAULT_TIMEOUT_SECS
+    );
     assert_eq!(init.user.as_deref(), Some("app"));
 }
