@@ -178,9 +178,7 @@ fn git_cycle(
         state.bad_commit = None;
     }
     let stay = match choice {
-        CommitChoice::StayHealthy { commit, reason, .. } => {
-            Some(crate::health::Stay { commit, reason })
-        }
+        CommitChoice::StayHealthy { commit, reason, .. } => Some(StayHealthy { commit, reason }),
         _ => None,
     };
 
@@ -536,4 +534,11 @@ fn report_without_rollback(run_opts: &RunOptions, facts: &Facts) -> RunReport {
         RunStatus::Error,
         vec!["a directory source has no commit to roll back to".into()],
     )
+}
+
+/// The last healthy commit this run converges instead of a tip that was
+/// rolled back, and why (from `pipeline::choose_commit`).
+struct StayHealthy {
+    commit: String,
+    reason: String,
 }

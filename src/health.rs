@@ -768,29 +768,6 @@ pub fn decide(status: HealthStatus, s: &Situation) -> Decision {
     }
 }
 
-/// The last healthy commit to converge instead of the tip, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stay {
-    pub commit: String,
-    pub reason: String,
-}
-
-/// When to try a rolled-back commit again: not while it is still the
-/// branch tip (the last healthy commit is converged instead); once the tip
-/// moves to another commit, the mark is dropped and the tip is tried.
-pub fn stay_on_healthy(state: &mut HostState, tip: &str) -> Option<Stay> {
-    let bad = state.bad_commit.as_ref()?;
-    if bad.commit != tip {
-        state.bad_commit = None;
-        return None;
-    }
-    let healthy = state.last_healthy.as_deref().filter(|h| *h != tip)?;
-    Some(Stay {
-        commit: healthy.to_string(),
-        reason: bad.reason.clone(),
-    })
-}
-
 // ---------------------------------------------------------------------------
 // Rollback and the pending decision
 // ---------------------------------------------------------------------------
@@ -1428,42 +1405,6 @@ mod tests {
             commit: None,
             ..situation("b", Some("a"))
         }));
-    }
-
-    #[test]
-    fn a_rolled_back_commit_is_not_tried_again_until_the_tip_moves() {
-        let mut state = HostState {
-            last_healthy: Some("a".into()),
-            bad_commit: Some(crate::state::BadCommit {
-                commit: "b".into(),
-                reason: "rolled back: web (http x): connection refused".into(),
-                at: "2026-12-01T00:00:00Z".into(),
-            }),
-            ..HostState::default()
-        };
-        for _ in 0..3 {
-            assert_eq!(
-                stay_on_healthy(&mut state, "b"),
-                Some(Stay {
-                    commit: "a".into(),
-                    reason: "rolled back: web (http x): connection refused".into()
-                })
-            );
-        }
-        // A fix on top: tried, and the mark is gone.
-        assert_eq!(stay_on_healthy(&mut state, "c"), None);
-        assert_eq!(state.bad_commit, None);
-        assert_eq!(stay_on_healthy(&mut state, "b"), None);
-        // Nothing healthy to stay on: the tip is applied.
-        let mut state = HostState {
-            bad_commit: Some(crate::state::BadCommit {
-                commit: "b".into(),
-                reason: "r".into(),
-                at: "t".into(),
-            }),
-            ..HostState::default()
-        };
-        assert_eq!(stay_on_healthy(&mut state, "b"), None);
     }
 
     /// A branch's state with one TCP check named `name` and a short window.
