@@ -248,16 +248,40 @@ fn is_heartbeat(repo: &Repository, history: &str, report: &RunReport) -> Result<
     {
         return Ok(false);
     }
-    let Some(newest) = tip_notes(repo, history)?
-        .into_iter()
-        .filter_map(|(_, text)| parse_note(&text).ok().map(|(_, r)| r))
-        .max_by(|a, b| a.started_at.cmp(&b.started_at))
-    else {
+    let Some(newest) = newest_in_history(repo, history)? else {
         return Ok(false);
     };
     Ok(newest.source.commit == report.source.commit
         && settled(newest.status) == settled(report.status)
         && outstanding(&newest) == outstanding(report))
+}
+
+/// The report of the note the history's tip commit added: its message
+/// names the annotated commit (`Note on <id>`). Start times have a
+/// resolution of a second, so two runs in one second cannot be ordered by
+/// them; a history written before those messages falls back to them.
+fn newest_in_history(repo: &Repository, history: &str) -> Result<Option<RunReport>, git2::Error> {
+    let Ok(tip) = repo.refname_to_id(history) else {
+        return Ok(None);
+    };
+    let named = repo
+        .find_commit(tip)?
+        .message()
+        .ok()
+        .and_then(annotated_commit);
+    if let Some(annotated) = named
+        && let Ok(note) = repo.find_note(Some(history), annotated)
+    {
+        return Ok(note
+            .message()
+            .ok()
+            .and_then(|text| parse_note(text).ok())
+            .map(|(_, report)| report));
+    }
+    Ok(tip_notes(repo, history)?
+        .into_iter()
+        .filter_map(|(_, text)| parse_note(&text).ok().map(|(_, r)| r))
+        .max_by(|a, b| a.started_at.cmp(&b.started_at)))
 }
 
 /// The notes in the tip tree of `reference`: (annotated commit, text).
