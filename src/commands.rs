@@ -482,27 +482,38 @@ pub fn enable(common: &Common) -> Result<i32> {
     Ok(exit::OK)
 }
 
-/// `trueup fleet status`: every host's latest note in the repository.
+/// `trueup fleet status`: every host's latest note, read from the reports
+/// repository (`--reports`, else fleet.yaml's `reports:` on main, else the
+/// fleet repository), and the rollout of main (or `--from`).
 pub fn fleet_status(common: &Common, reports: Option<&str>, from: Option<&str>) -> Result<i32> {
-    // `--reports URL` (the reports repository), else the fleet repository.
-    let Some(source) = reports.or(common.settings.repo.as_deref()) else {
-        bail!(
-            "no repository: give --reports URL or --source URL, or set repo in the configuration"
-        );
+    let flag = reports
+        .map(|r| fleet::git_url("--reports", r))
+        .transpose()?;
+    let now = std::time::SystemTime::now();
+    let auth = &common.settings.auth;
+    // The rollout reads the notes (and fleet.yaml's `reports:`) already.
+    let (url, rows, rollout) = match rollout_status(common, flag.as_ref(), from)? {
+        Some(read) => {
+            let rows = crate::fleet::status::rows(read.tips.hosts, &read.heads, now);
+            (read.reports, rows, Some(read.view))
+        }
+        None => {
+            let Some(url) = flag.or(common
+                .settings
+                .repo
+                .as_deref()
+                .map(|s| fleet::git_url("--source", s))
+                .transpose()?)
+            else {
+                bail!(
+                    "no repository: give --reports URL or --source URL, or set repo in the configuration"
+                );
+            };
+            let rows = crate::fleet::fleet_status(&url, auth, now)
+                .with_context(|| format!("reading the notes of {url}"))?;
+            (url, rows, None)
+        }
     };
-    let url = match crate::source::remote::locate(source).map_err(anyhow::Error::msg)? {
-        crate::source::remote::Location::Git(u) => u,
-        crate::source::remote::Location::Dir(d) => bail!(
-            "{}: fleet status reads a Git repository; give its URL (file://{})",
-            d.display(),
-            d.display()
-        ),
-    };
-    let rows =
-        crate::fleet::fleet_status(&url, &common.settings.auth, std::time::SystemTime::now())
-            .with_context(|| format!("reading the notes of {url}"))?;
-    // How far each branch is behind main (or --from), and the rollout.
-    let rollout = rollout_status(common, reports, from)?;
     match common.format {
         Format::Json => outln!(
             "{}",

@@ -292,7 +292,9 @@ fn main() -> ExitCode {
         Command::Disable { reason } => commands::disable(&common, reason),
         Command::Enable => commands::enable(&common),
         Command::Secrets { command } => match command {
-            SecretsCommand::Recipients { dir } => commands::secrets_recipients(&common, dir),
+            SecretsCommand::Recipients { dir } => {
+                commands::secrets_recipients(&common, cli.reports.as_deref(), dir)
+            }
             SecretsCommand::Encrypt {
                 to,
                 input,
@@ -316,7 +318,7 @@ fn main() -> ExitCode {
         } => commands::fleet_promote(&common, cli.reports.as_deref(), &p.options()),
         Command::Fleet {
             command: FleetCommand::Report { out },
-        } => commands::fleet_report(&common, out),
+        } => commands::fleet_report(&common, cli.reports.as_deref(), out),
         Command::GenerateAssets { out } => generate_assets(out),
     };
     match result {

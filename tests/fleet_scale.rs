@@ -265,3 +265,256 @@ fn heartbeats_replace_the_latest_note_and_changes_stay_in_history() {
     );
     assert_eq!(notes_commits(&repo.bare, &host.notes_ref()), 3);
 }
+
+/// Makes `repo` refuse every push of a notes ref (the operator's pushes of
+/// branches, as `fleet promote` makes, still land) and log each one tried.
+fn refuse_notes(repo: &TestRepo) -> std::path::PathBuf {
+    let mark = repo.bare.join("notes-push-attempted");
+    let hook = repo.bare.join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nstatus=0\nwhile read old new ref; do\n  case $ref in refs/notes/*) echo \"$ref\" >> '{}'; status=1 ;; esac\ndone\nexit $status\n",
+            mark.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    mark
+}
+
+/// An ed25519 key made by ssh-keygen (the host's secrets identity, whose
+/// public half the agent reports); returns (path, public line).
+fn ssh_host_key(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, String) {
+    let path = dir.join(name);
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .output()
+        .expect("ssh-keygen runs");
+    assert!(out.status.success(), "ssh-keygen: {out:?}");
+    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+    let public = public
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    (path, public)
+}
+
+/// A fleet command run as CI or an operator runs it: no agent
+/// configuration, the fleet repository as `--source`.
+fn operator(tmp: &std::path::Path, url: &str, args: &[&str]) -> Run {
+    let out = std::process::Command::new(trueup_bin())
+        .arg("--config")
+        .arg(tmp.join("no-agent.yaml"))
+        .args(["--source", url])
+        .args(args)
+        .env_remove("TRUEUP_CONFIG")
+        .env_remove("TRUEUP_SOURCE")
+        .env_remove("TRUEUP_REPORTS")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    Run::from(out)
+}
+
+/// Issue 15, must show 4: with `reports:` in fleet.yaml, hosts push their
+/// notes to the reports repository only (the fleet repository refuses and
+/// logs any notes push), and every command that reads the fleet (`fleet
+/// status`, `fleet report`, `validate --fleet`, `secrets recipients`,
+/// `fleet promote`) finds the hosts' reports there: the fleet repository
+/// holds no note at all, so a command that read it would see no host.
+#[test]
+fn every_fleet_command_reads_the_reports_repository() {
+    let tmp = TempDir::new().unwrap();
+    let fleet = TestRepo::create(tmp.path(), "fleet");
+    let reports = TestRepo::create(tmp.path(), "reports");
+    let daemon = GitDaemon::start(tmp.path());
+    let fleet_url = daemon.url(&fleet.rel());
+    let reports_url = daemon.url(&reports.rel());
+    let keys = TempDir::new().unwrap();
+    let hosts = ["web1", "web2"];
+    let host_keys: Vec<_> = hosts.iter().map(|h| ssh_host_key(keys.path(), h)).collect();
+    let fleet_yaml = format!(
+        "reports: {reports_url}\nhosts:\n  web1: {{ groups: [canary], ssh_key: \"{}\" }}\n  web2: {{ ssh_key: \"{}\" }}\nrollout:\n  waves: [canary, \"100%\"]\n  wait: 60s\n  max_unhealthy: 0\n",
+        host_keys[0].1, host_keys[1].1
+    );
+    let main_files = |version: &str| {
+        vec![
+            ("fleet.yaml", fleet_yaml.clone()),
+            (
+                "trueup.yaml",
+                format!(
+                    "files:\n  /etc/motd:\n    content: \"{version} on {{{{facts.hostname}}}}\\n\"\n    mode: \"0644\"\n"
+                ),
+            ),
+        ]
+    };
+    let v1 = fleet.commit_and_push("main", &files(&main_files("v1")), "v1");
+    for h in hosts {
+        git(
+            &fleet.work,
+            &["push", "-q", "origin", &format!("main:hosts/{h}")],
+        );
+    }
+    let attempted = refuse_notes(&fleet);
+
+    let agents: Vec<GitHost> = hosts
+        .iter()
+        .zip(&host_keys)
+        .map(|(h, (key, _))| {
+            let host = GitHost::new(h);
+            host.configure(&format!(
+                "report:\n  repo: {reports_url}\nsecrets:\n  identity: {}\n",
+                key.display()
+            ));
+            host
+        })
+        .collect();
+    for a in &agents {
+        let run = a.apply(&fleet_url);
+        assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+        assert_eq!(
+            a.state_json()["last_note"]["unpushed"],
+            false,
+            "{}",
+            run.stderr
+        );
+    }
+
+    // fleet status: both hosts on v1, the rollout of main complete.
+    let run = operator(
+        tmp.path(),
+        &fleet_url,
+        &["--format", "json", "fleet", "status"],
+    );
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let out = run.json();
+    assert_eq!(out["repository"], reports_url.as_str(), "{out:#}");
+    let rows = out["hosts"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{out:#}");
+    for row in rows {
+        assert_eq!(row["applied"], v1.as_str(), "{out:#}");
+        // The branches come from the fleet repository: the host is at its tip.
+        assert_eq!(row["behind"], false, "{out:#}");
+    }
+    assert_eq!(out["rollout"]["state"], "complete", "{out:#}");
+
+    // fleet report: both hosts, read from the reports repository.
+    let site = tmp.path().join("site");
+    let run = operator(
+        tmp.path(),
+        &fleet_url,
+        &[
+            "--format",
+            "json",
+            "fleet",
+            "report",
+            "--out",
+            site.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let out = run.json();
+    assert_eq!(out["reports"], reports_url.as_str(), "{out:#}");
+    assert_eq!(out["hosts"], 2, "{out:#}");
+    let index = std::fs::read_to_string(site.join("index.html")).unwrap();
+    for h in hosts {
+        assert!(index.contains(h), "{h} missing from the report");
+    }
+
+    // validate --fleet: each host's facts come from its report on v1.
+    let checkout = TempDir::new().unwrap();
+    for (path, text) in main_files("v1") {
+        std::fs::write(checkout.path().join(path), text).unwrap();
+    }
+    let dir = checkout.path().to_str().unwrap();
+    let run = operator(
+        tmp.path(),
+        &fleet_url,
+        &["--format", "json", "validate", "--fleet", dir],
+    );
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let out = run.json();
+    for host in out["hosts"].as_array().unwrap() {
+        assert_eq!(host["facts"]["commit"], v1.as_str(), "{out:#}");
+    }
+
+    // secrets recipients: the keys the hosts reported match the pins.
+    let run = operator(
+        tmp.path(),
+        &fleet_url,
+        &["--format", "json", "secrets", "recipients", "--dir", dir],
+    );
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let out = run.json();
+    let states: Vec<&str> = out
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["same", "same"], "{out:#}");
+
+    // fleet promote of v2: each wave waits for the hosts' notes on v2,
+    // which only the reports repository has.
+    let v2 = fleet.commit_and_push("main", &files(&main_files("v2")), "v2");
+    let mut promote = std::process::Command::new(trueup_bin())
+        .arg("--config")
+        .arg(tmp.path().join("no-agent.yaml"))
+        .args([
+            "--source", &fleet_url, "fleet", "promote", "--poll", "300ms",
+        ])
+        .env_remove("TRUEUP_CONFIG")
+        .env_remove("TRUEUP_SOURCE")
+        .env_remove("TRUEUP_REPORTS")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(status) = promote.try_wait().unwrap() {
+            break status;
+        }
+        for a in &agents {
+            let run = a.apply(&fleet_url);
+            assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let out = promote.wait_with_output().unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(status.success(), "{text}");
+    for h in hosts {
+        assert_eq!(
+            fleet.remote_branch(&format!("hosts/{h}")).as_deref(),
+            Some(v2.as_str())
+        );
+    }
+    for a in &agents {
+        assert_eq!(a.read("/etc/motd").unwrap(), format!("v2 on {}\n", a.name));
+        assert!(reports.note(&a.notes_ref(), &v2).is_some());
+    }
+
+    // The fleet repository never got a note, nor was one pushed to it.
+    assert!(
+        !attempted.exists(),
+        "notes were pushed to the fleet repository: {}",
+        std::fs::read_to_string(&attempted).unwrap_or_default()
+    );
+    assert!(
+        fleet
+            .remote_refs()
+            .iter()
+            .all(|(r, _)| r.starts_with("refs/heads/")),
+        "{:?}",
+        fleet.remote_refs()
+    );
+}

@@ -34,7 +34,7 @@ pub struct PromoteOptions {
 }
 
 /// A Git URL from `--source`, `--reports` or `fleet.yaml`.
-fn git_url(what: &str, raw: &str) -> Result<RemoteUrl> {
+pub fn git_url(what: &str, raw: &str) -> Result<RemoteUrl> {
     match locate(raw).map_err(anyhow::Error::msg)? {
         Location::Git(u) => Ok(u),
         Location::Dir(d) => bail!(
@@ -265,17 +265,16 @@ impl PromoteProgress for LiveProgress {
 /// repository (`--source`); skipped, with a word why, without it.
 pub fn rollout_status(
     common: &Common,
-    reports: Option<&str>,
+    reports: Option<&RemoteUrl>,
     from: Option<&str>,
-) -> Result<Option<promote::RolloutView>> {
+) -> Result<Option<promote::RolloutRead>> {
     let Some(source) = common.settings.repo.as_deref() else {
         return Ok(None);
     };
     let source = git_url("--source", source)?;
-    let reports = reports.map(|r| git_url("--reports", r)).transpose()?;
-    let view = match promote::rollout_view(
+    let read = match promote::rollout_view(
         &source,
-        reports.as_ref(),
+        reports,
         &common.settings.auth,
         from.unwrap_or("main"),
     ) {
@@ -289,5 +288,5 @@ pub fn rollout_status(
             )));
         }
     };
-    Ok(Some(view))
+    Ok(Some(read))
 }

@@ -4,26 +4,29 @@
 use super::out::outln;
 use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use super::{Common, Format, exit};
 
-/// Reads the notes of `--source` (or `repo`) and writes the site to `out`.
-pub fn fleet_report(common: &Common, out: &Path) -> Result<i32> {
+/// Reads the branches of `--source` (or `repo`) and the notes where
+/// `--reports` or fleet.yaml says, and writes the site to `out`.
+pub fn fleet_report(common: &Common, reports: Option<&str>, out: &Path) -> Result<i32> {
     let Some(source) = common.settings.repo.as_deref() else {
         bail!("no repository: give --source URL or set repo in the configuration");
     };
-    let url = match crate::source::remote::locate(source).map_err(anyhow::Error::msg)? {
-        crate::source::remote::Location::Git(u) => u,
-        crate::source::remote::Location::Dir(d) => bail!(
-            "{}: fleet report reads a Git repository; give its URL (file://{})",
-            d.display(),
-            d.display()
-        ),
-    };
+    let url = super::fleet::git_url("--source", source)?;
+    let flag = reports
+        .map(|r| super::fleet::git_url("--reports", r))
+        .transpose()?;
+    // The notes: --reports, else fleet.yaml's `reports:` on main, else the
+    // fleet repository. The branches always come from the fleet repository.
+    let notes =
+        crate::fleet::promote::resolve_reports(&url, flag.as_ref(), &common.settings.auth, "main")
+            .with_context(|| format!("finding where the notes of {url} are"))?;
     let started = std::time::Instant::now();
     let written = crate::fleet::report::generate(
         &url,
+        &notes,
         &common.settings.auth,
         out,
         std::time::SystemTime::now(),
@@ -34,6 +37,7 @@ pub fn fleet_report(common: &Common, out: &Path) -> Result<i32> {
             "{}",
             serde_json::json!({
                 "repository": url.redacted(),
+                "reports": notes.redacted(),
                 "index": index,
                 "hosts": written.hosts,
                 "pages": written.pages,

@@ -28,14 +28,15 @@ fn admin_identity(identity: Option<&Path>) -> Result<AdminIdentity> {
 
 /// `trueup secrets recipients`: exit 0, or 2 when a reported key differs
 /// from the pinned one.
-pub fn secrets_recipients(common: &Common, dir: &Path) -> Result<i32> {
+pub fn secrets_recipients(common: &Common, reports: Option<&str>, dir: &Path) -> Result<i32> {
     let checkout = Checkout::open(dir)?;
-    let location = common
-        .source
-        .as_deref()
-        .or_else(|| checkout.config.reports_location(None))
+    // --reports, fleet.yaml's `reports:`, --source, fleet.yaml's `repo:`.
+    let location = reports
+        .or(checkout.config.reports.as_deref())
+        .or(common.source.as_deref())
+        .or(checkout.config.repo.as_deref())
         .ok_or_else(|| {
-            anyhow!("no repository to read the hosts' notes from: give --source URL, or set repo: in fleet.yaml")
+            anyhow!("no repository to read the hosts' notes from: give --reports URL or --source URL, or set reports: or repo: in fleet.yaml")
         })?;
     let url = match crate::source::remote::locate(location).map_err(anyhow::Error::msg)? {
         crate::source::remote::Location::Git(u) => u,

@@ -13,7 +13,7 @@
 //! are pure functions below; `run` is the shell that talks to the remote.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use git2::{Oid, Repository};
@@ -829,13 +829,65 @@ pub struct RolloutView {
     pub hosts: Vec<HostRollout>,
 }
 
+/// A rollout as read, with the notes it was read from (so `fleet status`
+/// reads them once).
+pub struct RolloutRead {
+    pub view: RolloutView,
+    /// Where the notes were read: `--reports`, else `reports:` of the
+    /// commit's fleet.yaml, else the fleet repository.
+    pub reports: RemoteUrl,
+    pub tips: FleetTips,
+    /// The fleet repository's branches (without `refs/heads/`).
+    pub heads: HashMap<String, Oid>,
+}
+
+/// Where the hosts' notes are, for commands that read the fleet without
+/// a rollout: `--reports`, else `reports:` of fleet.yaml on `from` in the
+/// fleet repository, else the fleet repository itself. A fleet without
+/// `from` or without fleet.yaml keeps its notes in the fleet repository.
+pub fn resolve_reports(
+    source: &RemoteUrl,
+    flag: Option<&RemoteUrl>,
+    auth: &Auth,
+    from: &str,
+) -> Result<RemoteUrl, PromoteError> {
+    if let Some(flag) = flag {
+        return Ok(flag.clone());
+    }
+    let tmp = tempfile::tempdir().map_err(|e| PromoteError::Repository {
+        what: "creating a temporary repository".into(),
+        detail: e.to_string(),
+    })?;
+    let repo_err = |e: git2::Error| PromoteError::Repository {
+        what: format!("reading fleet.yaml on {from}"),
+        detail: e.message().to_string(),
+    };
+    let repo = Repository::init_bare(tmp.path()).map_err(repo_err)?;
+    let conn = Connector::new(source, auth)?;
+    let local = format!("refs/heads/{from}");
+    conn.fetch(&repo, &[&format!("+{local}:{local}")])?;
+    let Ok(commit) = repo.refname_to_id(&local) else {
+        return Ok(source.clone());
+    };
+    let has_fleet = repo
+        .find_commit(commit)
+        .and_then(|c| c.tree())
+        .map(|t| t.get_name(FLEET_FILE).is_some())
+        .map_err(repo_err)?;
+    if !has_fleet {
+        return Ok(source.clone());
+    }
+    let config = fleet_of(&repo, commit)?;
+    Ok(configured_reports(None, &config, commit)?.unwrap_or_else(|| source.clone()))
+}
+
 /// How far each host's branch is from `from`, and the rollout's state.
 pub fn rollout_view(
     source: &RemoteUrl,
     reports: Option<&RemoteUrl>,
     auth: &Auth,
     from: &str,
-) -> Result<RolloutView, PromoteError> {
+) -> Result<RolloutRead, PromoteError> {
     let tmp = tempfile::tempdir().map_err(|e| PromoteError::Repository {
         what: "creating a temporary repository".into(),
         detail: e.to_string(),
@@ -871,8 +923,8 @@ pub fn rollout_view(
         Some(c) => configured_reports(reports, c, commit)?,
         None => None,
     };
-    let reports = reports.or(configured.as_ref()).unwrap_or(source);
-    let tips = read_tips(reports, auth, true)?;
+    let reports = reports.or(configured.as_ref()).unwrap_or(source).clone();
+    let tips = read_tips(&reports, auth, true)?;
     let mut out = Vec::new();
     for host in hosts {
         let tip = heads.get(host_branch(&host).as_str()).copied();
@@ -940,12 +992,19 @@ pub fn rollout_view(
             diverged.join(", ")
         ));
     }
-    Ok(RolloutView {
+    let view = RolloutView {
         from: from.to_string(),
         commit: commit_hex,
         state,
         summary,
         hosts: out,
+    };
+    let heads = heads.into_iter().map(|(b, o)| (b.to_string(), o)).collect();
+    Ok(RolloutRead {
+        view,
+        reports,
+        tips,
+        heads,
     })
 }
 

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use git2::Oid;
 use serde::Serialize;
 
+use super::tips::HostTip;
 use crate::config::Auth;
 use crate::report::notes::parse_note;
 use crate::report::{Mode, RunReport, RunStatus};
@@ -56,11 +57,16 @@ pub fn fleet_status(
     now: SystemTime,
 ) -> Result<Vec<HostRow>, SourceError> {
     let tips = super::tips::read_tips(remote, auth, false)?;
-    Ok(tips
-        .hosts
+    Ok(rows(tips.hosts, &tips.heads, now))
+}
+
+/// The rows of hosts' notes tips, against the fleet repository's
+/// branches (`heads`, which a reports repository does not have).
+pub fn rows(hosts: Vec<HostTip>, heads: &HashMap<String, Oid>, now: SystemTime) -> Vec<HostRow> {
+    hosts
         .into_iter()
-        .map(|h| row(&h.host, &h.notes_ref, h.latest, &tips.heads, now))
-        .collect())
+        .map(|h| row(&h.host, &h.notes_ref, h.latest, heads, now))
+        .collect()
 }
 
 /// One table row from a host's latest note and the branch tips.

@@ -120,16 +120,18 @@ fn remove_gone_hosts(out: &Path, pages: &[html::Page]) -> Result<(), ReportError
     Ok(())
 }
 
-/// Reads the fleet from `remote` and writes the site under `out`.
+/// Reads the fleet (branches from `remote`, notes from `reports`, which
+/// may be the same repository) and writes the site under `out`.
 pub fn generate(
     remote: &crate::source::remote::RemoteUrl,
+    reports: &crate::source::remote::RemoteUrl,
     auth: &crate::config::Auth,
     out: &Path,
     now: SystemTime,
 ) -> anyhow::Result<Written> {
     use anyhow::Context;
-    let fleet = read::read_fleet(remote, auth)
-        .with_context(|| format!("reading the notes of {}", remote.redacted()))?;
+    let fleet = read::read_fleet(remote, reports, auth)
+        .with_context(|| format!("reading the notes of {}", reports.redacted()))?;
     let (_, pages) = render(&fleet.hosts, &fleet, remote.redacted(), now)?;
     write_site(out, &pages).with_context(|| format!("writing the report to {}", out.display()))
 }

@@ -25,9 +25,14 @@ pub struct FleetNotes {
     _dir: tempfile::TempDir,
 }
 
-/// Reads every host's notes and the branches from `remote`.
-pub fn read_fleet(remote: &RemoteUrl, auth: &Auth) -> Result<FleetNotes, SourceError> {
-    let tips = read_tips(remote, auth, true)?;
+/// Reads every host's notes from `reports` and the branches from
+/// `remote` (the same repository when there is no reports repository).
+pub fn read_fleet(
+    remote: &RemoteUrl,
+    reports: &RemoteUrl,
+    auth: &Auth,
+) -> Result<FleetNotes, SourceError> {
+    let tips = read_tips(reports, auth, true)?;
     let hosts = tips.hosts.into_iter().map(host_notes).collect();
 
     let dir = tempfile::tempdir().map_err(|e| SourceError::Cache {
@@ -41,8 +46,17 @@ pub fn read_fleet(remote: &RemoteUrl, auth: &Auth) -> Result<FleetNotes, SourceE
     // The branches' history, through one branch per distinct tip: a
     // fleet's 10,000 host branches point at a handful of commits, and
     // writing 10,000 local refs would cost more than the objects.
+    let heads = if reports == remote {
+        tips.heads
+    } else {
+        let conn = Connector::new(remote, auth)?;
+        conn.list_refs(&repo)?
+            .into_iter()
+            .filter_map(|(n, o)| Some((n.strip_prefix("refs/heads/")?.to_string(), o)))
+            .collect()
+    };
     let mut by_tip: HashMap<Oid, &str> = HashMap::new();
-    for (branch, oid) in &tips.heads {
+    for (branch, oid) in &heads {
         let b = by_tip.entry(*oid).or_insert(branch);
         if branch.as_str() < *b {
             *b = branch;
@@ -58,7 +72,7 @@ pub fn read_fleet(remote: &RemoteUrl, auth: &Auth) -> Result<FleetNotes, SourceE
     }
     Ok(FleetNotes {
         hosts,
-        heads: tips.heads,
+        heads,
         repo,
         _dir: dir,
     })
