@@ -13,31 +13,64 @@ use tempfile::TempDir;
 
 const BRANCH: &str = "hosts/web1";
 
+/// Installs `script` as `repo`'s pre-receive hook.
+fn pre_receive(repo: &TestRepo, script: &str) {
+    let hook = repo.bare.join("hooks/pre-receive");
+    std::fs::write(&hook, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 /// Makes `repo` refuse every push, and leave a mark when one is tried.
 fn refuse_pushes(repo: &TestRepo) -> std::path::PathBuf {
     let mark = repo.bare.join("push-attempted");
-    let hook = repo.bare.join("hooks/pre-receive");
-    std::fs::write(
-        &hook,
-        format!(
+    pre_receive(
+        repo,
+        &format!(
             "#!/bin/sh\ncat >> '{}'\necho 'this repository is read-only for hosts' >&2\nexit 1\n",
             mark.display()
         ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     mark
+}
+
+/// A fleet repository and a reports repository behind one `git daemon`.
+struct Repos {
+    tmp: TempDir,
+    fleet: TestRepo,
+    reports: TestRepo,
+    _daemon: GitDaemon,
+    fleet_url: String,
+    reports_url: String,
+}
+
+impl Repos {
+    fn start() -> Repos {
+        let tmp = TempDir::new().unwrap();
+        let fleet = TestRepo::create(tmp.path(), "fleet");
+        let reports = TestRepo::create(tmp.path(), "reports");
+        let daemon = GitDaemon::start(tmp.path());
+        Repos {
+            fleet_url: daemon.url(&fleet.rel()),
+            reports_url: daemon.url(&reports.rel()),
+            tmp,
+            fleet,
+            reports,
+            _daemon: daemon,
+        }
+    }
 }
 
 #[test]
 fn notes_go_to_the_reports_repository_and_never_to_the_fleet_repository() {
-    let tmp = TempDir::new().unwrap();
-    let fleet = TestRepo::create(tmp.path(), "fleet");
-    let reports = TestRepo::create(tmp.path(), "reports");
-    let daemon = GitDaemon::start(tmp.path());
-    let fleet_url = daemon.url(&fleet.rel());
-    let reports_url = daemon.url(&reports.rel());
+    let Repos {
+        tmp,
+        fleet,
+        reports,
+        _daemon,
+        fleet_url,
+        reports_url,
+    } = Repos::start();
     let c1 = fleet.commit_and_push(BRANCH, &files(&motd_branch("one")), "one");
     // From here on the fleet repository takes no push from anyone.
     let attempted = refuse_pushes(&fleet);
@@ -270,17 +303,13 @@ fn heartbeats_replace_the_latest_note_and_changes_stay_in_history() {
 /// branches, as `fleet promote` makes, still land) and log each one tried.
 fn refuse_notes(repo: &TestRepo) -> std::path::PathBuf {
     let mark = repo.bare.join("notes-push-attempted");
-    let hook = repo.bare.join("hooks/pre-receive");
-    std::fs::write(
-        &hook,
-        format!(
+    pre_receive(
+        repo,
+        &format!(
             "#!/bin/sh\nstatus=0\nwhile read old new ref; do\n  case $ref in refs/notes/*) echo \"$ref\" >> '{}'; status=1 ;; esac\ndone\nexit $status\n",
             mark.display()
         ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     mark
 }
 
@@ -328,12 +357,14 @@ fn operator(tmp: &std::path::Path, url: &str, args: &[&str]) -> Run {
 /// holds no note at all, so a command that read it would see no host.
 #[test]
 fn every_fleet_command_reads_the_reports_repository() {
-    let tmp = TempDir::new().unwrap();
-    let fleet = TestRepo::create(tmp.path(), "fleet");
-    let reports = TestRepo::create(tmp.path(), "reports");
-    let daemon = GitDaemon::start(tmp.path());
-    let fleet_url = daemon.url(&fleet.rel());
-    let reports_url = daemon.url(&reports.rel());
+    let Repos {
+        tmp,
+        fleet,
+        reports,
+        _daemon,
+        fleet_url,
+        reports_url,
+    } = Repos::start();
     let keys = TempDir::new().unwrap();
     let hosts = ["web1", "web2"];
     let host_keys: Vec<_> = hosts.iter().map(|h| ssh_host_key(keys.path(), h)).collect();
