@@ -23,7 +23,7 @@ use anyhow::{Context, Result};
 use sd_notify::NotifyState;
 use sha2::{Digest, Sha256};
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::report::{RunReport, RunStatus};
 
@@ -222,6 +222,26 @@ pub fn next_backoff(previous: Option<Duration>, interval: Duration) -> Duration 
     next.min(interval)
 }
 
+/// The agent stopped because its configuration cannot work: `main` exits
+/// 78 (EX_CONFIG) for it, which systemd does not restart.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct Misconfigured(pub String);
+
+/// How a failed run is scheduled, from the class of its error (reports
+/// without one are taken as transient: a retry soon is the safe default).
+fn outcome(result: &Result<RunReport>, failure: Option<&String>) -> RunOutcome {
+    use crate::error_class::ErrorClass;
+    if failure.is_none() {
+        return RunOutcome::Succeeded;
+    }
+    match result.as_ref().ok().and_then(|r| r.error_class) {
+        Some(ErrorClass::Configuration) => RunOutcome::Misconfigured,
+        Some(ErrorClass::Permanent) => RunOutcome::Blocked,
+        Some(ErrorClass::Transient) | None => RunOutcome::Failed,
+    }
+}
+
 /// Whether a run's result counts as a failure for the backoff.
 fn failed(result: &Result<RunReport>) -> Option<String> {
     match result {
@@ -409,23 +429,34 @@ pub async fn run(opts: AgentOptions, runner: Runner) -> Result<()> {
             last = Some((report.clone(), Instant::now()));
         }
         notify(&[NotifyState::Status(&idle_status(&last))]);
-        let outcome = match failure {
-            Some(_) => RunOutcome::Failed,
-            None => RunOutcome::Succeeded,
-        };
+        let outcome = outcome(&result, failure.as_ref());
         let action;
         (m, action) =
             machine::transition(m, Event::Finished(outcome), &schedule(random_fraction()));
         match action {
             Action::Wait(wait) => {
                 if let Some(cause) = &failure {
-                    // retry_in is the backoff proper; jitter comes on top.
-                    let retry_in = m.backoff.unwrap_or_default();
-                    warn!(error = %cause, retry_in = ?retry_in, jitter = ?wait.saturating_sub(retry_in), "run failed");
+                    if outcome == RunOutcome::Blocked {
+                        // Retrying soon cannot help: a push or a person must.
+                        warn!(error = %cause, class = "permanent", next_in = ?wait, "run failed, not retried before the next interval");
+                    } else {
+                        // retry_in is the backoff proper; jitter comes on top.
+                        let retry_in = m.backoff.unwrap_or_default();
+                        warn!(error = %cause, retry_in = ?retry_in, jitter = ?wait.saturating_sub(retry_in), "run failed");
+                    }
                 }
                 next_run = tokio::time::Instant::now() + wait;
             }
             Action::WaitFromStart(wait) => next_run = started + wait,
+            Action::ExitMisconfigured => {
+                let cause = failure.unwrap_or_default();
+                error!(error = %cause, "configuration error: the agent stops (exit 78)");
+                notify(&[
+                    NotifyState::Stopping,
+                    NotifyState::Status(&format!("configuration error: {cause}")),
+                ]);
+                return Err(Misconfigured(cause).into());
+            }
             Action::Exit | Action::None | Action::StartRun | Action::StopRun => break 'daemon,
         }
     }

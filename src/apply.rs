@@ -957,7 +957,7 @@ mod tests {
         }
 
         fn plan(&self, d: &DesiredState) -> Plan {
-            let obs = plan::observe(self.root.path(), d, &self.backends());
+            let obs = crate::resource::observe::observe(self.root.path(), d, &self.backends());
             plan::plan(d, obs, &FakeAccounts).unwrap()
         }
 
@@ -1250,7 +1250,7 @@ mod tests {
         let mut d = DesiredState::default();
         d.files
             .insert("/etc/motd".into(), file("hi\n", &[], NotifyAction::Restart));
-        let obs: Observations = plan::observe(h.root.path(), &d, &h.backends());
+        let obs: Observations = crate::resource::observe::observe(h.root.path(), &d, &h.backends());
         assert!(obs.packages.is_none());
         assert!(h.units.calls().is_empty());
     }
@@ -1323,7 +1323,7 @@ mod tests {
     impl Host {
         /// Plans with owners looked up in the (fake) account database.
         fn plan_accounts(&self, d: &DesiredState) -> Result<Plan, Vec<plan::PlanError>> {
-            let obs = plan::observe(self.root.path(), d, &self.backends());
+            let obs = crate::resource::observe::observe(self.root.path(), d, &self.backends());
             plan::plan(d, obs, &*self.accounts.lookup())
         }
 

@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::agent::{Phase, RunControl};
 use crate::config::Settings;
+use crate::error_class::{Classify, ErrorClass};
 use crate::facts::Facts;
 use crate::pipeline::{CommitChoice, TipVerdict, choose_commit};
 use crate::report::notes;
@@ -68,13 +69,16 @@ pub fn run_cycle(
             vec![message],
         )
     };
+    let misconfigured = |message: String| RunReport {
+        error_class: Some(ErrorClass::Configuration),
+        ..error(String::new(), message)
+    };
     let Some(source) = settings.repo.as_deref() else {
-        return error(
-            String::new(),
-            "no source: set repo in the configuration or give --source".into(),
-        );
+        return misconfigured("no source: set repo in the configuration or give --source".into());
     };
     match remote::locate(source) {
+        // A URL was checked when the configuration loaded; what is left is
+        // a directory that is not there (yet): retried with backoff.
         Err(message) => error(String::new(), message),
         Ok(Location::Dir(dir)) => {
             control.phase(Phase::Converging);
@@ -136,11 +140,14 @@ fn git_cycle(
         )
     };
     if !valid_branch(&branch) {
-        return early(
-            &info,
-            RunStatus::Error,
-            format!("branch '{branch}' is not a valid branch name"),
-        );
+        return RunReport {
+            error_class: Some(ErrorClass::Configuration),
+            ..early(
+                &info,
+                RunStatus::Error,
+                format!("branch '{branch}' is not a valid branch name"),
+            )
+        };
     }
     let mut state = match HostState::load(&settings.state_dir) {
         Ok(s) => s,
@@ -160,12 +167,15 @@ fn git_cycle(
     let tip = match tip {
         Ok(t) => t,
         Err(e) => {
-            warn!(branch = %branch, error = %e, "cannot fetch the host branch");
-            return early(
-                &info,
-                RunStatus::Error,
-                format!("fetching branch {branch}: {e}"),
-            );
+            warn!(branch = %branch, error = %e, class = e.class().as_str(), "cannot fetch the host branch");
+            return RunReport {
+                error_class: Some(e.class()),
+                ..early(
+                    &info,
+                    RunStatus::Error,
+                    format!("fetching branch {branch}: {e}"),
+                )
+            };
         }
     };
     let tip_hex = tip.to_string();

@@ -325,6 +325,10 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         // The reader of our output went away (`| head`): nothing to say.
         Err(e) if commands::out::is_closed_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<trueup::agent::Misconfigured>().is_some() => {
+            eprintln!("trueup: {e}; fix it, then restart the agent");
+            ExitCode::from(trueup::config::EXIT_CONFIG as u8)
+        }
         Err(e) => {
             eprintln!("trueup: error: {e}");
             for cause in e.chain().skip(1) {

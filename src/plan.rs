@@ -1,7 +1,7 @@
 //! Desired state + observations → an ordered `Plan`.
 //!
-//! Pure: the observations are read beforehand (`observe`), so planning is
-//! tested with plain values. The order is the one converging needs:
+//! Pure: the observations are read beforehand, by the resource layer
+//! (`resource::observe`), so planning is tested with plain values. The order is the one converging needs:
 //! packages, directories (parents first), files and symlinks, directories to
 //! remove (children first), `daemon-reload` when a unit file changes, services,
 //! then the restarts that changed files `notify`.
@@ -20,13 +20,12 @@ use crate::desired::{DesiredState, NotifyAction};
 use crate::resource::accounts::{Accounts, WantedMeta};
 use crate::resource::command::{self, CommandObservation};
 use crate::resource::group::GroupAction;
-use crate::resource::node::{NodeAction, NodeObservation, observe_node, observe_node_in};
+use crate::resource::node::{NodeAction, NodeObservation};
 use crate::resource::package::{self, InstalledPackage, PackageAction};
 use crate::resource::service::systemctl::UnitState;
 use crate::resource::service::{self, ServiceAction};
 use crate::resource::user::{self, AccountChange, AccountDb, UserAction};
-use crate::resource::{Backends, Drift, Kind, ResourceId, directory, file, symlink};
-use crate::safe_fs::WalkCache;
+use crate::resource::{Drift, Kind, ResourceId, directory, file, symlink};
 
 /// Where systemd looks for unit files: a change to a file or symlink under
 /// one of these is followed by `systemctl daemon-reload`.
@@ -135,99 +134,7 @@ impl Plan {
     }
 }
 
-/// What the machine looks like for each declared resource.
-#[derive(Debug, Default)]
-pub struct Observations {
-    pub nodes: BTreeMap<PathBuf, Result<NodeObservation, String>>,
-    /// Every installed package, from one read of the package database;
-    /// `None` when no package is declared.
-    pub packages: Option<Result<Vec<InstalledPackage>, String>>,
-    /// Each declared unit, from one systemctl call.
-    pub units: BTreeMap<String, Result<UnitState, String>>,
-    /// Whether systemd runs the managed root (see
-    /// [`service::UnitControl::runtime`]).
-    pub systemd_runtime: bool,
-    /// The account databases, when a user or group is declared.
-    pub accounts: Option<Result<AccountDb, String>>,
-    /// The `authorized_keys` file of each declared user that has keys.
-    pub keys: BTreeMap<String, Result<NodeObservation, String>>,
-    /// What each command's guards found.
-    pub commands: BTreeMap<String, CommandObservation>,
-}
-
-/// Reads every declared resource under `root`: paths one by one, packages
-/// and units each in one batch (and not at all when none is declared).
-pub fn observe(root: &Path, desired: &DesiredState, backends: &Backends) -> Observations {
-    let packages = (!desired.packages.is_empty()).then(|| match backends.packages {
-        Some(b) => b.installed(),
-        None => Err("no package backend".to_string()),
-    });
-    let mut units = BTreeMap::new();
-    if !desired.services.is_empty() {
-        let names: Vec<&str> = desired.services.keys().map(String::as_str).collect();
-        match backends.units.observe(&names) {
-            Ok(states) => {
-                for (name, state) in names.iter().zip(states) {
-                    units.insert(name.to_string(), Ok(state));
-                }
-            }
-            Err(e) => {
-                for name in names {
-                    units.insert(name.to_string(), Err(e.clone()));
-                }
-            }
-        }
-    }
-    let paths = desired
-        .files
-        .iter()
-        .map(|(p, f)| (p, true, f.content.as_ref().map(|c| &c.bytes)))
-        .chain(desired.directories.keys().map(|p| (p, false, None)))
-        .chain(desired.symlinks.keys().map(|p| (p, true, None)));
-    // In path order, so that each walk reuses the directories of the one
-    // before; built in bulk, since the paths come in three sorted runs.
-    let mut walks = WalkCache::default();
-    let nodes = paths
-        .map(|(path, want_content, expected)| {
-            let obs = observe_node_in(&mut walks, root, path, want_content, expected)
-                .map_err(|e| e.to_string());
-            (path.clone(), obs)
-        })
-        .collect();
-    let accounts = (!desired.users.is_empty() || !desired.groups.is_empty())
-        .then(|| backends.accounts.observe());
-    let mut keys = BTreeMap::new();
-    if let Some(Ok(db)) = &accounts {
-        for (name, spec) in desired.users.iter().filter(|(_, s)| s.present) {
-            if spec.authorized_keys.is_some()
-                && let Some(home) = user::home_of(spec, db.users.get(name))
-            {
-                let obs =
-                    observe_node(root, &user::keys_path(&home), true).map_err(|e| e.to_string());
-                keys.insert(name.clone(), obs);
-            }
-        }
-    }
-    let commands = desired
-        .commands
-        .iter()
-        .map(|(name, spec)| {
-            (
-                name.clone(),
-                command::observe(root, spec, backends.commands),
-            )
-        })
-        .collect();
-    Observations {
-        nodes,
-        packages,
-        units,
-        systemd_runtime: backends.units.runtime(),
-        accounts,
-        keys,
-        commands,
-    }
-}
+pub use crate::resource::observe::Observations;
 
 /// Problems that stop a run before anything changes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -154,7 +154,7 @@ pub fn run_with_state(
         accounts: &account_tools,
         commands: command::Runner::for_root(&opts.root),
     };
-    let observed = plan::observe(&opts.root, &desired, &backends);
+    let observed = crate::resource::observe::observe(&opts.root, &desired, &backends);
     let accounts = match accounts::for_root(&opts.root) {
         Ok(a) => a,
         Err(e) => return early(RunStatus::Error, vec![e]),

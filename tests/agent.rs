@@ -263,6 +263,42 @@ fn a_repo_that_is_not_a_supported_url_exits_78_at_load() {
 }
 
 #[test]
+fn a_credential_file_that_cannot_be_read_stops_the_agent_with_78() {
+    // The configuration loads (the file is named, an absolute path), but
+    // the first run cannot read it: retrying will not mend that, so the
+    // agent exits EX_CONFIG, which systemd does not restart.
+    let host = Host::new();
+    let token = host.state.path().join("no-such-token");
+    let cfg = config(
+        host.state.path(),
+        &format!(
+            "interval: 1h\nsplay: 0s\nauth: {{ token_file: {} }}\n",
+            token.display()
+        ),
+    );
+    let mut agent = Agent::start(&host, Path::new("https://127.0.0.1:9/fleet.git"), &cfg, &[]);
+    let mut child = agent.child.take().unwrap();
+    let start = Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the agent kept running:\n{}", agent.log());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = agent.log();
+    assert_eq!(code, Some(78), "{log}");
+    assert!(
+        log.contains("auth.token_file") && log.contains("no-such-token"),
+        "the cause is named: {log}"
+    );
+}
+
+#[test]
 fn backs_off_while_the_source_is_missing_then_converges() {
     let host = Host::new();
     let parent = tempfile::tempdir().unwrap();

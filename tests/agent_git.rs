@@ -210,10 +210,18 @@ fn a_broken_commit_is_not_applied_and_drift_is_still_repaired_to_the_good_one() 
         why.contains("trueup.yaml:3:") && why.contains("vars.missing"),
         "{why}"
     );
-    // The run report says what was kept and what was rejected.
-    let last: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(host.state.path().join("last-run.json")).unwrap())
-            .unwrap();
+    // The run report says what was kept and what was rejected. It is
+    // written when the run ends, just after the note is pushed: wait for it.
+    let read_last = || -> serde_json::Value {
+        std::fs::read(host.state.path().join("last-run.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    };
+    wait_for("the run's report", Duration::from_secs(10), || {
+        read_last()["source"]["rejected"]["commit"] == broken.as_str()
+    });
+    let last = read_last();
     assert_eq!(last["source"]["commit"], good.as_str(), "{last}");
     assert_eq!(
         last["source"]["rejected"]["commit"],

@@ -4,12 +4,18 @@
 //! fresh installroot with the dnf backend forced in the agent
 //! configuration. Needs `dnf`, `rpm` and `createrepo-c` (Debian packages;
 //! `scripts/install-test-deps.sh` installs them).
+//!
+//! The agent's liveness is tested here too, on a real package step: a
+//! package whose maintainer script is slow but prints as it goes, and one
+//! whose script hangs without a word, installed by `trueup agent` with
+//! systemd's watchdog simulated through NOTIFY_SOCKET.
 
 mod support;
 
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Instant;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use support::*;
 
@@ -111,6 +117,43 @@ impl DnfHost {
             .collect();
         names.sort();
         names
+    }
+
+    /// `trueup agent` for `branch` with the dnf configuration plus `extra`
+    /// (agent.yaml lines), the environment `env`, stderr to `agent.log`.
+    fn agent(&self, branch: &Path, extra: &str, env: &[(&str, &str)]) -> AgentProcess {
+        let config = self.out.join("agent-daemon.yaml");
+        let base = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&config, format!("{base}{extra}")).unwrap();
+        std::fs::create_dir_all(&self.state).unwrap();
+        let log = self.out.join("agent.log");
+        let child = Command::new(trueup_bin())
+            .arg("agent")
+            .arg("--config")
+            .arg(&config)
+            .arg("--source")
+            .arg(branch)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .env("HOME", self.home())
+            .env("TRUEUP_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        AgentProcess {
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// The report of the agent's last run, once there is one.
+    fn last_run(&self) -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(self.state.join("last-run.json")).ok()?;
+        serde_json::from_str(&text).ok()
     }
 
     fn rpm_erase_by_hand(&self, name: &str) {
@@ -331,4 +374,188 @@ fn apt_packages_under_a_scratch_root_are_read_but_never_installed() {
         .unwrap()
         .to_string();
     assert!(err.contains("apt has no install root"), "{err}");
+}
+
+/// A running `trueup agent`, killed when dropped.
+struct AgentProcess {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl AgentProcess {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// SIGTERM, and its exit code.
+    fn stop(&mut self) -> i32 {
+        let mut child = self.child.take().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the agent did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The package step of a run takes longer than the watchdog interval
+/// (trueup-test-slow's %post prints a line a second for 8 s; the watchdog
+/// is 4 s, the silence allowed to dnf 3 s). The tool's output is progress,
+/// so the agent keeps pinging the watchdog through the whole step, dnf is
+/// not killed, and the package is installed.
+#[test]
+#[ignore = "needs root (rpm chroots into the installroot for scriptlets), dnf and rpm: run by scripts/test.sh"]
+fn a_slow_package_step_that_prints_progress_keeps_the_watchdog_fed() {
+    const SLOW: &str = "trueup-test-slow";
+    let h = DnfHost::new();
+    let b = branch(&format!("packages:\n  {SLOW}: {{}}\n"));
+    let sock_path = h.out.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let watchdog = Duration::from_secs(4);
+    let mut agent = h.agent(
+        b.path(),
+        "interval: 1h\nsplay: 0s\ntimeouts: { packages: 3s }\n",
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", &watchdog.as_micros().to_string()),
+        ],
+    );
+    let mut messages: Vec<(Instant, String)> = Vec::new();
+    let mut buf = [0u8; 4096];
+    let limit = Instant::now() + Duration::from_secs(120);
+    // Wait for the event: the run's end, as the agent tells systemd.
+    while !messages
+        .iter()
+        .any(|(_, l)| l.starts_with("STATUS=converged") || l.starts_with("STATUS=failed"))
+    {
+        if let Ok(n) = sock.recv(&mut buf) {
+            for line in String::from_utf8_lossy(&buf[..n]).lines() {
+                messages.push((Instant::now(), line.to_string()));
+            }
+        }
+        assert!(
+            Instant::now() < limit,
+            "the run did not end: {messages:?}\n{}",
+            agent.log()
+        );
+        assert!(agent.running(), "the agent died:\n{}", agent.log());
+    }
+    let at = |prefix: &str| {
+        messages
+            .iter()
+            .find(|(_, l)| l.starts_with(prefix))
+            .map(|(t, _)| *t)
+            .unwrap_or_else(|| panic!("no {prefix} in {messages:?}"))
+    };
+    let (run_start, run_end) = (at("STATUS=converging"), at("STATUS=converged"));
+    assert!(
+        run_end - run_start > watchdog,
+        "the step must outlast the watchdog interval to show anything: {:?}",
+        run_end - run_start
+    );
+    // Pings all along the run, never a gap that would trip the watchdog.
+    let mut pings: Vec<Instant> = vec![run_start];
+    pings.extend(
+        messages
+            .iter()
+            .filter(|(t, l)| l == "WATCHDOG=1" && *t > run_start && *t <= run_end)
+            .map(|(t, _)| *t),
+    );
+    pings.push(run_end);
+    let max_gap = pings.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        max_gap < watchdog,
+        "a gap of {max_gap:?} in the pings would trip a {watchdog:?} watchdog: {messages:?}"
+    );
+
+    // The step completed: installed, reported changed.
+    assert_eq!(h.rpm_names(), [SLOW], "{}", agent.log());
+    let report = h.last_run().expect("last-run.json");
+    assert_eq!(report["status"], "converged", "{report}");
+    assert_eq!(status_of(&report, "package", SLOW)["status"], "changed");
+    assert_eq!(agent.stop(), 0, "{}", agent.log());
+}
+
+/// A package step that hangs without output (trueup-test-hung's %pre
+/// sleeps 5 minutes silently) is killed after the silence agent.yaml
+/// allows package managers (`timeouts.packages`, 3 s here), and the run's
+/// report names the package and says it was killed for it. The agent
+/// lives on.
+#[test]
+#[ignore = "needs root (rpm chroots into the installroot for scriptlets), dnf and rpm: run by scripts/test.sh"]
+fn a_hung_package_step_is_killed_at_its_configured_timeout_and_reported() {
+    const HUNG: &str = "trueup-test-hung";
+    let h = DnfHost::new();
+    let b = branch(&format!("packages:\n  {HUNG}: {{}}\n  {A}: {{}}\n"));
+    let started = Instant::now();
+    let mut agent = h.agent(
+        b.path(),
+        "interval: 1h\nsplay: 0s\ntimeouts: { packages: 3s }\n",
+        &[],
+    );
+    let limit = Duration::from_secs(120);
+    let report = loop {
+        if let Some(r) = h.last_run() {
+            break r;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "no report after {limit:?}:\n{}",
+            agent.log()
+        );
+        assert!(agent.running(), "the agent died:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Far sooner than the 5 minutes the script would sleep.
+    assert!(
+        started.elapsed() < Duration::from_secs(100),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(report["status"], "failed", "{report}");
+    let hung = status_of(&report, "package", HUNG);
+    assert_eq!(hung["status"], "failed", "{report}");
+    let error = hung["error"].as_str().unwrap();
+    assert!(
+        error.contains("printed nothing for 3s and was killed")
+            && error.contains("`dnf ")
+            && error.contains("waiting for something that never comes"),
+        "the error says dnf was killed for its silence, after what it printed: {error}"
+    );
+    assert!(
+        !h.rpm_names().contains(&HUNG.to_string()),
+        "{:?}",
+        h.rpm_names()
+    );
+    assert!(agent.running(), "the agent lives on:\n{}", agent.log());
+    assert_eq!(agent.stop(), 0, "{}", agent.log());
 }

@@ -53,12 +53,19 @@ pub enum Event {
     Finished(RunOutcome),
 }
 
-/// How a run ended, as far as scheduling cares.
+/// How a run ended, as far as scheduling cares (the class of its error,
+/// `crate::error_class::ErrorClass`, decides among the failures).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunOutcome {
     Succeeded,
-    /// Worth retrying soon (a fetch failed, a lock was held).
+    /// Worth retrying soon (a fetch failed, a lock was held): back off.
     Failed,
+    /// Failed in a way retrying soon cannot mend (a missing branch, a
+    /// refused key): the next try comes at the interval, like after a
+    /// success, and any backoff ends.
+    Blocked,
+    /// The configuration cannot work: exit 78 so systemd stops restarting.
+    Misconfigured,
 }
 
 /// What the loop must do.
@@ -76,6 +83,8 @@ pub enum Action {
     WaitFromStart(Duration),
     /// Exit the process cleanly.
     Exit,
+    /// Exit with EX_CONFIG (78): the configuration must be fixed first.
+    ExitMisconfigured,
 }
 
 /// The schedule's settings and the random parts, given as inputs so the
@@ -171,6 +180,13 @@ pub fn transition(m: Machine, event: Event, s: &Schedule) -> (Machine, Action) {
             },
             A::StopRun,
         ),
+        (Running { .. }, Event::Finished(RunOutcome::Misconfigured)) => (
+            Machine {
+                state: Stopped,
+                ..m
+            },
+            A::ExitMisconfigured,
+        ),
         (Running { again }, Event::Finished(outcome)) => {
             let (backoff, wait) = match outcome {
                 RunOutcome::Succeeded => {
@@ -181,6 +197,9 @@ pub fn transition(m: Machine, event: Event, s: &Schedule) -> (Machine, Action) {
                     };
                     (None, A::WaitFromStart(s.interval + extra))
                 }
+                RunOutcome::Blocked => (None, A::Wait(s.interval + part(s.splay, s.jitter))),
+                // Handled above.
+                RunOutcome::Misconfigured => (None, A::ExitMisconfigured),
                 RunOutcome::Failed => {
                     let base = match m.backoff {
                         None => s.first_backoff,
@@ -332,6 +351,39 @@ mod tests {
         assert_eq!(waits, vec![2, 4, 8, 16, 20, 20]);
         let (m, _) = transition(m, Event::Finished(RunOutcome::Succeeded), &s);
         assert_eq!(m.backoff, None);
+    }
+
+    #[test]
+    fn a_permanent_failure_waits_the_interval_and_ends_the_backoff() {
+        let backing_off = Machine {
+            backoff: Some(Duration::from_secs(8)),
+            ..running()
+        };
+        let (m, a) = transition(backing_off, Event::Finished(RunOutcome::Blocked), &S);
+        assert_eq!((m.state, a), (State::Idle, Action::Wait(S.interval)));
+        assert_eq!(m.backoff, None);
+        let s = Schedule { jitter: 0.5, ..S };
+        let (_, a) = transition(running(), Event::Finished(RunOutcome::Blocked), &s);
+        assert_eq!(a, Action::Wait(S.interval + S.splay / 2));
+        // A SIGHUP during the run still runs again at once.
+        let again = at(State::Running { again: true });
+        let (_, a) = transition(again, Event::Finished(RunOutcome::Blocked), &S);
+        assert_eq!(a, Action::Wait(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_configuration_error_exits_78_even_with_a_run_asked_for() {
+        for m0 in [running(), at(State::Running { again: true })] {
+            let (m, a) = transition(m0, Event::Finished(RunOutcome::Misconfigured), &S);
+            assert_eq!((m.state, a), (State::Stopped, Action::ExitMisconfigured));
+        }
+        // Stopping anyway: a plain exit, as asked.
+        let (m, a) = transition(
+            at(State::Stopping),
+            Event::Finished(RunOutcome::Misconfigured),
+            &S,
+        );
+        assert_eq!((m.state, a), (State::Stopped, Action::Exit));
     }
 
     #[test]

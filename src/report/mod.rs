@@ -201,6 +201,11 @@ pub struct RunReport {
     /// fleet's states can be validated centrally (`validate --fleet`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facts: Option<crate::facts::PublishedFacts>,
+    /// What the error that stopped the run calls for (retry soon, wait,
+    /// fix the configuration), when a typed backend error said; for the
+    /// agent's schedule only, not part of the report's JSON.
+    #[serde(skip)]
+    pub error_class: Option<crate::error_class::ErrorClass>,
 }
 
 /// Why and since when a host is paused, as a report tells it.
@@ -248,6 +253,7 @@ impl RunReport {
             disabled: None,
             audit: false,
             facts: None,
+            error_class: None,
         }
     }
 

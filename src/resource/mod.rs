@@ -13,6 +13,7 @@ pub mod fake;
 pub mod file;
 pub mod group;
 pub mod node;
+pub mod observe;
 pub mod package;
 pub mod service;
 pub mod symlink;

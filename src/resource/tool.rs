@@ -110,11 +110,41 @@ pub fn run(cmd: &mut Command) -> Result<Output, ToolError> {
 
 /// [`run`] with an explicit silence timeout.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output, ToolError> {
+    let out = execute(cmd, None, timeout)?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(failed(cmd, &out))
+    }
+}
+
+/// Runs `cmd` with `input` on its stdin (or /dev/null), under its kind's
+/// silence timeout, and returns its output whatever its exit status: for
+/// tools whose status the caller reads itself (`ssh-keygen -Y verify`,
+/// `gpgv`). Errors only when it cannot start or is killed as hung.
+pub fn output(cmd: &mut Command, input: Option<&[u8]>) -> Result<Output, ToolError> {
+    let timeout = timeout_for(cmd);
+    execute(cmd, input, timeout)
+}
+
+/// Spawns `cmd` in its own process group, feeds `input`, collects its
+/// output while counting each chunk as progress, and kills the group when
+/// it stays silent for `timeout`.
+fn execute(
+    cmd: &mut Command,
+    input: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Output, ToolError> {
+    use std::io::Write;
     use std::os::unix::process::CommandExt;
     // Its own process group, so a hung tool is killed with its children
     // (dpkg under apt-get), which would otherwise keep the pipes open.
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -123,6 +153,18 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output, 
             program: cmd.get_program().to_string_lossy().into_owned(),
             source,
         })?;
+    // Written from a thread so a tool that prints before it reads cannot
+    // block on a full pipe; one that exits early closes it (its status
+    // says why).
+    let writer = match (input, child.stdin.take()) {
+        (Some(data), Some(mut pipe)) => {
+            let data = data.to_vec();
+            Some(std::thread::spawn(move || {
+                let _ = pipe.write_all(&data);
+            }))
+        }
+        _ => None,
+    };
     let last_output = Arc::new(Mutex::new(Instant::now()));
     let reader = |pipe: Option<Box<dyn Read + Send>>| {
         let last = last_output.clone();
@@ -188,6 +230,9 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output, 
         }
         std::thread::sleep(Duration::from_millis(20).min(timeout / 4 + Duration::from_millis(1)));
     };
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
     let stdout = out_thread.join().unwrap_or_default();
     let stderr = err_thread.join().unwrap_or_default();
     let out = Output {
@@ -204,11 +249,7 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Output, 
             output: tail(&text, MAX_ERROR_LINES),
         });
     }
-    if out.status.success() {
-        Ok(out)
-    } else {
-        Err(failed(cmd, &out))
-    }
+    Ok(out)
 }
 
 /// The error for a run that exited non-zero.

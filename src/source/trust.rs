@@ -7,9 +7,8 @@
 //! to a private temporary directory, runs the tool, checks its status and
 //! puts its stderr into the error.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use git2::{Oid, Repository};
 
@@ -117,7 +116,7 @@ fn verify_ssh(
         .arg(allowed)
         .arg("-s")
         .arg(&sig);
-    let out = run(&mut find, None).map_err(|e| tool(format!("ssh-keygen: {e}")))?;
+    let out = run(&mut find, None).map_err(tool)?;
     let principals: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::trim)
@@ -139,7 +138,7 @@ fn verify_ssh(
             .arg(allowed)
             .args(["-I", principal, "-s"])
             .arg(&sig);
-        let out = run(&mut verify, Some(payload)).map_err(|e| tool(format!("ssh-keygen: {e}")))?;
+        let out = run(&mut verify, Some(payload)).map_err(tool)?;
         if out.status.success() {
             return Ok(Signer {
                 method: "ssh",
@@ -185,7 +184,7 @@ fn verify_openpgp(
         .args(["--status-fd", "1"])
         .arg(&sig)
         .arg(&data);
-    let out = run(&mut cmd, None).map_err(|e| tool(format!("gpgv: {e}")))?;
+    let out = run(&mut cmd, None).map_err(tool)?;
     let status = String::from_utf8_lossy(&out.stdout);
     let (good, valid) = parse_gpg_status(&status);
     match (out.status.success(), good, valid) {
@@ -235,21 +234,10 @@ pub fn parse_gpg_status(status: &str) -> (Option<String>, bool) {
     (good, valid)
 }
 
-fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> std::io::Result<std::process::Output> {
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn()?;
-    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // The payload is a commit header and message: small. A tool that
-        // exits early closes the pipe; its status says why.
-        let _ = pipe.write_all(data);
-    }
-    child.wait_with_output()
+/// Through the one process runner: a silence timeout (agent.yaml
+/// `timeouts.tools`) and progress for the watchdog.
+fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> Result<std::process::Output, String> {
+    crate::resource::tool::output(cmd, stdin).map_err(|e| crate::resource::tool::chain(&e))
 }
 
 fn first_line(bytes: &[u8], default: &str) -> String {

@@ -65,39 +65,8 @@ pub fn version_matches(pin: &str, version: &str) -> bool {
     }
 }
 
-/// Anchored glob match with `*` and `?`, linear in practice: on a mismatch
-/// it backtracks only to the most recent `*`, which is enough because a
-/// later `*` can absorb whatever an earlier one would have.
 fn glob_matches(pattern: &str, text: &str) -> bool {
-    let pattern: Vec<char> = pattern.chars().collect();
-    let text: Vec<char> = text.chars().collect();
-    let (mut p, mut t) = (0, 0);
-    // Position of the last `*` seen in the pattern, and the text position it
-    // is currently assumed to have matched up to.
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match pattern.get(p) {
-            Some('*') => {
-                star = Some((p, t));
-                p += 1;
-            }
-            Some(&c) if c == '?' || text.get(t) == Some(&c) => {
-                p += 1;
-                t += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    p = sp + 1;
-                    t = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern
-        .get(p..)
-        .is_some_and(|rest| rest.iter().all(|&c| c == '*'))
+    crate::wildcard::matches(pattern, text, crate::wildcard::Case::Sensitive)
 }
 
 /// The package manager that converges packages.
