@@ -240,7 +240,7 @@ pub fn apply(plan: &Plan, desired: &DesiredState, opts: &ApplyOptions) -> Vec<Ou
             continue;
         }
         if stages {
-            match writes.stage(step, desired, opts) {
+            match writes.stage(step, opts) {
                 Ok(()) => {
                     // Changed once the batch is in place; see commit.
                     writes.pending.push((out.len(), &step.resource));
@@ -315,15 +315,11 @@ impl<'p> StagedWrites<'p> {
                 .is_some_and(|f| f.validate.is_empty() && f.content.is_some())
     }
 
-    /// Keeps the replaced content, then writes the new content to a
-    /// temporary file beside the destination.
-    fn stage(
-        &mut self,
-        step: &'p Step,
-        desired: &DesiredState,
-        opts: &ApplyOptions,
-    ) -> Result<(), String> {
+    /// Keeps the replaced content, then writes the new content (carried by
+    /// the step) to a temporary file beside the destination.
+    fn stage(&mut self, step: &'p Step, opts: &ApplyOptions) -> Result<(), String> {
         let Some(Action::Node(NodeAction::WriteFile {
+            content,
             uid,
             gid,
             mode,
@@ -341,12 +337,6 @@ impl<'p> StagedWrites<'p> {
             }
             backup_unsynced(&opts.backup_dir, path, prev)?;
         }
-        let content = desired
-            .files
-            .get(path)
-            .and_then(|f| f.content.as_ref())
-            .map(|c| &c.bytes[..])
-            .ok_or_else(|| format!("{}: no content to write", path.display()))?;
         let entry = match safe_fs::Entry::open_cached(&mut self.walk, opts.root, path) {
             Ok(Some(e)) => e,
             // A parent is missing: made (never through a symlink) by a
@@ -357,7 +347,7 @@ impl<'p> StagedWrites<'p> {
             Err(e) => return Err(e.to_string()),
         };
         entry
-            .stage_file(&mut self.batch, content, *uid, *gid, *mode)
+            .stage_file(&mut self.batch, &content.0, *uid, *gid, *mode)
             .map_err(|e| e.to_string())?;
         Ok(())
     }
@@ -546,7 +536,7 @@ fn apply_user(
                 ));
             }
         };
-    node::execute(opts.root, ssh_dir, &dir_action, None)?;
+    node::execute(opts.root, ssh_dir, &dir_action)?;
     let previous = node::Previous::of(
         node::observe_node(opts.root, &keys_path, true).map_err(|e| e.to_string())?,
     );
@@ -554,17 +544,13 @@ fn apply_user(
         backup(&opts.backup_dir, &keys_path, prev)?;
     }
     let write = NodeAction::WriteFile {
+        content: node::NewContent(user::keys_content(keys).into()),
         uid,
         gid,
         mode: user::KEYS_MODE,
         previous,
     };
-    node::execute(
-        opts.root,
-        &keys_path,
-        &write,
-        Some(&user::keys_content(keys)),
-    )
+    node::execute(opts.root, &keys_path, &write)
 }
 
 /// A node whose owner or group was pending at planning: names are looked
@@ -745,19 +731,28 @@ fn apply_node(
     if let Some(prev) = action.previous() {
         backup(&opts.backup_dir, path, prev)?;
     }
+    // The content comes with the step; the spec only says whether a
+    // `validate:` command must accept it first.
     let spec = match id.kind {
         Kind::File => desired.files.get(path),
         _ => None,
     };
-    let content = spec.and_then(|f| f.content.as_ref()).map(|c| &c.bytes[..]);
-    if let (Some(spec), Some(content), NodeAction::WriteFile { uid, gid, mode, .. }) =
-        (spec, content, action)
+    if let (
+        Some(spec),
+        NodeAction::WriteFile {
+            content,
+            uid,
+            gid,
+            mode,
+            ..
+        },
+    ) = (spec, action)
         && !spec.validate.is_empty()
     {
         let meta = (*uid, *gid, *mode);
-        return write_validated(opts, path, &spec.validate, content, meta, spec.secret);
+        return write_validated(opts, path, &spec.validate, &content.0, meta, spec.secret);
     }
-    node::execute(opts.root, path, action, content)
+    node::execute(opts.root, path, action)
 }
 
 /// Writes a file whose `validate:` command must accept the new content

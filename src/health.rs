@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -530,48 +530,19 @@ pub fn probe_tcp(address: &str, timeout: Duration) -> Probed {
 /// kept, the tail of it; a command still running at `timeout` is killed
 /// with its process group.
 pub fn probe_command(argv: &[String], timeout: Duration) -> Probed {
-    use std::os::unix::process::CommandExt;
     let Some((program, args)) = argv.split_first() else {
         return Probed::failed("empty command");
     };
-    let out = match tempfile::tempfile() {
-        Ok(f) => f,
-        Err(e) => return Probed::failed(format!("creating the output file: {e}")),
+    // The one process runner: output into one file, the group killed at
+    // the limit, output counted as progress.
+    let ran = match crate::resource::tool::run_limited(Command::new(program).args(args), timeout) {
+        Ok(r) => r,
+        Err(e) => return Probed::failed(e.to_string()),
     };
-    let (stdout, stderr) = match (out.try_clone(), out.try_clone()) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => return Probed::failed(format!("output file: {e}")),
-    };
-    let mut child = match Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .process_group(0)
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => return Probed::failed(format!("running {program}: {e}")),
-    };
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() >= deadline => break None,
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Probed::failed(format!("waiting for {program}: {e}")),
-        }
-    };
-    let status = match status {
+    let out = ran.output;
+    let status = match ran.status {
         Some(s) => s,
         None => {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            let _ = child.wait();
             let output = read_tail(out);
             return Probed {
                 status: CheckStatus::Failed,

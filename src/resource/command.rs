@@ -12,8 +12,7 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -99,63 +98,26 @@ fn build(argv: &[String]) -> Result<Command, String> {
     Ok(cmd)
 }
 
-/// Runs `cmd` (stdin from /dev/null, stdout and stderr into one file so a
-/// chatty command cannot block on a full pipe), killing its process group
-/// at `timeout`.
+/// Runs `cmd` through the one process runner (`tool::run_limited`: stdout
+/// and stderr into one file, its process group killed at `timeout`).
 fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<CommandRun, String> {
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let out = tempfile::tempfile().map_err(|e| format!("creating an output file: {e}"))?;
-    let (o1, o2) = (
-        out.try_clone().map_err(|e| e.to_string())?,
-        out.try_clone().map_err(|e| e.to_string())?,
-    );
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(o1)
-        .stderr(o2)
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("running {program}: {e}"))?;
-    let pid = child.id();
-    // The child is reaped by the waiter only, so its pid (and group) stays
-    // ours until then and the kill below cannot hit another process.
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait());
-    });
-    let (status, timed_out) = match rx.recv_timeout(timeout) {
-        Ok(s) => (s, false),
-        Err(_) => {
-            if let Ok(pid) = i32::try_from(pid) {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            (
-                rx.recv()
-                    .unwrap_or_else(|_| Err(std::io::Error::other("the waiter is gone"))),
-                true,
-            )
-        }
-    };
-    let status = status.map_err(|e| format!("waiting for {program}: {e}"))?;
-    let output = read_tail(out);
-    let text = if timed_out {
-        format!("timed out after {}", humantime::format_duration(timeout))
-    } else {
-        match (
+    let ran = super::tool::run_limited(&mut cmd, timeout).map_err(|e| e.to_string())?;
+    let status = ran.status;
+    let output = read_tail(ran.output);
+    let text = match status {
+        None => format!("timed out after {}", humantime::format_duration(timeout)),
+        Some(status) => match (
             status.code(),
             std::os::unix::process::ExitStatusExt::signal(&status),
         ) {
             (Some(c), _) => format!("exit status {c}"),
             (None, Some(s)) => format!("killed by signal {s}"),
             (None, None) => status.to_string(),
-        }
+        },
     };
     Ok(CommandRun {
         status: text,
-        exit_code: if timed_out { None } else { status.code() },
+        exit_code: status.and_then(|s| s.code()),
         output,
     })
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::accounts::{Accounts, WantedMeta};
-use super::node::{NodeAction, NodeObservation, Previous};
+use super::node::{NewContent, NodeAction, NodeObservation, Previous};
 use super::{Attribute, Drift, meta_drift};
 use crate::desired::FileSpec;
 
@@ -59,6 +59,7 @@ pub fn diff(
         return (drift, Some(NodeAction::Refuse(why.clone())));
     }
     let write = |uid, gid, mode, previous| NodeAction::WriteFile {
+        content: NewContent(content.bytes.clone()),
         uid,
         gid,
         mode,
@@ -277,6 +278,8 @@ mod tests {
         assert_eq!(
             a,
             Some(NodeAction::WriteFile {
+                // The new content travels with the step.
+                content: NewContent(b"new\n".to_vec().into()),
                 uid: Some(0),
                 gid: Some(0),
                 mode: 0o640,

@@ -121,11 +121,24 @@ impl Previous {
     }
 }
 
+/// The bytes a file write puts in place, carried by its step so that
+/// applying it needs nothing but the plan. Shared with the desired state
+/// (no copy). Debug shows the size only: the file may be a secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewContent(pub Arc<[u8]>);
+
+impl std::fmt::Debug for NewContent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NewContent({} bytes)", self.0.len())
+    }
+}
+
 /// What converging one node takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeAction {
-    /// Replace whatever is there with the declared content, atomically.
+    /// Replace whatever is there with `content`, atomically.
     WriteFile {
+        content: NewContent,
         uid: Option<u32>,
         gid: Option<u32>,
         mode: u32,
@@ -183,12 +196,7 @@ impl NodeAction {
 /// Carries out a node action under `root`. `content` is the declared
 /// content for `WriteFile`. Parents are created as needed, never through a
 /// symlink.
-pub fn execute(
-    root: &Path,
-    path: &Path,
-    action: &NodeAction,
-    content: Option<&[u8]>,
-) -> Result<(), String> {
+pub fn execute(root: &Path, path: &Path, action: &NodeAction) -> Result<(), String> {
     // Before the path is opened: a missing parent must not turn a refusal
     // into "nothing to do".
     if let NodeAction::Refuse(why) = action {
@@ -204,11 +212,13 @@ pub fn execute(
         Err(e) => return Err(e.to_string()),
     };
     let r = match action {
-        NodeAction::WriteFile { uid, gid, mode, .. } => {
-            let content =
-                content.ok_or_else(|| format!("{}: no content to write", path.display()))?;
-            entry.write_atomic(content, *uid, *gid, *mode)
-        }
+        NodeAction::WriteFile {
+            content,
+            uid,
+            gid,
+            mode,
+            ..
+        } => entry.write_atomic(&content.0, *uid, *gid, *mode),
         NodeAction::SetMetadata { uid, gid, mode } => entry.set_metadata(*uid, *gid, *mode),
         NodeAction::Remove { .. } => entry.remove(),
         NodeAction::CreateDirectory { uid, gid, mode } => entry.mkdir(*mode).and_then(|()| {

@@ -252,6 +252,76 @@ fn execute(
     Ok(out)
 }
 
+/// How a command run under a total time limit ([`run_limited`]) ended.
+pub struct Limited {
+    /// Its exit status; `None` when it was killed at the limit.
+    pub status: Option<std::process::ExitStatus>,
+    /// stdout and stderr together, in the order written (one file, so a
+    /// chatty command never blocks on a full pipe); callers read its tail.
+    pub output: std::fs::File,
+}
+
+/// Runs `cmd` (stdin from /dev/null, in its own process group) for at
+/// most `limit` in all, killing the group then: for the commands a branch
+/// declares (`commands:`, `validate:`, health checks), whose time limit the
+/// branch sets. Output counts as progress for the watchdog, as with
+/// [`run`]. Errors only when it cannot start.
+pub fn run_limited(cmd: &mut Command, limit: Duration) -> Result<Limited, ToolError> {
+    use std::os::unix::process::CommandExt;
+    let spawn_error = |cmd: &Command, source| ToolError::Spawn {
+        program: cmd.get_program().to_string_lossy().into_owned(),
+        source,
+    };
+    let out = tempfile::tempfile().map_err(|e| spawn_error(cmd, e))?;
+    let (o1, o2) = (
+        out.try_clone().map_err(|e| spawn_error(cmd, e))?,
+        out.try_clone().map_err(|e| spawn_error(cmd, e))?,
+    );
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(o1)
+        .stderr(o2)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| spawn_error(cmd, e))?;
+    let deadline = Instant::now() + limit;
+    let mut written = 0;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() >= deadline => break None,
+            Ok(None) => {}
+            Err(e) => return Err(spawn_error(cmd, e)),
+        }
+        let now = out.metadata().map(|m| m.len()).unwrap_or(written);
+        if now > written {
+            written = now;
+            progress();
+        }
+        std::thread::sleep(Duration::from_millis(20).min(limit / 4 + Duration::from_millis(1)));
+    };
+    if status.is_none() {
+        // The child is reaped only below, so its pid (and group) is still
+        // ours and the kill cannot hit another process.
+        match i32::try_from(child.id()) {
+            Ok(pid) => {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            Err(_) => {
+                let _ = child.kill();
+            }
+        }
+        let _ = child.wait();
+    }
+    Ok(Limited {
+        status,
+        output: out,
+    })
+}
+
 /// The error for a run that exited non-zero.
 pub fn failed(cmd: &Command, out: &Output) -> ToolError {
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -377,6 +447,37 @@ mod tests {
             text.contains("`sh -c") && text.contains("killed") && text.contains("started"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_limited_run_keeps_interleaved_output_and_is_killed_at_its_limit() {
+        use std::io::Read;
+        let mut ran = run_limited(
+            Command::new("sh").args(["-c", "echo one; echo two >&2; echo three; exit 4"]),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        assert_eq!(ran.status.and_then(|s| s.code()), Some(4));
+        let mut text = String::new();
+        use std::io::Seek;
+        ran.output.rewind().unwrap();
+        ran.output.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "one\ntwo\nthree\n");
+
+        let start = Instant::now();
+        let ran = run_limited(
+            // Printing all the while does not save it: the limit is total.
+            Command::new("sh").args([
+                "-c",
+                "while true; do echo tick; sleep 0.05; done & sleep 30",
+            ]),
+            Duration::from_millis(300),
+        )
+        .unwrap();
+        assert!(ran.status.is_none(), "killed at its limit");
+        assert!(start.elapsed() < Duration::from_secs(10));
+        let err = run_limited(&mut Command::new("/nonexistent/x"), Duration::from_secs(1));
+        assert!(matches!(err, Err(ToolError::Spawn { .. })));
     }
 
     #[test]

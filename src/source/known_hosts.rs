@@ -1,11 +1,13 @@
 //! SSH host keys checked against an OpenSSH `known_hosts` file.
 //!
 //! libgit2 hands over the server's raw host key; this module decides whether
-//! a known_hosts file vouches for it. The parser is pure and follows
-//! sshd(8)'s format: comma-separated host patterns (with `*`, `?` and `!`
-//! negation, `[host]:port` for other ports than 22), hashed names
+//! a known_hosts file vouches for it. The `ssh-key` crate parses the file
+//! (sshd(8)'s format: markers, host patterns or a hashed name, the key);
+//! matching a name is ours: comma-separated patterns with `*`, `?` and `!`
+//! negation (`[host]:port` for other ports than 22), hashed names
 //! (`|1|salt|hmac`), and the `@revoked` marker. `@cert-authority` lines are
-//! skipped: host certificates are not supported.
+//! skipped (host certificates are not supported), and so is a line that
+//! does not parse, as OpenSSH does.
 
 use std::io::Write;
 use std::path::Path;
@@ -13,6 +15,7 @@ use std::path::Path;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, KeyInit, Mac};
+use ssh_key::known_hosts::{HostPatterns, Marker};
 
 /// What a known_hosts file says about a server's key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,15 +34,9 @@ pub enum HostKeyVerdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
     revoked: bool,
-    hosts: HostField,
-    /// The decoded key blob (SSH wire format).
+    hosts: HostPatterns,
+    /// The key blob (SSH wire format).
     key: Vec<u8>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum HostField {
-    Patterns(Vec<String>),
-    Hashed { salt: Vec<u8>, hash: Vec<u8> },
 }
 
 /// The name a host is looked up by: `host`, or `[host]:port` when the port
@@ -60,7 +57,7 @@ pub fn check(text: &str, name: &str, key: &[u8]) -> HostKeyVerdict {
     let mut any_for_host = false;
     let mut known = false;
     for entry in parse(text) {
-        if !entry.hosts.matches(name) {
+        if !matches(&entry.hosts, name) {
             continue;
         }
         if entry.revoked {
@@ -109,66 +106,45 @@ pub fn append(path: &Path, name: &str, key: &[u8]) -> std::io::Result<()> {
 }
 
 fn parse(text: &str) -> impl Iterator<Item = Entry> + '_ {
-    text.lines().filter_map(parse_line)
+    ssh_key::known_hosts::KnownHosts::new(text)
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let revoked = match entry.marker() {
+                None => false,
+                Some(Marker::Revoked) => true,
+                // A certificate authority is not a host key.
+                Some(Marker::CertAuthority) => return None,
+            };
+            Some(Entry {
+                revoked,
+                hosts: entry.host_patterns().clone(),
+                key: entry.public_key().to_bytes().ok()?,
+            })
+        })
 }
 
-fn parse_line(line: &str) -> Option<Entry> {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let mut fields = line.split_whitespace();
-    let mut first = fields.next()?;
-    let mut revoked = false;
-    if first.starts_with('@') {
-        match first {
-            "@revoked" => revoked = true,
-            // Certificate authorities and unknown markers are not host keys.
-            _ => return None,
+/// Whether a line's host field names `name`.
+fn matches(hosts: &HostPatterns, name: &str) -> bool {
+    match hosts {
+        HostPatterns::HashedName { salt, hash } => {
+            let Ok(mut mac) = Hmac::<sha1::Sha1>::new_from_slice(salt) else {
+                return false;
+            };
+            mac.update(name.as_bytes());
+            mac.verify_slice(hash).is_ok()
         }
-        first = fields.next()?;
-    }
-    let _kind = fields.next()?;
-    let key = STANDARD.decode(fields.next()?).ok()?;
-    let hosts = if let Some(rest) = first.strip_prefix("|1|") {
-        let (salt, hash) = rest.split_once('|')?;
-        HostField::Hashed {
-            salt: STANDARD.decode(salt).ok()?,
-            hash: STANDARD.decode(hash).ok()?,
-        }
-    } else {
-        HostField::Patterns(first.split(',').map(str::to_string).collect())
-    };
-    Some(Entry {
-        revoked,
-        hosts,
-        key,
-    })
-}
-
-impl HostField {
-    fn matches(&self, name: &str) -> bool {
-        match self {
-            HostField::Hashed { salt, hash } => {
-                let Ok(mut mac) = Hmac::<sha1::Sha1>::new_from_slice(salt) else {
-                    return false;
-                };
-                mac.update(name.as_bytes());
-                mac.verify_slice(hash).is_ok()
-            }
-            HostField::Patterns(patterns) => {
-                let mut matched = false;
-                for p in patterns {
-                    if let Some(negated) = p.strip_prefix('!') {
-                        if wildcard(negated, name) {
-                            return false;
-                        }
-                    } else if wildcard(p, name) {
-                        matched = true;
+        HostPatterns::Patterns(patterns) => {
+            let mut matched = false;
+            for p in patterns {
+                if let Some(negated) = p.strip_prefix('!') {
+                    if wildcard(negated, name) {
+                        return false;
                     }
+                } else if wildcard(p, name) {
+                    matched = true;
                 }
-                matched
             }
+            matched
         }
     }
 }

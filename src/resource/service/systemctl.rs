@@ -384,11 +384,9 @@ impl super::UnitControl for Systemctl {
         if !self.live() {
             let mut cmd = std::process::Command::new("systemctl");
             cmd.args(list_unit_files_args(&self.root, units))
-                .env("SYSTEMD_COLORS", "0")
-                .stdin(std::process::Stdio::null());
-            let out = cmd
-                .output()
-                .map_err(|e| format!("running systemctl: {e}"))?;
+                .env("SYSTEMD_COLORS", "0");
+            // Its status is read here (1 can mean "none of them").
+            let out = tool::output(&mut cmd, None).map_err(|e| tool::chain(&e))?;
             // Exit 1 with no output at all: none of the units exists.
             let none_found = out.status.code() == Some(1)
                 && out.stdout.is_empty()
