@@ -309,11 +309,57 @@ fn notify(states: &[NotifyState]) {
 /// freed memory for reuse, and a run's allocations (the parsed branch, the
 /// rendered files, every observation) would otherwise stay resident in an
 /// idle agent until the next run.
+///
+/// Then it unmaps the pages of program code a run touched (trueup's own and
+/// the shared libraries'): they are clean copies of files in the page
+/// cache, counted in the agent's RSS while it sleeps, and the next run maps
+/// again the few it needs. The page cache keeps them; nothing is read back
+/// from disk unless memory pressure dropped them anyway.
 fn release_free_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns the allocator's own free pages.
     unsafe {
         libc::malloc_trim(0);
+    }
+    unmap_code_pages();
+}
+
+/// `MADV_DONTNEED` on every executable, non-writable mapping of a file
+/// that holds no page of its own (`Anonymous: 0 kB`, so no text relocated
+/// or patched in place): for such a private mapping it only drops this
+/// process's page table entries, and the next access maps the page
+/// cache's copy again. Data and RELRO mappings are not executable and are
+/// never touched, so no content can be lost.
+fn unmap_code_pages() {
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
+        return;
+    };
+    let mut code: Option<(usize, usize)> = None;
+    for line in smaps.lines() {
+        let mut fields = line.split_ascii_whitespace();
+        let Some(first) = fields.next() else {
+            continue;
+        };
+        if let Some((start, end)) = first.split_once('-')
+            && let (Ok(start), Ok(end)) = (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            )
+        {
+            // A mapping's header: range, perms, offset, device, inode, path.
+            let perms = fields.next().unwrap_or("");
+            let path = fields.nth(3).unwrap_or("");
+            code = (perms == "r-xp" && path.starts_with('/')).then_some((start, end));
+        } else if first == "Anonymous:"
+            && let Some((start, end)) = code.take()
+            && fields.next() == Some("0")
+        {
+            // SAFETY: a read-only, executable private file mapping with no
+            // anonymous page holds no data of its own (see above).
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+        }
     }
 }
 
@@ -468,6 +514,31 @@ pub async fn run(opts: AgentOptions, runner: Runner) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rss_file_kb() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("RssFile:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    #[test]
+    fn code_pages_are_unmapped_between_runs_and_mapped_again_when_run() {
+        // Some code mapped first.
+        let _ = serde_json::to_string(&serde_json::json!({ "a": [1, 2, 3] })).unwrap();
+        let before = rss_file_kb();
+        unmap_code_pages();
+        let after = rss_file_kb();
+        assert!(
+            after < before,
+            "file-backed RSS {before} kB before, {after} kB after"
+        );
+        // Code runs on after it: its pages come back from the page cache.
+        let v: serde_json::Value = serde_json::from_str("{\"b\": [4, 5]}").unwrap();
+        assert_eq!(v["b"][1], 5);
+    }
 
     #[test]
     fn splay_is_stable_per_machine_and_within_bounds() {

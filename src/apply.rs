@@ -296,7 +296,7 @@ struct StagedWrites<'p> {
 /// that needs it: it bounds the descriptors held (one per directory), the
 /// temporary files a crash can leave, and the disk space old and new
 /// content take side by side.
-const MAX_BATCH_FILES: usize = 256;
+const MAX_BATCH_FILES: usize = 1024;
 const MAX_BATCH_BYTES: u64 = 64 * 1024 * 1024;
 
 impl<'p> StagedWrites<'p> {
@@ -333,9 +333,12 @@ impl<'p> StagedWrites<'p> {
             if !self.backup_dir_made {
                 make_backup_dir(&opts.backup_dir)?;
                 self.backup_dir_made = true;
-                self.batch.sync_also(&opts.backup_dir);
             }
-            backup_unsynced(&opts.backup_dir, path, prev)?;
+            let kept = backup_unsynced(&opts.backup_dir, path, prev)?;
+            // `make_backup_dir` may have made the run's directory and the
+            // one holding it.
+            let made = opts.backup_dir.parent().unwrap_or(&opts.backup_dir);
+            self.batch.sync_also_file(&kept, made);
         }
         let entry = match safe_fs::Entry::open_cached(&mut self.walk, opts.root, path) {
             Ok(Some(e)) => e,
@@ -820,7 +823,7 @@ fn make_backup_dir(backup_dir: &Path) -> Result<(), String> {
 /// name in this run's own backup directory, without a sync, since the
 /// batch syncs that file system before it replaces anything. A crash
 /// before then may leave a torn backup, but of a file still untouched.
-fn backup_unsynced(backup_dir: &Path, path: &Path, prev: &Previous) -> Result<(), String> {
+fn backup_unsynced(backup_dir: &Path, path: &Path, prev: &Previous) -> Result<PathBuf, String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let (dest, bytes) = backup_path(backup_dir, path, prev);
@@ -842,7 +845,7 @@ fn backup_unsynced(backup_dir: &Path, path: &Path, prev: &Previous) -> Result<()
         let _ = std::fs::remove_file(&dest);
         return Err(fail(e));
     }
-    Ok(())
+    Ok(dest)
 }
 
 /// Where the backup of `path` goes, and what it holds.

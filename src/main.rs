@@ -233,6 +233,8 @@ fn absolute_path(s: &str) -> Result<PathBuf, String> {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first thing in main, while the process has one thread.
+    unsafe { trueup::source::tls::defer_system_roots() };
     let cli = Cli::parse();
     init_logging(matches!(cli.command, Command::Agent));
     let settings = match trueup::config::load(&cli.config) {

@@ -166,10 +166,12 @@ impl CachedState {
         Ok(entry)
     }
 
-    /// Writes the entry (atomically, like every file of trueup's own).
+    /// Writes the entry atomically but without fsyncs: `load` verifies an
+    /// entry and ignores a bad one, so what a power cut may leave (the old
+    /// entry, none, or a torn one) costs one render, never a wrong answer.
     pub fn store(&self, state_dir: &Path) -> std::io::Result<()> {
         let json = serde_json::to_vec(self).map_err(std::io::Error::other)?;
-        crate::safe_fs::write_own_file(&state_dir.join(FILE_NAME), &json, 0o600)
+        crate::safe_fs::write_own_file_unsynced(&state_dir.join(FILE_NAME), &json, 0o600)
     }
 
     /// Whether every file under `root` is exactly as the entry says:

@@ -99,11 +99,16 @@ impl HostState {
         }
     }
 
-    /// Writes the state atomically.
+    /// Writes the state atomically; a state the file already holds is not
+    /// written again (a check of an unchanged host changes nothing, and
+    /// each write costs two fsyncs).
     pub fn save(&self, state_dir: &Path) -> Result<(), StateError> {
         let path = Self::path(state_dir);
         let json = serde_json::to_vec_pretty(self)
             .map_err(|e| StateError::Write(path.clone(), std::io::Error::other(e)))?;
+        if std::fs::read(&path).is_ok_and(|on_disk| on_disk == json) {
+            return Ok(());
+        }
         crate::safe_fs::write_own_file(&path, &json, 0o644).map_err(|e| StateError::Write(path, e))
     }
 }
@@ -126,6 +131,23 @@ mod tests {
         };
         s.save(dir.path()).unwrap();
         assert_eq!(HostState::load(dir.path()).unwrap(), s);
+        // Saved again unchanged: the same file, not a new one renamed over it.
+        use std::os::unix::fs::MetadataExt;
+        let inode = || {
+            std::fs::metadata(HostState::path(dir.path()))
+                .unwrap()
+                .ino()
+        };
+        let first = inode();
+        s.save(dir.path()).unwrap();
+        assert_eq!(inode(), first);
+        let changed = HostState {
+            applied_commit: Some("b".repeat(40)),
+            ..s.clone()
+        };
+        changed.save(dir.path()).unwrap();
+        assert_ne!(inode(), first);
+        assert_eq!(HostState::load(dir.path()).unwrap(), changed);
         std::fs::write(HostState::path(dir.path()), "{\"applied_commit\": 3").unwrap();
         let e = HostState::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("state.json") && e.contains("line 1"), "{e}");

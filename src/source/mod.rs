@@ -8,6 +8,7 @@ pub mod git;
 pub mod known_hosts;
 pub mod poll;
 pub mod remote;
+pub mod tls;
 pub mod transport;
 pub mod trust;
 

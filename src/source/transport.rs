@@ -81,6 +81,10 @@ impl Connector {
     pub fn new(url: &RemoteUrl, auth: &Auth) -> Result<Connector, SourceError> {
         let mut basic = None;
         if url.transport == Transport::Https {
+            super::tls::load_system_roots().map_err(|e| SourceError::Tls {
+                url: url.redacted().to_string(),
+                detail: format!("loading the system CA certificates: {}", e.message()),
+            })?;
             if let Some(file) = &auth.ca_file {
                 use_ca_file(file, url)?;
             }
