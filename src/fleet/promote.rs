@@ -20,7 +20,7 @@ use git2::{Oid, Repository};
 use serde::Serialize;
 
 use super::config::{FLEET_FILE, FleetConfig, Wave, parse_fleet_config};
-use super::tips::{FleetTips, read_tips};
+use super::tips::{FleetTips, fetch_distinct, read_tips};
 use crate::config::Auth;
 use crate::health::HealthStatus;
 use crate::report::notes::parse_note;
@@ -251,9 +251,11 @@ pub fn verdict(summary: &str, report: &RunReport) -> Verdict {
 /// The verdict on `commit` for one host from its notes tips: the newest note
 /// annotating `commit`.
 fn host_verdict(tips: &FleetTips, host: &str, commit: &str) -> Verdict {
-    let Some(tip) = tips.hosts.iter().find(|t| t.host == host) else {
+    // Sorted by host (read_tips).
+    let Ok(i) = tips.hosts.binary_search_by(|t| t.host.as_str().cmp(host)) else {
         return Verdict::Waiting;
     };
+    let tip = &tips.hosts[i];
     let mut notes: Vec<&str> = tip
         .recent
         .iter()
@@ -375,12 +377,9 @@ pub fn run(
     let repo = Repository::init_bare(tmp.path()).map_err(repo_err("creating a repository"))?;
     let conn = Connector::new(&req.source, &req.auth)?;
     let refs = conn.list_refs(&repo)?;
-    // Every branch: the promoted commit is reachable from one, and each
-    // host branch's history decides fast-forward or not.
-    conn.fetch(
-        &repo,
-        &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
-    )?;
+    // Every branch and tag: the promoted commit is reachable from one, and
+    // each host branch's history decides fast-forward or not.
+    fetch_distinct(&conn, &repo, &branches_and_tags(&refs))?;
     let commit = resolve_from(&repo, &refs, &req.from)?;
     let commit_hex = commit.to_string();
     let config = fleet_of(&repo, commit)?;
@@ -581,6 +580,14 @@ fn configured_reports(
             }),
         _ => Ok(None),
     }
+}
+
+/// The branches and tags of a listing.
+fn branches_and_tags(refs: &[(String, Oid)]) -> Vec<(String, Oid)> {
+    refs.iter()
+        .filter(|(n, _)| n.starts_with("refs/heads/") || n.starts_with("refs/tags/"))
+        .cloned()
+        .collect()
 }
 
 /// `fleet.yaml` of the promoted commit.
@@ -899,10 +906,7 @@ pub fn rollout_view(
     let repo = Repository::init_bare(tmp.path()).map_err(repo_err)?;
     let conn = Connector::new(source, auth)?;
     let refs = conn.list_refs(&repo)?;
-    conn.fetch(
-        &repo,
-        &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
-    )?;
+    fetch_distinct(&conn, &repo, &branches_and_tags(&refs))?;
     let commit = resolve_from(&repo, &refs, from)?;
     let commit_hex = commit.to_string();
     let heads: BTreeMap<&str, Oid> = refs
@@ -926,10 +930,18 @@ pub fn rollout_view(
     let reports = reports.or(configured.as_ref()).unwrap_or(source).clone();
     let tips = read_tips(&reports, auth, true)?;
     let mut out = Vec::new();
+    // Host branches share a handful of tips: one walk per distinct tip.
+    let mut graph: HashMap<Oid, (usize, usize)> = HashMap::new();
     for host in hosts {
         let tip = heads.get(host_branch(&host).as_str()).copied();
         let (ahead, behind) = match tip {
-            Some(t) => repo.graph_ahead_behind(t, commit).map_err(repo_err)?,
+            Some(t) => match graph.get(&t) {
+                Some(counts) => *counts,
+                None => {
+                    let counts = repo.graph_ahead_behind(t, commit).map_err(repo_err)?;
+                    *graph.entry(t).or_insert(counts)
+                }
+            },
             None => (0, 0),
         };
         let position = match tip {

@@ -101,6 +101,31 @@ pub fn read_tips(
     Ok(read_fetched(&repo, &refs, with_recent))
 }
 
+/// Fetches the objects behind `refs` (full ref names and their ids) into
+/// `repo`, writing one local ref per distinct id: a fleet's 10,000 host
+/// branches point at a handful of commits, and writing 10,000 local refs
+/// costs more than the objects. Peeled entries (`^{}`) are skipped.
+pub fn fetch_distinct(
+    conn: &Connector,
+    repo: &Repository,
+    refs: &[(String, Oid)],
+) -> Result<(), SourceError> {
+    let mut by_id: HashMap<Oid, &str> = HashMap::new();
+    for (name, id) in refs.iter().filter(|(n, _)| !n.ends_with("^{}")) {
+        let chosen = by_id.entry(*id).or_insert(name);
+        if name.as_str() < *chosen {
+            *chosen = name;
+        }
+    }
+    let mut specs: Vec<String> = by_id.values().map(|n| format!("+{n}:{n}")).collect();
+    if specs.is_empty() {
+        return Ok(());
+    }
+    specs.sort();
+    let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
+    conn.fetch(repo, &specs)
+}
+
 fn is_notes_ref(name: &str) -> bool {
     name.starts_with(NOTES_PREFIX) || name.starts_with(LATEST_PREFIX)
 }
@@ -157,12 +182,15 @@ fn shallow_fetch(
             .iter()
             .filter_map(|(n, _)| n.strip_prefix(NOTES_PREFIX))
             .any(|h| !latest_hosts.contains(h));
+    // No destination: the objects are fetched and no local ref is written
+    // (20,000 refs cost a lock file and a lookup each); the notes are read
+    // by the ids of the listing.
     let mut specs = Vec::new();
     if !latest_hosts.is_empty() {
-        specs.push(format!("+{LATEST_PREFIX}*:{LATEST_PREFIX}*"));
+        specs.push(format!("{LATEST_PREFIX}*"));
     }
     if history_needed {
-        specs.push(format!("+{NOTES_PREFIX}*:{NOTES_PREFIX}*"));
+        specs.push(format!("{NOTES_PREFIX}*"));
     }
     if specs.is_empty() {
         return Ok(refs);
@@ -184,10 +212,7 @@ fn shallow_fetch(
         .map_err(|e| remote.scrub(&e.to_string()))?
         .with_credentials(credentials)
         .prepare_fetch(gix::progress::Discard, Default::default())
-        .map_err(|e| remote.scrub(&e.to_string()))?
-        // One packed-refs file for thousands of refs, not a file (and a lock)
-        // for each.
-        .with_write_packed_refs_only(true);
+        .map_err(|e| remote.scrub(&e.to_string()))?;
     // Latest-note commits have no parent: asking for depth 1 would only make
     // the server compute shallow boundaries for nothing. History refs do
     // have parents, and only their tip is wanted.
@@ -206,48 +231,46 @@ fn shallow_fetch(
     Ok(refs)
 }
 
-/// Builds the per-host view from the refs fetched into `repo`.
+/// Builds the per-host view from the objects fetched into `repo`, found
+/// by the ids the listing gave (no local ref is needed).
 fn read_fetched(repo: &Repository, refs: &[(String, Oid)], with_recent: bool) -> FleetTips {
     let heads = refs
         .iter()
         .filter_map(|(n, o)| Some((n.strip_prefix("refs/heads/")?.to_string(), *o)))
         .collect();
-    let mut hosts: Vec<&str> = refs
+    let history: HashMap<&str, Oid> = refs
         .iter()
-        .filter_map(|(n, _)| {
-            n.strip_prefix(NOTES_PREFIX)
-                .or_else(|| n.strip_prefix(LATEST_PREFIX))
-        })
+        .filter_map(|(n, o)| Some((n.strip_prefix(NOTES_PREFIX)?, *o)))
         .collect();
+    let latest: HashMap<&str, Oid> = refs
+        .iter()
+        .filter_map(|(n, o)| Some((n.strip_prefix(LATEST_PREFIX)?, *o)))
+        .collect();
+    let mut hosts: Vec<&str> = history.keys().chain(latest.keys()).copied().collect();
     hosts.sort_unstable();
     hosts.dedup();
-    let with_latest: std::collections::HashSet<&str> = refs
-        .iter()
-        .filter_map(|(n, _)| n.strip_prefix(LATEST_PREFIX))
-        .collect();
     let hosts = hosts
         .into_iter()
         .map(|host| {
-            let notes_ref = format!("{NOTES_PREFIX}{host}");
-            let latest_ref = format!("{LATEST_PREFIX}{host}");
-            let has_latest = with_latest.contains(host);
-            let read = |r: &str| tree_notes(repo, r).map_err(|e| e.message().to_string());
+            let read = |tip: Option<&Oid>| match tip {
+                Some(tip) => tree_notes(repo, *tip).map_err(|e| e.message().to_string()),
+                None => Ok(vec![]),
+            };
             let mut recent = Vec::new();
-            let latest = if has_latest {
-                read(&latest_ref).map(newest)
-            } else {
-                read(&notes_ref).map(|notes| {
+            let latest = match latest.get(host) {
+                Some(tip) => read(Some(tip)).map(newest),
+                None => read(history.get(host)).map(|notes| {
                     recent = notes.clone();
                     newest(notes)
-                })
+                }),
             };
-            if with_recent && has_latest {
-                recent = read(&notes_ref).unwrap_or_default();
+            if with_recent && recent.is_empty() {
+                recent = read(history.get(host)).unwrap_or_default();
             }
             recent.sort_by_cached_key(|(_, t)| std::cmp::Reverse(started(t)));
             HostTip {
                 host: host.to_string(),
-                notes_ref,
+                notes_ref: format!("{NOTES_PREFIX}{host}"),
                 latest,
                 recent,
             }
@@ -267,20 +290,74 @@ fn newest(notes: Vec<(String, String)>) -> Option<String> {
     notes.into_iter().map(|(_, t)| t).max_by_key(|t| started(t))
 }
 
-/// Every note in the tip tree of `reference`: (annotated commit, text).
-/// An absent ref holds no note.
-fn tree_notes(repo: &Repository, reference: &str) -> Result<Vec<(String, String)>, git2::Error> {
-    if repo.refname_to_id(reference).is_err() {
-        return Ok(vec![]);
-    }
+/// Every note in the tree of the notes commit `tip`: (annotated commit,
+/// text), through fan-out directories (`ab/cdef...`) as Git writes them
+/// for many notes.
+fn tree_notes(repo: &Repository, tip: Oid) -> Result<Vec<(String, String)>, git2::Error> {
+    let tree = repo.find_commit(tip)?.tree()?;
     let mut out = Vec::new();
-    for item in repo.notes(Some(reference))? {
-        let (note, annotated) = item?;
-        let blob = repo.find_blob(note)?;
-        out.push((
-            annotated.to_string(),
-            String::from_utf8_lossy(blob.content()).into_owned(),
-        ));
-    }
+    collect_notes(repo, &tree, &mut String::new(), &mut out)?;
     Ok(out)
+}
+
+fn collect_notes(
+    repo: &Repository,
+    tree: &git2::Tree,
+    prefix: &mut String,
+    out: &mut Vec<(String, String)>,
+) -> Result<(), git2::Error> {
+    for entry in tree.iter() {
+        let Ok(name) = entry.name() else { continue };
+        let len = prefix.len();
+        prefix.push_str(name);
+        let hex = prefix.len() <= 40 && prefix.bytes().all(|b| b.is_ascii_hexdigit());
+        match entry.kind() {
+            Some(git2::ObjectType::Blob) if hex && prefix.len() == 40 => {
+                let blob = repo.find_blob(entry.id())?;
+                out.push((
+                    prefix.to_ascii_lowercase(),
+                    String::from_utf8_lossy(blob.content()).into_owned(),
+                ));
+            }
+            Some(git2::ObjectType::Tree) if hex && prefix.len() < 40 => {
+                let sub = repo.find_tree(entry.id())?;
+                collect_notes(repo, &sub, prefix, out)?;
+            }
+            _ => {}
+        }
+        prefix.truncate(len);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Notes in a fan-out tree (`ab/cdef...`, as Git writes many notes)
+    /// and flat are read alike; other entries are not notes.
+    #[test]
+    fn notes_are_read_flat_and_through_fan_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let sig = git2::Signature::now("t", "t@x").unwrap();
+        let flat = "1".repeat(40);
+        let fanned = format!("ab{}", "c".repeat(38));
+        let blob = |t: &str| repo.blob(t.as_bytes()).unwrap();
+        let mut sub = repo.treebuilder(None).unwrap();
+        sub.insert(&fanned[2..], blob("fanned"), 0o100644).unwrap();
+        let sub = sub.write().unwrap();
+        let mut top = repo.treebuilder(None).unwrap();
+        top.insert(&flat, blob("flat"), 0o100644).unwrap();
+        top.insert("ab", sub, 0o040000).unwrap();
+        top.insert("README", blob("not a note"), 0o100644).unwrap();
+        let tree = repo.find_tree(top.write().unwrap()).unwrap();
+        let tip = repo.commit(None, &sig, &sig, "notes", &tree, &[]).unwrap();
+        let mut notes = tree_notes(&repo, tip).unwrap();
+        notes.sort();
+        assert_eq!(
+            notes,
+            vec![(flat, "flat".to_string()), (fanned, "fanned".to_string())]
+        );
+    }
 }

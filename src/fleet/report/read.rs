@@ -12,7 +12,7 @@ use git2::{Oid, Repository};
 
 use super::model::{CommitDetails, CommitGraph, HostNotes, NoteText};
 use crate::config::Auth;
-use crate::fleet::tips::{HostTip, read_tips};
+use crate::fleet::tips::{HostTip, fetch_distinct, read_tips};
 use crate::source::remote::RemoteUrl;
 use crate::source::transport::{Connector, SourceError};
 
@@ -43,33 +43,21 @@ pub fn read_fleet(
         path: dir.path().display().to_string(),
         detail: e.message().to_string(),
     })?;
-    // The branches' history, through one branch per distinct tip: a
-    // fleet's 10,000 host branches point at a handful of commits, and
-    // writing 10,000 local refs would cost more than the objects.
-    let heads = if reports == remote {
+    // The branches' history, through one branch per distinct tip.
+    let heads: HashMap<String, Oid> = if reports == remote {
         tips.heads
     } else {
-        let conn = Connector::new(remote, auth)?;
-        conn.list_refs(&repo)?
+        Connector::new(remote, auth)?
+            .list_refs(&repo)?
             .into_iter()
             .filter_map(|(n, o)| Some((n.strip_prefix("refs/heads/")?.to_string(), o)))
             .collect()
     };
-    let mut by_tip: HashMap<Oid, &str> = HashMap::new();
-    for (branch, oid) in &heads {
-        let b = by_tip.entry(*oid).or_insert(branch);
-        if branch.as_str() < *b {
-            *b = branch;
-        }
-    }
-    let specs: Vec<String> = by_tip
-        .values()
-        .map(|b| format!("+refs/heads/{b}:refs/heads/{b}"))
+    let branches: Vec<(String, Oid)> = heads
+        .iter()
+        .map(|(b, o)| (format!("refs/heads/{b}"), *o))
         .collect();
-    if !specs.is_empty() {
-        let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
-        Connector::new(remote, auth)?.fetch(&repo, &specs)?;
-    }
+    fetch_distinct(&Connector::new(remote, auth)?, &repo, &branches)?;
     Ok(FleetNotes {
         hosts,
         heads,
