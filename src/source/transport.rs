@@ -313,6 +313,46 @@ impl Connector {
         SourceError::Remote { url, detail }
     }
 
+    /// Lists the remote's refs, then, on the same connection, downloads
+    /// the objects of the refs `want` picks from the listing (refspecs),
+    /// `depth` commits deep when given. No local ref is written (the
+    /// refspecs' destinations are not used: nothing updates the tips), as
+    /// thousands of refs would cost a lock file each.
+    /// Returns the listing.
+    pub fn download_listed(
+        &self,
+        repo: &Repository,
+        want: impl FnOnce(&[(String, Oid)]) -> Vec<String>,
+        depth: Option<i32>,
+    ) -> Result<Vec<(String, Oid)>, SourceError> {
+        let mut remote = repo
+            .remote_anonymous(self.url.for_libgit2())
+            .map_err(|e| self.classify(&e))?;
+        let mut conn = remote
+            .connect_auth(git2::Direction::Fetch, Some(self.callbacks()), None)
+            .map_err(|e| self.classify(&e))?;
+        let listed: Vec<(String, Oid)> = conn
+            .list()
+            .map_err(|e| self.classify(&e))?
+            .iter()
+            .map(|h| (h.name().to_string(), h.oid()))
+            .collect();
+        let specs = want(&listed);
+        if specs.is_empty() {
+            return Ok(listed);
+        }
+        let mut fo = git2::FetchOptions::new();
+        fo.remote_callbacks(self.callbacks())
+            .download_tags(git2::AutotagOption::None);
+        if let Some(depth) = depth {
+            fo.depth(depth);
+        }
+        conn.remote()
+            .download(&specs, Some(&mut fo))
+            .map_err(|e| self.classify(&e))?;
+        Ok(listed)
+    }
+
     /// Lists the remote's refs (`git ls-remote`): one round trip, no pack.
     pub fn list_refs(&self, repo: &Repository) -> Result<Vec<(String, Oid)>, SourceError> {
         let mut remote = repo
