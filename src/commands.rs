@@ -210,7 +210,8 @@ fn locked_run_held(
     dry_run: bool,
     control: &RunControl,
 ) -> Result<RunReport> {
-    let state = HostState::load(&common.state_dir)?;
+    // The one copy of the host's state for this run, under the lock.
+    let mut state = HostState::load(&common.state_dir)?;
     let mode = if state.disabled.is_some() || common.settings.mode == AgentMode::Check {
         Mode::Check
     } else {
@@ -229,7 +230,7 @@ fn locked_run_held(
     // Output of the tools the run drives counts as its progress.
     let progress = control.clone();
     crate::resource::tool::set_progress(Some(std::sync::Arc::new(move || progress.touch())));
-    let report = crate::cycle::run_cycle(&common.settings, &facts, &opts, control);
+    let report = crate::cycle::run_cycle(&common.settings, &facts, &opts, control, &mut state);
     crate::resource::tool::set_progress(None);
     save(&report, &common.state_dir);
     // Still under the lock: no run is writing a backup meanwhile.

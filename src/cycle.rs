@@ -39,11 +39,15 @@ pub struct CycleOptions {
 }
 
 /// Runs once from `settings.repo` (a directory or a Git URL) for this host.
+///
+/// `state` is the host's state, loaded once by the caller under the run
+/// lock; a Git run updates it and saves it before returning.
 pub fn run_cycle(
     settings: &Settings,
     facts: &Facts,
     opts: &CycleOptions,
     control: &RunControl,
+    state: &mut HostState,
 ) -> RunReport {
     let started = SystemTime::now();
     let run_opts = RunOptions {
@@ -91,7 +95,9 @@ pub fn run_cycle(
                 run_with_state(&DirTree::new(dir), info, facts, &run_opts, &stop);
             // A directory has no commit: checks run and are reported,
             // nothing is rolled back, and state.json is left alone.
-            if let Ok(mut state) = HostState::load(&settings.state_dir) {
+            {
+                // A copy: nothing here is saved.
+                let mut state = state.clone();
                 control.phase(Phase::Checking);
                 crate::health::Stage {
                     root: &settings.root,
@@ -108,20 +114,41 @@ pub fn run_cycle(
             report
         }
         Ok(Location::Git(url)) => {
-            git_cycle(settings, facts, opts, &run_opts, &url, started, control)
+            let cycle = Cycle {
+                settings,
+                facts,
+                opts,
+                started,
+                control,
+            };
+            git_cycle(cycle, &run_opts, &url, state)
         }
     }
 }
 
+/// What every part of one run shares.
+#[derive(Clone, Copy)]
+struct Cycle<'a> {
+    settings: &'a Settings,
+    facts: &'a Facts,
+    opts: &'a CycleOptions,
+    started: SystemTime,
+    control: &'a RunControl,
+}
+
 fn git_cycle(
-    settings: &Settings,
-    facts: &Facts,
-    opts: &CycleOptions,
+    cycle: Cycle<'_>,
     run_opts: &RunOptions,
     url: &RemoteUrl,
-    started: SystemTime,
-    control: &RunControl,
+    state: &mut HostState,
 ) -> RunReport {
+    let Cycle {
+        settings,
+        facts,
+        opts,
+        started,
+        control,
+    } = cycle;
     let branch = settings.branch_for(facts);
     let mut info = SourceInfo {
         location: url.redacted().to_string(),
@@ -149,11 +176,6 @@ fn git_cycle(
             )
         };
     }
-    let mut state = match HostState::load(&settings.state_dir) {
-        Ok(s) => s,
-        Err(e) => return early(&info, RunStatus::Error, e.to_string()),
-    };
-
     control.phase(Phase::Fetching);
     let mut cache = match GitCache::open(&settings.state_dir) {
         Ok(c) => c,
@@ -183,8 +205,8 @@ fn git_cycle(
     info.applied = state.applied_commit.clone().filter(|a| *a != tip_hex);
     // A commit rolled back for failing its health checks is not applied
     // again until the branch tip moves; the last healthy commit is.
-    let choice = choose_commit(&tip_hex, &TipVerdict::Verified, &state);
-    if choice.clears_bad_commit(&state) {
+    let choice = choose_commit(&tip_hex, &TipVerdict::Verified, state);
+    if choice.clears_bad_commit(state) {
         state.bad_commit = None;
     }
     let stay = match choice {
@@ -193,7 +215,7 @@ fn git_cycle(
     };
 
     let mut desired = None;
-    let report = match refusal(&cache, tip, &state, settings) {
+    let report = match refusal(&cache, tip, state, settings) {
         Some(reason) => {
             warn!(commit = %tip_hex, reason = %reason, "commit refused");
             early(&info, RunStatus::Refused, reason)
@@ -274,7 +296,7 @@ fn git_cycle(
     } else {
         TipVerdict::Verified
     };
-    let (report, applied) = match choose_commit(&tip_hex, &verdict, &state) {
+    let (report, applied) = match choose_commit(&tip_hex, &verdict, state) {
         CommitChoice::LastGood {
             commit: good,
             rejected,
@@ -305,7 +327,7 @@ fn git_cycle(
             stop: &stop,
             lock: Some(control),
         };
-        stage.after_run(&mut report, desired.as_ref(), &mut state, &mut |commit| {
+        stage.after_run(&mut report, desired.as_ref(), state, &mut |commit| {
             runner.converge_commit(commit)
         });
     }
@@ -343,7 +365,7 @@ fn git_cycle(
             url,
             settings,
             &report,
-            &mut state,
+            state,
             opts.offline,
             noted_broken,
         );

@@ -338,7 +338,10 @@ fn one_shot_check_waits_for_the_agent_or_gives_up_clearly() {
     }
     write(src.path(), "trueup.yaml", &yaml);
     let cfg = config(host.state.path(), "interval: 1h\nsplay: 0s\n");
-    let impatient = config(&host.root.path().join(".."), "lock_timeout: 1ms\n");
+    // Beside the agent's configuration, in a directory of this test's own
+    // (not the shared temporary directory, where another user's file may be).
+    let impatient_dir = tempfile::tempdir().unwrap();
+    let impatient = config(impatient_dir.path(), "lock_timeout: 1ms\n");
     let agent = Agent::start(&host, src.path(), &cfg, &[]);
     // Wait until the agent holds the lock (it writes its pid into it).
     let lock = host.state.path().join("run.lock");

@@ -75,6 +75,7 @@ fn empty_root_drifts_everywhere_then_converges() {
 }
 
 #[test]
+#[ignore = "needs root: changes a file's owner (chown): run by scripts/test.sh"]
 fn hand_changes_are_named_exactly_and_repaired() {
     let host = Host::new();
     let src = demo_branch();

@@ -130,13 +130,19 @@ fn sigkill_during_apply_never_leaves_a_torn_file() {
     let old: Vec<String> = (0..FILES).map(|i| content("old", i)).collect();
     let new: Vec<String> = (0..FILES).map(|i| content("new", i)).collect();
 
-    // Converge to "old", timing a full apply to know where to aim.
-    let t0 = Instant::now();
+    // Converge to "old", then time an apply that replaces every file (what
+    // the kills aim at: it takes longer than the first, which only
+    // creates), and go back to "old".
     let status = apply_command(&host, old_branch.path()).status().unwrap();
-    let full = t0.elapsed();
     assert!(status.success(), "converging the old branch");
+    let t0 = Instant::now();
+    let status = apply_command(&host, new_branch.path()).status().unwrap();
+    let full = t0.elapsed();
+    assert!(status.success(), "converging the new branch");
+    let status = apply_command(&host, old_branch.path()).status().unwrap();
+    assert!(status.success(), "converging the old branch again");
     assert!(classify(&host, &old, &new).iter().all(|c| *c == "old"));
-    eprintln!("a full apply of {FILES} files takes {full:?}");
+    eprintln!("a full apply replacing {FILES} files takes {full:?}");
 
     let mut killed_mid_run = 0;
     let mut mixed_after_kill = 0;

@@ -1,7 +1,10 @@
-//! Running the external tools that observe and change packages and units
-//! (`apt-get`, `apt-cache`, `dnf`, `rpm`, `systemctl`): one place that
-//! checks the exit status and puts the tool's own words (the tail of its
-//! stderr) into the error.
+//! The one process runner. The tools trueup drives (`apt-get`,
+//! `apt-cache`, `dnf`, `rpm`, `systemctl`, the account tools, `ssh-keygen`
+//! and `gpgv` for commit signatures) go through [`run`] or [`output`]: one
+//! place that checks the exit status and puts the tool's own words (the
+//! tail of its stderr) into the error. The commands a branch declares
+//! (`commands:`, `validate:`, health command checks) go through
+//! [`run_limited`], under the time limit the branch gives them.
 //!
 //! Liveness: a tool that prints nothing for its kind's timeout is taken
 //! as hung, killed, and reported; every chunk of output it prints counts

@@ -912,7 +912,7 @@ impl HttpsServer {
         // fcgiwrap on a unix socket; CGI children inherit its environment.
         let socket = d.join("fcgiwrap.sock");
         let fcgi_log = d.join("fcgiwrap.log");
-        let mut cmd = Command::new("fcgiwrap");
+        let mut cmd = Command::new("/usr/sbin/fcgiwrap");
         cmd.args(["-f", "-c", "4", "-s"])
             .arg(format!("unix:{}", socket.display()))
             .env("GIT_CONFIG_GLOBAL", &packs.config)
@@ -960,7 +960,7 @@ impl HttpsServer {
                 }),
             );
             let _ = fs::remove_file(&pid_file);
-            let mut cmd = Command::new("nginx");
+            let mut cmd = Command::new("/usr/sbin/nginx");
             cmd.arg("-p")
                 .arg(&d)
                 .arg("-c")
