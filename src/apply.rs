@@ -333,12 +333,9 @@ impl<'p> StagedWrites<'p> {
             if !self.backup_dir_made {
                 make_backup_dir(&opts.backup_dir)?;
                 self.backup_dir_made = true;
+                self.batch.sync_also(&opts.backup_dir);
             }
-            let kept = backup_unsynced(&opts.backup_dir, path, prev)?;
-            // `make_backup_dir` may have made the run's directory and the
-            // one holding it.
-            let made = opts.backup_dir.parent().unwrap_or(&opts.backup_dir);
-            self.batch.sync_also_file(&kept, made);
+            backup_unsynced(&opts.backup_dir, path, prev)?;
         }
         let entry = match safe_fs::Entry::open_cached(&mut self.walk, opts.root, path) {
             Ok(Some(e)) => e,
@@ -823,7 +820,7 @@ fn make_backup_dir(backup_dir: &Path) -> Result<(), String> {
 /// name in this run's own backup directory, without a sync, since the
 /// batch syncs that file system before it replaces anything. A crash
 /// before then may leave a torn backup, but of a file still untouched.
-fn backup_unsynced(backup_dir: &Path, path: &Path, prev: &Previous) -> Result<PathBuf, String> {
+fn backup_unsynced(backup_dir: &Path, path: &Path, prev: &Previous) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let (dest, bytes) = backup_path(backup_dir, path, prev);
@@ -845,7 +842,7 @@ fn backup_unsynced(backup_dir: &Path, path: &Path, prev: &Previous) -> Result<Pa
         let _ = std::fs::remove_file(&dest);
         return Err(fail(e));
     }
-    Ok(dest)
+    Ok(())
 }
 
 /// Where the backup of `path` goes, and what it holds.

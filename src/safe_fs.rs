@@ -503,11 +503,6 @@ impl Entry {
 /// 3. each is renamed over its destination, directory by directory, and
 ///    each directory is fsynced once after its renames.
 ///
-/// A batch of at most `SMALL_BATCH` files (a repair of a few drifted
-/// files) replaces step 2 by an fsync of each temporary file and of each
-/// backup (`sync_also_file`) and the directories above it: the same
-/// promise, without waiting for the rest of the file system.
-///
 /// No rename happens before its content is durable, so a crash leaves
 /// every file old or new; a crash before step 3 leaves temporary files,
 /// which the next write of the same file removes. A batch that is dropped
@@ -518,19 +513,8 @@ pub struct WriteBatch {
     /// Other directories whose file systems must be synced before any
     /// rename (the backup directory).
     also: Vec<PathBuf>,
-    /// Files written unsynced beside the batch (backups), each with the
-    /// directory it was written under: durable before any rename.
-    also_files: Vec<(PathBuf, PathBuf)>,
     bytes: u64,
 }
-
-/// A batch of at most this many files (staged files and backups together)
-/// is made durable file by file, with an fsync each, instead of with
-/// `syncfs`: `syncfs` also waits for every other program's dirty data on
-/// the file system, which on a busy disk costs more than a few fsyncs (10
-/// files on this project's shared build machine: 27 ms median with
-/// `syncfs`, 8.2 ms with an fsync each; README, Performance).
-const SMALL_BATCH: usize = 32;
 
 #[derive(Debug)]
 struct Staged {
@@ -564,51 +548,9 @@ impl WriteBatch {
         }
     }
 
-    /// Makes `file`, written unsynced under the directory `base` (a backup
-    /// under the backup directory), durable before any rename, with the
-    /// directories from its own up to `base`'s parent (which it may have
-    /// created): by the batch's `syncfs`, or in a small batch by an fsync
-    /// of each.
-    pub fn sync_also_file(&mut self, file: &Path, base: &Path) {
-        self.also_files
-            .push((file.to_path_buf(), base.to_path_buf()));
-    }
-
-    /// Whether this batch is made durable file by file (see `SMALL_BATCH`):
-    /// small, and every extra file named.
-    fn file_by_file(&self) -> bool {
-        self.also.is_empty() && self.staged.len() + self.also_files.len() <= SMALL_BATCH
-    }
-
-    /// fsyncs each extra file and the directories above it up to its
-    /// base's parent, each directory once.
-    fn sync_also_files(&self) -> std::result::Result<(), (PathBuf, Errno)> {
-        let mut dirs: Vec<&Path> = Vec::new();
-        for (file, base) in &self.also_files {
-            sync_path(file, false).map_err(|e| (file.clone(), e))?;
-            let top = base.parent().unwrap_or(base);
-            for dir in file.ancestors().skip(1) {
-                if !dirs.contains(&dir) {
-                    sync_path(dir, true).map_err(|e| (dir.to_path_buf(), e))?;
-                    dirs.push(dir);
-                }
-                if dir == top || !dir.starts_with(top) {
-                    break;
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Makes every staged file durable and renames it into place; see the
     /// type's docs. Returns one result per staged file, in staging order.
     pub fn commit(mut self) -> Vec<Result<()>> {
-        if self.file_by_file() {
-            return self.commit_file_by_file();
-        }
-        for (_, base) in std::mem::take(&mut self.also_files) {
-            self.sync_also(&base);
-        }
         let staged = std::mem::take(&mut self.staged);
         let mut results: Vec<Result<()>> = Vec::with_capacity(staged.len());
         // One syncfs per file system: the staged files' directories and
@@ -669,79 +611,37 @@ impl WriteBatch {
             } else {
                 fsync_at(&s.dir, &s.tmp).map_err(io(&s.shown, "syncing a temporary file"))
             };
-            results.push(rename_staged(s, durable));
+            let renamed = durable.and_then(|()| {
+                nix::fcntl::renameat(&s.dir, s.tmp.as_os_str(), &s.dir, s.name.as_os_str())
+                    .map_err(io(&s.shown, "renaming into place"))
+            });
+            if renamed.is_err() {
+                let _ =
+                    nix::unistd::unlinkat(&s.dir, s.tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+            }
+            results.push(renamed);
         }
-        sync_dirs(&staged, &mut results);
-        results
-    }
-
-    /// `commit` for a small batch: the extra files (backups) and each
-    /// temporary file fsynced on its own, then the same renames and
-    /// directory fsyncs.
-    fn commit_file_by_file(mut self) -> Vec<Result<()>> {
-        let staged = std::mem::take(&mut self.staged);
-        let also_failed = self.sync_also_files().err();
-        let mut results: Vec<Result<()>> = Vec::with_capacity(staged.len());
-        for s in &staged {
-            let durable = match &also_failed {
-                Some((path, e)) => Err(SafeFsError::Io {
-                    path: path.clone(),
-                    what: "syncing the backups of replaced content",
-                    errno: *e,
-                }),
-                None => fsync_at(&s.dir, &s.tmp).map_err(io(&s.shown, "syncing a temporary file")),
-            };
-            results.push(rename_staged(s, durable));
-        }
-        sync_dirs(&staged, &mut results);
-        results
-    }
-}
-
-/// Renames a staged file into place once `durable` says its content is;
-/// otherwise (or if the rename fails) removes the temporary file.
-fn rename_staged(s: &Staged, durable: Result<()>) -> Result<()> {
-    let renamed = durable.and_then(|()| {
-        nix::fcntl::renameat(&s.dir, s.tmp.as_os_str(), &s.dir, s.name.as_os_str())
-            .map_err(io(&s.shown, "renaming into place"))
-    });
-    if renamed.is_err() {
-        let _ = nix::unistd::unlinkat(&s.dir, s.tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
-    }
-    renamed
-}
-
-/// fsyncs each directory of a committed batch once, after the renames into
-/// it (files come in path order, so a directory's files are next to each
-/// other); a failure fails that directory's renamed files.
-fn sync_dirs(staged: &[Staged], results: &mut [Result<()>]) {
-    let mut i = 0;
-    while i < staged.len() {
-        let mut j = i + 1;
-        while j < staged.len() && Arc::ptr_eq(&staged[j].dir, &staged[i].dir) {
-            j += 1;
-        }
-        if results[i..j].iter().any(|r| r.is_ok())
-            && let Err(e) = nix::unistd::fsync(&*staged[i].dir)
-        {
-            for (k, r) in results.iter_mut().enumerate().take(j).skip(i) {
-                if r.is_ok() {
-                    *r = Err(io(&staged[k].shown, "syncing the directory")(e));
+        // Each directory once, after the renames into it (files come in
+        // path order, so a directory's files are next to each other).
+        let mut i = 0;
+        while i < staged.len() {
+            let mut j = i + 1;
+            while j < staged.len() && Arc::ptr_eq(&staged[j].dir, &staged[i].dir) {
+                j += 1;
+            }
+            if results[i..j].iter().any(|r| r.is_ok())
+                && let Err(e) = nix::unistd::fsync(&*staged[i].dir)
+            {
+                for (k, r) in results.iter_mut().enumerate().take(j).skip(i) {
+                    if r.is_ok() {
+                        *r = Err(io(&staged[k].shown, "syncing the directory")(e));
+                    }
                 }
             }
+            i = j;
         }
-        i = j;
+        results
     }
-}
-
-/// fsyncs a file or directory named by path, never through a symlink.
-fn sync_path(path: &Path, dir: bool) -> std::result::Result<(), Errno> {
-    let mut flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    if dir {
-        flags |= OFlag::O_DIRECTORY;
-    }
-    let fd = nix::fcntl::open(path, flags, Mode::empty())?;
-    nix::unistd::fsync(&fd)
 }
 
 impl Drop for WriteBatch {
@@ -1133,57 +1033,6 @@ mod tests {
         let mut batch = WriteBatch::default();
         e.stage_file(&mut batch, b"new", None, None, 0o644).unwrap();
         batch.sync_also(&root.path().join("no-such-backup-dir"));
-        let results = batch.commit();
-        assert!(results[0].is_err());
-        assert_eq!(std::fs::read(root.path().join("a.conf")).unwrap(), b"old");
-        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
-    }
-
-    #[test]
-    fn small_and_large_batches_replace_every_file_and_keep_their_backups() {
-        // Both ways of making a batch durable: an fsync per file (small)
-        // and one syncfs (large).
-        for n in [3, SMALL_BATCH + 1] {
-            let root = tempfile::tempdir().unwrap();
-            let backups = root.path().join("state/backup/run");
-            let mut batch = WriteBatch::default();
-            let mut cache = WalkCache::default();
-            for i in 0..n {
-                let path = PathBuf::from(format!("/srv/f{i:03}"));
-                let e = Entry::open(root.path(), &path, true).unwrap().unwrap();
-                e.write_atomic(b"old", None, None, 0o644).unwrap();
-                let e = Entry::open_cached(&mut cache, root.path(), &path)
-                    .unwrap()
-                    .unwrap();
-                let kept = backups.join(format!("srv/f{i:03}"));
-                std::fs::create_dir_all(kept.parent().unwrap()).unwrap();
-                std::fs::write(&kept, b"old").unwrap();
-                batch.sync_also_file(&kept, backups.parent().unwrap());
-                e.stage_file(&mut batch, b"new", None, None, 0o600).unwrap();
-            }
-            assert_eq!(batch.file_by_file(), n <= SMALL_BATCH);
-            let results = batch.commit();
-            assert!(results.iter().all(|r| r.is_ok()), "{n}: {results:?}");
-            let srv = root.path().join("srv");
-            for i in 0..n {
-                assert_eq!(std::fs::read(srv.join(format!("f{i:03}"))).unwrap(), b"new");
-            }
-            assert_eq!(std::fs::read_dir(&srv).unwrap().count(), n, "no temp left");
-        }
-    }
-
-    #[test]
-    fn a_small_batch_whose_backup_cannot_be_synced_replaces_nothing() {
-        let root = tempfile::tempdir().unwrap();
-        let e = Entry::open(root.path(), Path::new("/a.conf"), true)
-            .unwrap()
-            .unwrap();
-        e.write_atomic(b"old", None, None, 0o644).unwrap();
-        let mut batch = WriteBatch::default();
-        e.stage_file(&mut batch, b"new", None, None, 0o644).unwrap();
-        let backups = root.path().join("backup");
-        batch.sync_also_file(&backups.join("lost/a.conf"), &backups);
-        assert!(batch.file_by_file());
         let results = batch.commit();
         assert!(results[0].is_err());
         assert_eq!(std::fs::read(root.path().join("a.conf")).unwrap(), b"old");
