@@ -219,17 +219,7 @@ fn execute(
         let silent = last_output.lock().map(|t| t.elapsed()).unwrap_or_default();
         if silent >= timeout {
             timed_out = true;
-            match i32::try_from(child.id()) {
-                Ok(pid) => {
-                    let _ = nix::sys::signal::killpg(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                }
-            }
+            kill_group(&mut child);
         }
         std::thread::sleep(Duration::from_millis(20).min(timeout / 4 + Duration::from_millis(1)));
     };
@@ -306,17 +296,7 @@ pub fn run_limited(cmd: &mut Command, limit: Duration) -> Result<Limited, ToolEr
     if status.is_none() {
         // The child is reaped only below, so its pid (and group) is still
         // ours and the kill cannot hit another process.
-        match i32::try_from(child.id()) {
-            Ok(pid) => {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            Err(_) => {
-                let _ = child.kill();
-            }
-        }
+        kill_group(&mut child);
         let _ = child.wait();
     }
     Ok(Limited {
@@ -380,6 +360,24 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// SIGKILL to the child's process group (it leads one of its own), or to
+/// the child alone when its pid does not fit. Call before reaping it, so
+/// the pid (and group) is still ours and the kill cannot hit another
+/// process.
+fn kill_group(child: &mut std::process::Child) {
+    match i32::try_from(child.id()) {
+        Ok(pid) => {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        Err(_) => {
+            let _ = child.kill();
+        }
+    }
 }
 
 #[cfg(test)]
