@@ -79,21 +79,28 @@ impl DnfHost {
         self.out.join("rpm-home")
     }
 
-    fn trueup(&self, branch: &Path, args: &[&str]) -> Run {
-        let t = Instant::now();
-        let out = Command::new(trueup_bin())
-            .arg("--config")
-            .arg(&self.config)
+    /// `trueup` with `config`, `branch`, this root and state directory.
+    fn command(&self, config: &Path, branch: &Path) -> Command {
+        let mut cmd = Command::new(trueup_bin());
+        cmd.arg("--config")
+            .arg(config)
             .arg("--source")
             .arg(branch)
             .arg("--root")
             .arg(&self.root)
             .arg("--state-dir")
             .arg(&self.state)
+            .env("HOME", self.home());
+        cmd
+    }
+
+    fn trueup(&self, branch: &Path, args: &[&str]) -> Run {
+        let t = Instant::now();
+        let out = self
+            .command(&self.config, branch)
             .args(args)
             .arg("--format")
             .arg("json")
-            .env("HOME", self.home())
             .env_remove("TRUEUP_LOG")
             .output()
             .unwrap();
@@ -127,17 +134,9 @@ impl DnfHost {
         std::fs::write(&config, format!("{base}{extra}")).unwrap();
         std::fs::create_dir_all(&self.state).unwrap();
         let log = self.out.join("agent.log");
-        let child = Command::new(trueup_bin())
+        let child = self
+            .command(&config, branch)
             .arg("agent")
-            .arg("--config")
-            .arg(&config)
-            .arg("--source")
-            .arg(branch)
-            .arg("--root")
-            .arg(&self.root)
-            .arg("--state-dir")
-            .arg(&self.state)
-            .env("HOME", self.home())
             .env("TRUEUP_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
