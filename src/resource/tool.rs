@@ -10,7 +10,11 @@
 //! as hung, killed, and reported; every chunk of output it prints counts
 //! as progress (it resets the timeout and feeds the agent's watchdog
 //! through [`set_progress`]). So a slow `apt-get upgrade` that keeps
-//! printing is never killed, and a hung one is.
+//! printing is never killed, and a hung one is. While a tool is inside
+//! its timeout the run counts as alive for the watchdog too: the timeout
+//! decides when a tool is hung (and reports it), so systemd does not kill
+//! the agent mid-dpkg when `timeouts.packages` is longer than
+//! `WatchdogSec=`.
 
 use std::io::Read;
 use std::process::{Command, Output, Stdio};
@@ -88,6 +92,27 @@ fn progress() {
     let hook = PROGRESS.lock().ok().and_then(|h| h.clone());
     if let Some(hook) = hook {
         hook();
+    }
+}
+
+/// A tool still inside its time limit keeps the run alive for the
+/// agent's watchdog, once a second: the limit, not systemd, ends a hung
+/// tool (killed and reported), so the watchdog never kills the agent in
+/// the middle of dpkg because a package's script was quiet for longer
+/// than `WatchdogSec=` but shorter than `timeouts.packages`. The watchdog
+/// still catches trueup itself hanging anywhere else.
+struct Alive(Instant);
+
+impl Alive {
+    fn new() -> Alive {
+        Alive(Instant::now())
+    }
+
+    fn tick(&mut self) {
+        if self.0.elapsed() >= Duration::from_secs(1) {
+            self.0 = Instant::now();
+            progress();
+        }
     }
 }
 
@@ -205,6 +230,7 @@ fn execute(
             .map(|p| Box::new(p) as Box<dyn Read + Send>),
     );
     let mut timed_out = false;
+    let mut alive = Alive::new();
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
@@ -220,6 +246,8 @@ fn execute(
         if silent >= timeout {
             timed_out = true;
             kill_group(&mut child);
+        } else {
+            alive.tick();
         }
         std::thread::sleep(Duration::from_millis(20).min(timeout / 4 + Duration::from_millis(1)));
     };
@@ -279,6 +307,7 @@ pub fn run_limited(cmd: &mut Command, limit: Duration) -> Result<Limited, ToolEr
         .map_err(|e| spawn_error(cmd, e))?;
     let deadline = Instant::now() + limit;
     let mut written = 0;
+    let mut alive = Alive::new();
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break Some(status),
@@ -291,6 +320,7 @@ pub fn run_limited(cmd: &mut Command, limit: Duration) -> Result<Limited, ToolEr
             written = now;
             progress();
         }
+        alive.tick();
         std::thread::sleep(Duration::from_millis(20).min(limit / 4 + Duration::from_millis(1)));
     };
     if status.is_none() {
@@ -411,8 +441,30 @@ mod tests {
         assert!(err.to_string().contains("/nonexistent/trueup-tool"));
     }
 
+    /// The progress hook is process-wide: tests that set it take turns.
+    static HOOK: Mutex<()> = Mutex::new(());
+
+    #[test]
+    fn a_quiet_tool_inside_its_timeout_keeps_the_run_alive() {
+        let _turn = HOOK.lock().unwrap_or_else(|e| e.into_inner());
+        let ticks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = ticks.clone();
+        set_progress(Some(Arc::new(move || {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })));
+        // Silent for 2.5 s, inside its 10 s timeout: about a tick a second.
+        let out = run_with_timeout(
+            Command::new("sh").args(["-c", "sleep 2.5"]),
+            Duration::from_secs(10),
+        );
+        set_progress(None);
+        out.unwrap();
+        assert!(ticks.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    }
+
     #[test]
     fn a_slow_tool_that_keeps_printing_is_not_killed_and_feeds_progress() {
+        let _turn = HOOK.lock().unwrap_or_else(|e| e.into_inner());
         // Longer in all than its timeout, but never silent that long.
         let ticks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let seen = ticks.clone();
