@@ -444,14 +444,23 @@ mod tests {
     /// The progress hook is process-wide: tests that set it take turns.
     static HOOK: Mutex<()> = Mutex::new(());
 
-    #[test]
-    fn a_quiet_tool_inside_its_timeout_keeps_the_run_alive() {
-        let _turn = HOOK.lock().unwrap_or_else(|e| e.into_inner());
+    /// Takes the hook's turn and sets a hook that counts its calls.
+    fn counting_hook() -> (
+        std::sync::MutexGuard<'static, ()>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let turn = HOOK.lock().unwrap_or_else(|e| e.into_inner());
         let ticks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let seen = ticks.clone();
         set_progress(Some(Arc::new(move || {
             seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         })));
+        (turn, ticks)
+    }
+
+    #[test]
+    fn a_quiet_tool_inside_its_timeout_keeps_the_run_alive() {
+        let (_turn, ticks) = counting_hook();
         // Silent for 2.5 s, inside its 10 s timeout: about a tick a second.
         let out = run_with_timeout(
             Command::new("sh").args(["-c", "sleep 2.5"]),
@@ -464,13 +473,8 @@ mod tests {
 
     #[test]
     fn a_slow_tool_that_keeps_printing_is_not_killed_and_feeds_progress() {
-        let _turn = HOOK.lock().unwrap_or_else(|e| e.into_inner());
         // Longer in all than its timeout, but never silent that long.
-        let ticks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let seen = ticks.clone();
-        set_progress(Some(Arc::new(move || {
-            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        })));
+        let (_turn, ticks) = counting_hook();
         let out = run_with_timeout(
             Command::new("sh").args([
                 "-c",
