@@ -221,7 +221,7 @@ fn locked_run_held(
     if common.settings.repo.is_none() {
         bail!("no source: give --source DIR|URL or set repo in the configuration");
     }
-    let opts = crate::cycle::CycleOptions {
+    let opts = crate::pipeline::RunOptions {
         mode,
         dry_run,
         offline: common.offline,
@@ -230,7 +230,7 @@ fn locked_run_held(
     // Output of the tools the run drives counts as its progress.
     let progress = control.clone();
     crate::resource::tool::set_progress(Some(std::sync::Arc::new(move || progress.touch())));
-    let report = crate::cycle::run_cycle(&common.settings, &facts, &opts, control, &mut state);
+    let report = crate::pipeline::run(&common.settings, &facts, opts, control, &mut state);
     crate::resource::tool::set_progress(None);
     save(&report, &common.state_dir);
     // Still under the lock: no run is writing a backup meanwhile.

@@ -31,6 +31,7 @@ use tracing::{info, warn};
 
 use crate::apply::{Outcome, Status};
 use crate::desired::DesiredState;
+use crate::pipeline::{CommitChoice, TipVerdict, choose_commit};
 use crate::report::{Mode, RunReport, RunStatus};
 use crate::resource::{Attribute, Kind};
 use crate::state::HostState;
@@ -731,10 +732,17 @@ pub fn decide(status: HealthStatus, s: &Situation) -> Decision {
     if s.on_failure == OnFailure::Report {
         return keep("health.on_failure is report");
     }
-    match (s.last_healthy, s.commit) {
-        (Some(good), Some(commit)) if good != commit => Decision::RollBack {
-            to: good.to_string(),
-        },
+    // Which commit to go back to is the pipeline's one decision.
+    let Some(commit) = s.commit else {
+        return keep("no rollback under --root or from a directory source");
+    };
+    let remembered = HostState {
+        last_healthy: s.last_healthy.map(str::to_string),
+        ..HostState::default()
+    };
+    let verdict = TipVerdict::Unhealthy(String::new());
+    match choose_commit(commit, &verdict, &remembered) {
+        CommitChoice::RollBack { to, .. } => Decision::RollBack { to },
         _ => keep("no earlier healthy commit to roll back to"),
     }
 }

@@ -1,12 +1,8 @@
-//! One run, as one pipeline: source → verify → render → observe → plan →
-//! apply → health → report.
-//!
-//! This module holds the decisions of the pipeline that are pure functions
-//! of typed inputs, so they are tested with plain values. The first is
-//! which commit a run applies: the branch tip, the last good commit (the tip
-//! does not render), nothing (the tip is refused), or the last healthy
-//! commit (the tip failed its health checks and was rolled back). Nothing
-//! else in trueup decides that.
+//! Which commit a run applies: the branch tip, the last good commit (the
+//! tip does not render), nothing (the tip is refused), or the last healthy
+//! commit (the tip failed its health checks and was rolled back). A pure
+//! function of typed inputs, tested with plain values; nothing else in
+//! trueup decides it (the health stage asks it too).
 
 use crate::state::HostState;
 

@@ -1,0 +1,216 @@
+//! The stages that turn one tree into changes on the machine: render →
+//! observe → plan → apply. Each returns a typed result; the first that
+//! fails stops the commit with a [`Stop`] and leaves the host untouched
+//! (nothing is changed before the plan is whole).
+
+use std::time::SystemTime;
+
+use tracing::{info, info_span, warn};
+
+use super::{Run, Stop};
+use crate::apply::{self, ApplyOptions, Outcome};
+use crate::desired::DesiredState;
+use crate::plan::{self, Plan};
+use crate::render_cache::{self, CacheKey, CachedState};
+use crate::report::Mode;
+use crate::resource::accounts;
+use crate::resource::command;
+use crate::resource::package;
+use crate::resource::service::systemctl::Systemctl;
+use crate::resource::user::ShadowUtils;
+use crate::resource::{Backends, Kind};
+use crate::source::Tree;
+use crate::spec;
+
+/// What converging one commit (or directory) came to.
+pub struct Converged {
+    /// Every resource's outcome, in sync ones included.
+    pub outcomes: Vec<Outcome>,
+    /// What the commit declares, when it was rendered (not when the render
+    /// cache said the host is in sync): the health stage needs its checks,
+    /// a rollback what the healthy commit declares.
+    pub desired: Option<DesiredState>,
+}
+
+/// What the render stage found.
+enum Rendered {
+    /// The same commit as a run before, and the host still matches its
+    /// cached digests: nothing to parse, render, observe or plan.
+    InSync(CachedState),
+    /// The desired state, and the cache entry to write once it is planned.
+    State(DesiredState, Option<CacheKey>),
+}
+
+impl Run<'_> {
+    /// Renders `tree` (the tree of `commit`, or a directory) and checks or
+    /// converges the machine.
+    pub(super) fn converge(
+        &self,
+        tree: &dyn Tree,
+        commit: Option<&str>,
+    ) -> Result<Converged, Stop> {
+        let span = info_span!("converge", commit = commit.unwrap_or(""));
+        let _guard = span.enter();
+        let (desired, cache_key) = match self.render(tree, commit)? {
+            Rendered::InSync(hit) => {
+                let outcomes = hit
+                    .files
+                    .iter()
+                    .map(|f| Outcome::in_sync(Kind::File, f.path.display().to_string()))
+                    .collect();
+                return Ok(Converged {
+                    outcomes,
+                    desired: None,
+                });
+            }
+            Rendered::State(desired, key) => (desired, key),
+        };
+        let opts = self.opts;
+        let settings = self.settings;
+        // A package backend is chosen only when packages are declared, so an
+        // unknown OS is an error only for a branch that needs one.
+        let package_backend = if desired.packages.is_empty() {
+            None
+        } else {
+            let os = &self.facts.os;
+            Some(
+                package::backend(
+                    &settings.package_settings(),
+                    &os.id,
+                    &os.id_like,
+                    &settings.root,
+                )
+                .map_err(|e| Stop::Invalid(vec![e]))?,
+            )
+        };
+        let systemctl = Systemctl::new(&settings.root);
+        let account_tools = ShadowUtils::new(&settings.root);
+        let backends = Backends {
+            packages: package_backend.as_deref(),
+            units: &systemctl,
+            accounts: &account_tools,
+            commands: command::Runner::for_root(&settings.root),
+        };
+        let plan = self.plan(&desired, &backends)?;
+        let outcomes = if opts.mode == Mode::Check || opts.dry_run {
+            apply::check(&plan)
+        } else {
+            self.apply(&plan, &desired, backends)
+        };
+        // The entry depends on the commit, facts and settings only, not on
+        // how the run went: written once per key.
+        if let Some(key) = cache_key {
+            match CachedState::of(key, &desired) {
+                Some(entry) => {
+                    if let Err(e) = entry.store(&settings.state_dir) {
+                        warn!(error = %e, "could not write the render cache");
+                    }
+                }
+                None => render_cache::clear(&settings.state_dir),
+            }
+        }
+        Ok(Converged {
+            outcomes,
+            desired: Some(desired),
+        })
+    }
+
+    /// Render: the cached state of the same commit when the host still
+    /// matches it, else the tree parsed and rendered with the facts and
+    /// the host's secrets, and held to `allowed_paths`.
+    fn render(&self, tree: &dyn Tree, commit: Option<&str>) -> Result<Rendered, Stop> {
+        let settings = self.settings;
+        let key =
+            commit.map(|c| CacheKey::new(c, self.facts, &settings.root, &settings.allowed_paths));
+        // A key to store is kept only when there was no valid entry.
+        let mut store = None;
+        if let Some(key) = key {
+            match CachedState::load(&settings.state_dir, &key) {
+                Ok(entry) if entry.in_sync(&settings.root) => {
+                    info!(
+                        files = entry.files.len(),
+                        "in sync with the cached rendered state of this commit"
+                    );
+                    return Ok(Rendered::InSync(entry));
+                }
+                Ok(_) => {}
+                Err(render_cache::CacheMiss::Missing) => store = Some(key),
+                Err(e) => {
+                    info!(reason = %e, "ignoring the render cache; rendering the commit");
+                    store = Some(key);
+                }
+            }
+        }
+        let desired = spec::load_with_secrets(tree, self.facts, &self.secrets).map_err(|errs| {
+            for e in &errs.0 {
+                warn!(file = %e.file, line = e.line, column = e.column, error = %e.message, "branch does not render");
+            }
+            Stop::Invalid(errs.0.iter().map(ToString::to_string).collect())
+        })?;
+        let outside = plan::outside_allowed_paths(&desired, &settings.allowed_paths);
+        if !outside.is_empty() {
+            for e in &outside {
+                warn!(resource = %e.resource, error = %e.message, "refused by allowed_paths");
+            }
+            return Err(Stop::Invalid(
+                outside.iter().map(ToString::to_string).collect(),
+            ));
+        }
+        Ok(Rendered::State(desired, store))
+    }
+
+    /// Observe and plan: what the machine has, against what is declared.
+    fn plan(&self, desired: &DesiredState, backends: &Backends) -> Result<Plan, Stop> {
+        let root = &self.settings.root;
+        let observed = crate::resource::observe::observe(root, desired, backends);
+        // The users and groups of the root, for owners: not the machine's
+        // when the root is elsewhere.
+        let accounts = accounts::for_root(root).map_err(Stop::Host)?;
+        plan::plan(desired, observed, accounts.as_ref())
+            .map_err(|errs| Stop::Invalid(errs.iter().map(ToString::to_string).collect()))
+    }
+
+    /// Apply: every step of the plan, parents first; `stop` is polled
+    /// between changes (the change in hand is finished, the rest skipped).
+    fn apply(&self, plan: &Plan, desired: &DesiredState, backends: Backends) -> Vec<Outcome> {
+        let backup_dir = self
+            .settings
+            .state_dir
+            .join("backup")
+            .join(backup_name(SystemTime::now()));
+        let stop = || self.control.should_stop();
+        let outcomes = apply::apply(
+            plan,
+            desired,
+            &ApplyOptions {
+                root: &self.settings.root,
+                backup_dir,
+                stop: &stop,
+                backends,
+            },
+        );
+        for o in outcomes
+            .iter()
+            .filter(|o| o.status != apply::Status::InSync)
+        {
+            info!(resource = %o.resource, kind = o.kind.as_str(), status = ?o.status, change = o.action.as_deref().unwrap_or(""), error = o.error.as_deref().unwrap_or(""), "resource");
+        }
+        outcomes
+    }
+}
+
+/// A name for one apply's backup directory: its time, sortable, and
+/// unique in the process (a rollback applies twice in one second, and the
+/// second must not overwrite what the first kept).
+fn backup_name(now: SystemTime) -> String {
+    static APPLIES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let ts: String = crate::report::rfc3339(now)
+        .chars()
+        .filter(|c| !matches!(c, '-' | ':'))
+        .collect();
+    let n = APPLIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    match n {
+        0 => format!("{ts}-{}", std::process::id()),
+        n => format!("{ts}-{}-{n}", std::process::id()),
+    }
+}
