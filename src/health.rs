@@ -967,7 +967,7 @@ impl Stage<'_> {
             .filter(|p| Some(&p.commit) == commit.as_ref());
         let resumed = pending.is_some();
         let pending_deadline = pending.as_ref().map(|p| p.deadline);
-        // New: not the commit applied before this run (the cycle records
+        // New: not the commit applied before this run (the pipeline records
         // this run's only after this stage), and not the last healthy one.
         // A commit kept in place unhealthy is not new on its next run.
         let new_commit = match &pending {
