@@ -88,7 +88,9 @@ pub fn set_progress(hook: Option<ProgressHook>) {
     }
 }
 
-fn progress() {
+/// Counts as progress of the run in hand (the agent's watchdog): called
+/// for a tool's output, and for bytes a Git transfer moved.
+pub fn progress() {
     let hook = PROGRESS.lock().ok().and_then(|h| h.clone());
     if let Some(hook) = hook {
         hook();

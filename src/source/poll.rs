@@ -74,12 +74,14 @@ pub fn poll_branch(
     // a helper from the environment.
     let connection = connection.with_credentials(move |action| credentials(&basic, action));
     let interrupt = AtomicBool::new(false);
-    let outcome = connection
-        .prepare_fetch(gix::progress::Discard, Default::default())
-        .map_err(|e| err("listing the branch", &e))?
-        .with_write_packed_refs_only(false)
-        .receive(gix::progress::Discard, &interrupt)
-        .map_err(|e| err("fetching", &e))?;
+    let outcome = with_progress(|progress| {
+        connection
+            .prepare_fetch(gix::progress::Discard, Default::default())
+            .map_err(|e| err("listing the branch", &e))?
+            .with_write_packed_refs_only(false)
+            .receive(progress, &interrupt)
+            .map_err(|e| err("fetching", &e))
+    })?;
     let protocol = outcome.handshake.server_protocol_version as u8;
     let Some(remote_tip) = outcome.ref_map.remote_refs.iter().find_map(|r| {
         let (name, target, _) = r.unpack();
@@ -94,6 +96,55 @@ pub fn poll_branch(
         fetched,
         protocol,
     })
+}
+
+/// How often the counters of a fetch in progress are looked at.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Runs `fetch` with a progress tree whose counters (objects and bytes
+/// received, written into `counter()`s deep inside gitoxide) a watcher
+/// thread reads while it runs: each time they moved, the run counts as
+/// progressing (`resource::tool::progress`, the agent's watchdog). A slow
+/// fetch that works is not taken as hung; one that moves nothing is.
+fn with_progress<T>(fetch: impl FnOnce(gix::progress::tree::Item) -> T) -> T {
+    let root: std::sync::Arc<gix::progress::tree::Root> =
+        gix::progress::tree::root::Options::default().into();
+    let item = root.add_child("fetch");
+    let done = AtomicBool::new(false);
+    let tick = crate::resource::tool::progress;
+    std::thread::scope(|s| {
+        let watcher = s.spawn(|| watch_counters(&root, &done, PROGRESS_EVERY, &tick));
+        let result = fetch(item);
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Not a moment longer than the fetch.
+        watcher.thread().unpark();
+        result
+    })
+}
+
+/// Until `done`, every `every`: calls `tick` if the sum of the tree's
+/// counters changed.
+fn watch_counters(
+    root: &gix::progress::tree::Root,
+    done: &AtomicBool,
+    every: std::time::Duration,
+    tick: &(dyn Fn() + Sync),
+) {
+    let mut snapshot = Vec::new();
+    let mut last = 0usize;
+    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+        std::thread::park_timeout(every);
+        root.sorted_snapshot(&mut snapshot);
+        let moved: usize = snapshot
+            .iter()
+            .filter_map(|(_, task)| task.progress.as_ref())
+            .map(|p| p.step.load(std::sync::atomic::Ordering::Relaxed))
+            .fold(0usize, usize::wrapping_add);
+        if moved != last {
+            last = moved;
+            tick();
+        }
+    }
 }
 
 /// An error and every cause under it, on one line.
@@ -210,6 +261,46 @@ pub fn ssh_command(auth: &Auth) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// A fetch whose counters move keeps ticking; one whose counters stand
+    /// still does not tick at all (the watchdog then sees it hung).
+    #[test]
+    fn the_watcher_ticks_only_while_the_counters_move() {
+        let root: std::sync::Arc<gix::progress::tree::Root> =
+            gix::progress::tree::root::Options::default().into();
+        let item = root.add_child("fetch");
+        // gitoxide sets up each of its counters (with a unit) before counting.
+        item.init(None, Some(gix::progress::unit::label("bytes")));
+        let ticks = AtomicUsize::new(0);
+        let tick = || {
+            ticks.fetch_add(1, Ordering::SeqCst);
+        };
+        let done = AtomicBool::new(false);
+        let every = Duration::from_millis(5);
+        let (still, moved, after) = std::thread::scope(|s| {
+            let watcher = s.spawn(|| watch_counters(&root, &done, every, &tick));
+            // Standing still: no tick however long it waits.
+            std::thread::sleep(every * 10);
+            let still = ticks.load(Ordering::SeqCst);
+            // Bytes arriving, as gitoxide counts them: a tick once seen.
+            item.inc_by(4096);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while ticks.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(every);
+            }
+            let moved = ticks.load(Ordering::SeqCst);
+            std::thread::sleep(every * 10);
+            let after = ticks.load(Ordering::SeqCst);
+            done.store(true, Ordering::SeqCst);
+            watcher.thread().unpark();
+            (still, moved, after)
+        });
+        assert_eq!(still, 0, "ticked while nothing moved");
+        assert!(moved > 0, "no tick after the counter moved");
+        assert_eq!(after, moved, "ticked again without moving");
+    }
 
     #[test]
     fn ssh_command_uses_only_the_agents_key_and_known_hosts() {

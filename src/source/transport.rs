@@ -162,6 +162,13 @@ impl Connector {
             };
             self.check_host_key(key)
         });
+        // Bytes moving count as progress for the agent's watchdog: a slow
+        // fetch or push that works is not taken as hung.
+        cb.transfer_progress(|_| {
+            crate::resource::tool::progress();
+            true
+        });
+        cb.push_transfer_progress(|_, _, _| crate::resource::tool::progress());
         cb
     }
 
