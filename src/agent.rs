@@ -242,8 +242,14 @@ fn outcome(result: &Result<RunReport>, failure: Option<&String>) -> RunOutcome {
     }
 }
 
-/// Whether a run's result counts as a failure for the backoff.
+/// Whether a run's result counts as a failure for the backoff, and why:
+/// an error that stopped the run, or resources that failed for a reason
+/// that passes (another apt held the dpkg lock, the mirror was down).
+/// A run whose resources all failed for good waits for the next interval
+/// like a success: retrying soon would fail them the same way.
 fn failed(result: &Result<RunReport>) -> Option<String> {
+    use crate::apply::Status;
+    use crate::error_class::ErrorClass;
     match result {
         Err(e) => Some(format!("{e:#}")),
         Ok(r) if r.status == RunStatus::Error => Some(
@@ -252,6 +258,24 @@ fn failed(result: &Result<RunReport>) -> Option<String> {
                 .cloned()
                 .unwrap_or_else(|| "the run failed".into()),
         ),
+        Ok(r) if r.status == RunStatus::Failed && r.error_class == Some(ErrorClass::Transient) => {
+            Some(
+                r.resources
+                    .iter()
+                    .find(|o| {
+                        o.status == Status::Failed && o.error_class == Some(ErrorClass::Transient)
+                    })
+                    .map(|o| {
+                        format!(
+                            "{} {}: {}",
+                            o.kind.as_str(),
+                            o.resource,
+                            o.error.as_deref().unwrap_or("failed")
+                        )
+                    })
+                    .unwrap_or_else(|| "a resource failed".into()),
+            )
+        }
         Ok(_) => None,
     }
 }

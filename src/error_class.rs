@@ -1,11 +1,14 @@
 //! Whether a failure is worth retrying soon, needs a person, or is a
 //! broken configuration, told by the backends' typed errors (source,
-//! trust, the process runner) so the agent can act on it: back off and
+//! trust, the process runner, and through it the package manager, systemd
+//! and the account tools: `resource::BackendError`) so the agent can act
+//! on it: back off and
 //! retry a transient failure, wait for the next interval after a
 //! permanent one (retrying soon cannot help; a push or an operator
 //! must), and exit 78 (EX_CONFIG, which systemd does not restart) on a
 //! configuration that cannot work.
 
+use crate::resource::package::dpkg;
 use crate::resource::tool::ToolError;
 use crate::source::transport::SourceError;
 use crate::source::trust::TrustError;
@@ -74,21 +77,39 @@ impl Classify for TrustError {
 impl Classify for ToolError {
     fn class(&self) -> ErrorClass {
         match self {
-            ToolError::Spawn { source, .. } => match source.kind() {
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
-                    ErrorClass::Permanent
-                }
-                _ => ErrorClass::Transient,
-            },
+            ToolError::Spawn { source, .. } => io_class(source),
             ToolError::TimedOut { .. } => ErrorClass::Transient,
             ToolError::Failed { output, .. } => classify_tool_output(output),
         }
     }
 }
 
-/// A failing package manager's own words, classified: another apt, dpkg
-/// or dnf holding its lock, or the network, are transient; anything else
-/// (an unknown package, a pin nothing matches, a held package) fails the
+impl Classify for dpkg::ReadError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            dpkg::ReadError::Io { source, .. } => io_class(source),
+            // dpkg replaces the file by a rename, so a reader never sees
+            // half of it: text it cannot parse stays so.
+            dpkg::ReadError::Parse { .. } => ErrorClass::Permanent,
+        }
+    }
+}
+
+/// A file or program that is not there, or not ours to use, stays so;
+/// other I/O failures (out of descriptors, interrupted) may pass.
+fn io_class(e: &std::io::Error) -> ErrorClass {
+    match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+            ErrorClass::Permanent
+        }
+        _ => ErrorClass::Transient,
+    }
+}
+
+/// A failing tool's own words, classified: another apt, dpkg or dnf
+/// holding its lock, another useradd holding `/etc/passwd`'s, or the
+/// network, are transient; anything else (an unknown package, a pin
+/// nothing matches, a held package, a unit that fails to start) fails the
 /// same way next time.
 pub fn classify_tool_output(output: &str) -> ErrorClass {
     const TRANSIENT: &[&str] = &[
@@ -109,6 +130,9 @@ pub fn classify_tool_output(output: &str) -> ErrorClass {
         "cannot download repomd.xml",
         "curl error",
         "failed to download metadata",
+        // shadow-utils (useradd, groupadd, …) when another holds the lock
+        // on /etc/passwd, /etc/group or their shadows.
+        "try again later",
     ];
     let lower = output.to_ascii_lowercase();
     if TRANSIENT.iter().any(|t| lower.contains(t)) {

@@ -58,11 +58,13 @@ pub enum Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunOutcome {
     Succeeded,
-    /// Worth retrying soon (a fetch failed, a lock was held): back off.
+    /// Worth retrying soon (a fetch failed, a lock was held, a package
+    /// install failed because another apt held the dpkg lock): back off.
     Failed,
     /// Failed in a way retrying soon cannot mend (a missing branch, a
     /// refused key): the next try comes at the interval, like after a
-    /// success, and any backoff ends.
+    /// success, and any backoff ends. (A run whose resources all failed
+    /// for good, a package no source has, finished: `Succeeded`.)
     Blocked,
     /// The configuration cannot work: exit 78 so systemd stops restarting.
     Misconfigured,

@@ -38,6 +38,8 @@ use super::{
     BackendKind, InstalledPackage, PackageAction, PackageBackend, PackageChange, dpkg,
     is_host_root, under_root, verify, version_matches,
 };
+use crate::error_class::{Classify, ErrorClass};
+use crate::resource::BackendError;
 use crate::resource::tool;
 
 /// How long apt-get waits for another apt or dpkg (unattended-upgrades) to
@@ -63,16 +65,14 @@ impl Apt {
     }
 
     /// `apt-cache madison` for `names`: the versions each source offers.
-    fn madison(&self, names: &[&str]) -> Result<BTreeMap<String, Vec<String>>, String> {
-        let out = tool::run(Command::new("apt-cache").arg("madison").args(names))
-            .map_err(|e| tool::chain(&e))?;
+    fn madison(&self, names: &[&str]) -> Result<BTreeMap<String, Vec<String>>, BackendError> {
+        let out = tool::run(Command::new("apt-cache").arg("madison").args(names))?;
         Ok(parse_madison(&String::from_utf8_lossy(&out.stdout)))
     }
 
-    fn update(&self) -> Result<(), String> {
-        tool::run(apt_get().args(["update", "-q"]))
-            .map(|_| ())
-            .map_err(|e| tool::chain(&e))
+    fn update(&self) -> Result<(), BackendError> {
+        tool::run(apt_get().args(["update", "-q"]))?;
+        Ok(())
     }
 
     fn lists_stale(&self) -> bool {
@@ -100,11 +100,12 @@ impl PackageBackend for Apt {
         BackendKind::Apt
     }
 
-    fn installed(&self) -> Result<Vec<InstalledPackage>, String> {
-        dpkg::read_status(&self.status_path()).map_err(|e| tool::chain(&e))
+    fn installed(&self) -> Result<Vec<InstalledPackage>, BackendError> {
+        dpkg::read_status(&self.status_path())
+            .map_err(|e| BackendError::new(tool::chain(&e), e.class()))
     }
 
-    fn change(&self, changes: &[PackageChange]) -> Vec<Result<(), String>> {
+    fn change(&self, changes: &[PackageChange]) -> Vec<Result<(), BackendError>> {
         if !is_host_root(&self.root) {
             let why = format!(
                 "apt has no install root: trueup does not install or remove packages \
@@ -112,9 +113,12 @@ impl PackageBackend for Apt {
                 self.root.display(),
                 self.status_path().display()
             );
-            return changes.iter().map(|_| Err(why.clone())).collect();
+            return changes
+                .iter()
+                .map(|_| Err(BackendError::permanent(why.clone())))
+                .collect();
         }
-        let mut earlier: Vec<Option<Result<(), String>>> = vec![None; changes.len()];
+        let mut earlier: Vec<Option<Result<(), BackendError>>> = vec![None; changes.len()];
         let installs: Vec<&str> = changes
             .iter()
             .filter(|c| matches!(c.action, PackageAction::Install { .. }))
@@ -122,6 +126,10 @@ impl PackageBackend for Apt {
             .collect();
         let mut offered = BTreeMap::new();
         let mut update_note = String::new();
+        // A package the lists do not have, after an update that failed
+        // for a reason that passes (the mirror unreachable), may be found
+        // once it passes.
+        let mut unresolved_class = ErrorClass::Permanent;
         if !installs.is_empty() {
             let first = self.madison(&installs);
             let unresolved = match &first {
@@ -137,7 +145,10 @@ impl PackageBackend for Apt {
             if unresolved || self.lists_stale() {
                 match self.update() {
                     Ok(()) => update_note = " (after apt-get update)".into(),
-                    Err(e) => update_note = format!(" (apt-get update failed: {e})"),
+                    Err(e) => {
+                        update_note = format!(" (apt-get update failed: {e})");
+                        unresolved_class = e.class;
+                    }
                 }
                 match self.madison(&installs) {
                     Ok(o) => offered = o,
@@ -161,7 +172,12 @@ impl PackageBackend for Apt {
                 PackageAction::Install { version } => {
                     match resolve(&c.name, version.as_deref(), &offered) {
                         Ok(arg) => args.push(arg),
-                        Err(e) => earlier[i] = Some(Err(format!("{e}{update_note}"))),
+                        Err(e) => {
+                            earlier[i] = Some(Err(BackendError::new(
+                                format!("{e}{update_note}"),
+                                unresolved_class,
+                            )))
+                        }
                     }
                 }
             }
@@ -171,9 +187,9 @@ impl PackageBackend for Apt {
         } else {
             tool::run(apt_get().args(install_args(&args)))
                 .err()
-                .map(|e| tool::chain(&e))
+                .map(BackendError::from)
         };
-        verify(changes, earlier, tool_error.as_deref(), self.installed())
+        verify(changes, earlier, tool_error.as_ref(), self.installed())
     }
 }
 
@@ -352,6 +368,7 @@ mod tests {
             action: PackageAction::Install { version: None },
         }]);
         let err = r[0].as_ref().unwrap_err();
-        assert!(err.contains("--root /tmp/some-root"), "{err}");
+        assert!(err.message.contains("--root /tmp/some-root"), "{err}");
+        assert_eq!(err.class, ErrorClass::Permanent);
     }
 }
