@@ -1201,6 +1201,90 @@ mod tests {
         assert!(!h.units.calls().iter().any(|c| c.contains("start")));
     }
 
+    /// A package that could not be installed because another apt held
+    /// the dpkg lock fails with apt's words and a transient class; one no
+    /// source has fails permanent. The run's report calls for a retry
+    /// soon when any failure is transient, and not when all are permanent.
+    #[test]
+    fn a_held_dpkg_lock_fails_its_package_and_the_run_transiently() {
+        use crate::error_class::ErrorClass;
+        use crate::report::{Mode, RunReport, RunStatus, SourceInfo};
+        let lock = "E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by \
+                    process 4711 (unattended-upgr)";
+        let missing = "E: Unable to locate package tool";
+        let mut packages = FakePackages::default();
+        packages.refused.insert("app".into(), lock.into());
+        packages.refused.insert("tool".into(), missing.into());
+        let h = Host::new(packages, FakeUnits::new(&[]));
+        let out = h.apply(&app_state());
+        let r = by_resource(&out);
+        let class = |name: &str| {
+            out.iter()
+                .find(|o| o.resource == name)
+                .map(|o| (o.status, o.error_class))
+        };
+        assert_eq!(r["package app"].2.as_deref(), Some(lock));
+        assert_eq!(
+            class("app"),
+            Some((Status::Failed, Some(ErrorClass::Transient)))
+        );
+        assert_eq!(
+            class("tool"),
+            Some((Status::Failed, Some(ErrorClass::Permanent)))
+        );
+        assert_eq!(class("app.service"), Some((Status::Skipped, None)));
+        let report = |outcomes: Vec<Outcome>| {
+            RunReport::from_outcomes(
+                "h",
+                Mode::Apply,
+                false,
+                std::time::SystemTime::now(),
+                SourceInfo::default(),
+                outcomes,
+            )
+        };
+        let run = report(out.clone());
+        assert_eq!(
+            (run.status, run.error_class),
+            (RunStatus::Failed, Some(ErrorClass::Transient))
+        );
+        // The class is for the agent alone: the report's JSON is as before.
+        let json = serde_json::to_string(&run).unwrap();
+        assert!(!json.contains("class"), "{json}");
+        let permanent: Vec<Outcome> = out.into_iter().filter(|o| o.resource != "app").collect();
+        let run = report(permanent);
+        assert_eq!(
+            (run.status, run.error_class),
+            (RunStatus::Failed, Some(ErrorClass::Permanent))
+        );
+    }
+
+    #[test]
+    fn a_restart_that_times_out_fails_its_service_transiently() {
+        use crate::error_class::ErrorClass;
+        let mut units = FakeUnits::new(&[("app.service", true, true)]);
+        units.restart_error = Some(crate::resource::BackendError::from(
+            crate::resource::tool::ToolError::TimedOut {
+                command: "systemctl try-restart -- app.service".into(),
+                after: std::time::Duration::from_secs(300),
+                output: "(no output)".into(),
+            },
+        ));
+        let h = Host::new(
+            FakePackages::with(&[("app", "1.0"), ("tool", "1.0")]),
+            units,
+        );
+        let out = h.apply(&app_state());
+        let service = out.iter().find(|o| o.resource == "app.service").unwrap();
+        assert_eq!(service.status, Status::Failed);
+        let error = service.error.as_deref().unwrap();
+        assert!(
+            error.starts_with("restart after a change it is notified of: `systemctl try-restart"),
+            "{error}"
+        );
+        assert_eq!(service.error_class, Some(ErrorClass::Transient));
+    }
+
     #[test]
     fn unit_file_change_reloads_systemd_before_services() {
         let h = Host::new(

@@ -179,6 +179,64 @@ mod tests {
         }
     }
 
+    /// What a backend returns: the tool's message as it was, and its class.
+    #[test]
+    fn backend_errors_keep_the_message_and_take_the_class() {
+        use crate::resource::BackendError;
+        let lock = failed(
+            "E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by process 4711 (unattended-upgr)",
+        );
+        let message = crate::resource::tool::chain(&lock);
+        let e = BackendError::from(lock);
+        assert_eq!(e.message, message);
+        assert_eq!(e.to_string(), message);
+        assert_eq!(e.class(), ErrorClass::Transient);
+        let missing = BackendError::from(failed("E: Unable to locate package trueup-nosuch"));
+        assert_eq!(missing.class(), ErrorClass::Permanent);
+        // Context goes in front of the message; the class stays.
+        let e = e.context("systemctl daemon-reload");
+        assert!(e.message.starts_with("systemctl daemon-reload: `apt-get"));
+        assert_eq!(e.class, ErrorClass::Transient);
+    }
+
+    #[test]
+    fn a_held_account_database_lock_is_transient() {
+        // shadow-utils 4.13 (Debian 12) when another useradd holds the lock.
+        for words in [
+            "useradd: cannot lock /etc/passwd; try again later.",
+            "groupadd: cannot lock /etc/group; try again later.",
+        ] {
+            assert_eq!(failed(words).class(), ErrorClass::Transient, "{words}");
+        }
+        let exists = failed("useradd: user 'app' already exists");
+        assert_eq!(exists.class(), ErrorClass::Permanent);
+    }
+
+    #[test]
+    fn a_dpkg_status_that_does_not_parse_or_is_missing_is_permanent() {
+        let path = std::path::PathBuf::from("/var/lib/dpkg/status");
+        let io = |kind| dpkg::ReadError::Io {
+            path: path.clone(),
+            source: std::io::Error::from(kind),
+        };
+        assert_eq!(
+            io(std::io::ErrorKind::NotFound).class(),
+            ErrorClass::Permanent
+        );
+        assert_eq!(
+            io(std::io::ErrorKind::Interrupted).class(),
+            ErrorClass::Transient
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let status = dir.path().join("status");
+        std::fs::write(&status, "not a field\n").unwrap();
+        let parse = dpkg::read_status(&status).unwrap_err();
+        assert!(matches!(parse, dpkg::ReadError::Parse { .. }), "{parse}");
+        assert_eq!(parse.class(), ErrorClass::Permanent);
+        let missing = dpkg::read_status(&dir.path().join("nope")).unwrap_err();
+        assert_eq!(missing.class(), ErrorClass::Permanent);
+    }
+
     #[test]
     fn a_hung_tool_is_transient_and_a_missing_one_permanent() {
         let hung = ToolError::TimedOut {

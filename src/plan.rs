@@ -882,6 +882,39 @@ mod tests {
     }
 
     #[test]
+    fn a_backend_observation_error_keeps_its_class_on_the_steps() {
+        use crate::desired::PackageSpec;
+        let mut d = DesiredState::default();
+        let pkg = PackageSpec {
+            present: true,
+            version: None,
+        };
+        d.packages.insert("a".into(), pkg.clone());
+        d.packages.insert("b".into(), pkg);
+        let obs = Observations {
+            packages: Some(Err(BackendError::new(
+                "reading dpkg status /var/lib/dpkg/status: Too many open files",
+                ErrorClass::Transient,
+            ))),
+            ..Observations::default()
+        };
+        let p = plan(&d, obs, &FakeAccounts).unwrap();
+        for step in &p.steps {
+            assert_eq!(
+                step.error.as_deref(),
+                Some(
+                    "reading the installed packages: reading dpkg status \
+                     /var/lib/dpkg/status: Too many open files"
+                )
+            );
+            assert_eq!(step.error_class, Some(ErrorClass::Transient));
+        }
+        assert_eq!(p.steps.len(), 2);
+        let checked = crate::apply::check(&p);
+        assert_eq!(checked[0].error_class, Some(ErrorClass::Transient));
+    }
+
+    #[test]
     fn observation_error_is_kept_on_the_step() {
         let mut d = DesiredState::default();
         d.files.insert("/a".into(), file_spec("x"));

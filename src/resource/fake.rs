@@ -95,6 +95,8 @@ pub struct FakeUnits {
     pub runtime: bool,
     /// Units whose start fails.
     pub failing: HashSet<String>,
+    /// What every restart fails with, when set.
+    pub restart_error: Option<BackendError>,
     /// Every call, as "verb unit" ("daemon-reload" alone).
     pub calls: RefCell<Vec<String>>,
 }
@@ -110,6 +112,7 @@ impl FakeUnits {
             )),
             runtime: true,
             failing: HashSet::new(),
+            restart_error: None,
             calls: RefCell::new(vec![]),
         }
     }
@@ -190,7 +193,10 @@ impl UnitControl for FakeUnits {
     fn restart(&self, unit: &str, reload: bool) -> Result<(), BackendError> {
         let verb = if reload { "reload" } else { "try-restart" };
         self.calls.borrow_mut().push(format!("{verb} {unit}"));
-        Ok(())
+        match &self.restart_error {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
     }
 }
 
