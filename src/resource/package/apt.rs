@@ -125,11 +125,7 @@ impl PackageBackend for Apt {
             .map(|c| c.name.as_str())
             .collect();
         let mut offered = BTreeMap::new();
-        let mut update_note = String::new();
-        // A package the lists do not have, after an update that failed
-        // for a reason that passes (the mirror unreachable), may be found
-        // once it passes.
-        let mut unresolved_class = ErrorClass::Permanent;
+        let mut updated = None;
         if !installs.is_empty() {
             let first = self.madison(&installs);
             let unresolved = match &first {
@@ -143,13 +139,7 @@ impl PackageBackend for Apt {
             };
             offered = first.unwrap_or_default();
             if unresolved || self.lists_stale() {
-                match self.update() {
-                    Ok(()) => update_note = " (after apt-get update)".into(),
-                    Err(e) => {
-                        update_note = format!(" (apt-get update failed: {e})");
-                        unresolved_class = e.class;
-                    }
-                }
+                updated = Some(self.update());
                 match self.madison(&installs) {
                     Ok(o) => offered = o,
                     Err(e) => {
@@ -172,12 +162,7 @@ impl PackageBackend for Apt {
                 PackageAction::Install { version } => {
                     match resolve(&c.name, version.as_deref(), &offered) {
                         Ok(arg) => args.push(arg),
-                        Err(e) => {
-                            earlier[i] = Some(Err(BackendError::new(
-                                format!("{e}{update_note}"),
-                                unresolved_class,
-                            )))
-                        }
+                        Err(e) => earlier[i] = Some(Err(unresolved(&e, updated.as_ref()))),
                     }
                 }
             }
@@ -190,6 +175,24 @@ impl PackageBackend for Apt {
                 .map(BackendError::from)
         };
         verify(changes, earlier, tool_error.as_ref(), self.installed())
+    }
+}
+
+/// A package (or pin) the apt sources do not offer, and how the
+/// `apt-get update` before went, if one ran: permanent, unless that update
+/// failed for a reason that passes (the mirror unreachable), when the
+/// lists may only lack it until the next update.
+pub fn unresolved(error: &str, update: Option<&Result<(), BackendError>>) -> BackendError {
+    match update {
+        None => BackendError::permanent(error),
+        Some(Ok(())) => BackendError::permanent(format!("{error} (after apt-get update)")),
+        Some(Err(e)) => BackendError::new(
+            format!("{error} (apt-get update failed: {e})"),
+            match e.class {
+                ErrorClass::Transient => ErrorClass::Transient,
+                _ => ErrorClass::Permanent,
+            },
+        ),
     }
 }
 
@@ -357,6 +360,42 @@ mod tests {
         assert!(
             age >= Duration::from_secs(3590) && age <= Duration::from_secs(3700),
             "{age:?}"
+        );
+    }
+
+    #[test]
+    fn a_package_missing_after_an_update_that_could_not_reach_the_mirror_is_transient() {
+        let missing = "package hello is not in any apt source";
+        let e = unresolved(missing, None);
+        assert_eq!(
+            (e.message.as_str(), e.class),
+            (missing, ErrorClass::Permanent)
+        );
+        let e = unresolved(missing, Some(&Ok(())));
+        assert_eq!(
+            (e.message.as_str(), e.class),
+            (
+                "package hello is not in any apt source (after apt-get update)",
+                ErrorClass::Permanent
+            )
+        );
+        let offline = BackendError::from(tool::ToolError::Failed {
+            command: "apt-get update -q".into(),
+            status: "exit status 100".into(),
+            output: "W: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease  \
+                     Temporary failure resolving 'deb.debian.org'"
+                .into(),
+        });
+        let e = unresolved(missing, Some(&Err(offline.clone())));
+        assert_eq!(
+            e.message,
+            format!("package hello is not in any apt source (apt-get update failed: {offline})")
+        );
+        assert_eq!(e.class, ErrorClass::Transient);
+        let broken = BackendError::permanent("E: Malformed entry 1 in list file");
+        assert_eq!(
+            unresolved(missing, Some(&Err(broken))).class,
+            ErrorClass::Permanent
         );
     }
 
