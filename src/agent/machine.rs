@@ -57,14 +57,16 @@ pub enum Event {
 /// `crate::error_class::ErrorClass`, decides among the failures).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunOutcome {
+    /// The run ended: its resources converged, or those that failed did so
+    /// for good (a package no source has), which a retry soon would not
+    /// mend either; the next run comes at the interval.
     Succeeded,
     /// Worth retrying soon (a fetch failed, a lock was held, a package
     /// install failed because another apt held the dpkg lock): back off.
     Failed,
     /// Failed in a way retrying soon cannot mend (a missing branch, a
     /// refused key): the next try comes at the interval, like after a
-    /// success, and any backoff ends. (A run whose resources all failed
-    /// for good, a package no source has, finished: `Succeeded`.)
+    /// success, and any backoff ends.
     Blocked,
     /// The configuration cannot work: exit 78 so systemd stops restarting.
     Misconfigured,
