@@ -242,8 +242,14 @@ fn outcome(result: &Result<RunReport>, failure: Option<&String>) -> RunOutcome {
     }
 }
 
-/// Whether a run's result counts as a failure for the backoff.
+/// Whether a run's result counts as a failure for the backoff, and why:
+/// an error that stopped the run, or resources that failed for a reason
+/// that passes (another apt held the dpkg lock, the mirror was down).
+/// A run whose resources all failed for good waits for the next interval
+/// like a success: retrying soon would fail them the same way.
 fn failed(result: &Result<RunReport>) -> Option<String> {
+    use crate::apply::Status;
+    use crate::error_class::ErrorClass;
     match result {
         Err(e) => Some(format!("{e:#}")),
         Ok(r) if r.status == RunStatus::Error => Some(
@@ -252,6 +258,24 @@ fn failed(result: &Result<RunReport>) -> Option<String> {
                 .cloned()
                 .unwrap_or_else(|| "the run failed".into()),
         ),
+        Ok(r) if r.status == RunStatus::Failed && r.error_class == Some(ErrorClass::Transient) => {
+            Some(
+                r.resources
+                    .iter()
+                    .find(|o| {
+                        o.status == Status::Failed && o.error_class == Some(ErrorClass::Transient)
+                    })
+                    .map(|o| {
+                        format!(
+                            "{} {}: {}",
+                            o.kind.as_str(),
+                            o.resource,
+                            o.error.as_deref().unwrap_or("failed")
+                        )
+                    })
+                    .unwrap_or_else(|| "a resource failed".into()),
+            )
+        }
         Ok(_) => None,
     }
 }
@@ -559,6 +583,67 @@ mod tests {
         // Code runs on after it: its pages come back from the page cache.
         let v: serde_json::Value = serde_json::from_str("{\"b\": [4, 5]}").unwrap();
         assert_eq!(v["b"][1], 5);
+    }
+
+    /// How the agent reads a finished run: a resource that failed because
+    /// another apt held the dpkg lock backs off and retries soon; resources
+    /// that all failed for good wait for the interval, as after a success.
+    #[test]
+    fn a_failed_run_backs_off_when_a_resource_failure_is_transient() {
+        use crate::apply::{Outcome, Status};
+        use crate::error_class::ErrorClass;
+        use crate::report::{Mode, SourceInfo};
+        use crate::resource::Kind;
+        let lock = "`apt-get install -y hello` failed (exit status 100): E: Could not get \
+                    lock /var/lib/dpkg/lock-frontend. It is held by process 4711";
+        let run_with = |class| {
+            let mut hello = Outcome::in_sync(Kind::Package, "hello".into());
+            hello.status = Status::Failed;
+            hello.error = Some(lock.into());
+            hello.error_class = Some(class);
+            let mut curl = Outcome::in_sync(Kind::Package, "curl".into());
+            curl.status = Status::Failed;
+            curl.error = Some("package curl is not in any apt source".into());
+            curl.error_class = Some(ErrorClass::Permanent);
+            Ok(RunReport::from_outcomes(
+                "h",
+                Mode::Apply,
+                false,
+                SystemTime::now(),
+                SourceInfo::default(),
+                vec![curl, hello],
+            ))
+        };
+        let s = machine::Schedule {
+            interval: Duration::from_secs(300),
+            splay: Duration::ZERO,
+            splay_offset: Duration::ZERO,
+            first_backoff: FIRST_BACKOFF,
+            jitter: 0.0,
+        };
+        let running = machine::Machine {
+            state: machine::State::Running { again: false },
+            backoff: None,
+            first: false,
+        };
+
+        let transient = run_with(ErrorClass::Transient);
+        let why = failed(&transient);
+        assert_eq!(why, Some(format!("package hello: {lock}")));
+        let o = outcome(&transient, why.as_ref());
+        assert_eq!(o, RunOutcome::Failed);
+        let (m, a) = machine::transition(running, Event::Finished(o), &s);
+        assert_eq!(a, Action::Wait(FIRST_BACKOFF));
+        assert_eq!(m.backoff, Some(FIRST_BACKOFF));
+
+        let permanent = run_with(ErrorClass::Permanent);
+        let why = failed(&permanent);
+        assert_eq!(why, None);
+        let o = outcome(&permanent, why.as_ref());
+        assert_eq!(o, RunOutcome::Succeeded);
+        let (m, a) = machine::transition(running, Event::Finished(o), &s);
+        assert_eq!(a, Action::WaitFromStart(s.interval));
+        assert_eq!(m.backoff, None);
     }
 
     #[test]

@@ -18,13 +18,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::desired::DesiredState;
+use crate::error_class::ErrorClass;
 use crate::plan::{Action, Plan, Step};
 use crate::resource::accounts::WantedMeta;
 use crate::resource::command::CommandRun;
 use crate::resource::node::{self, NodeAction, Previous};
 use crate::resource::package::PackageChange;
 use crate::resource::user;
-use crate::resource::{Backends, Drift, Kind, ResourceId};
+use crate::resource::{BackendError, Backends, Drift, Kind, ResourceId};
 use crate::safe_fs;
 
 /// How one resource ended up.
@@ -56,6 +57,11 @@ pub struct Outcome {
     /// status and the tail of its output. Never for a `secret` command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<CommandRun>,
+    /// What `error` calls for, when a backend said (another apt holding
+    /// the dpkg lock: retry soon); for the agent's schedule, through
+    /// `RunReport::error_class`, not part of the report's JSON.
+    #[serde(skip)]
+    pub error_class: Option<ErrorClass>,
 }
 
 impl Outcome {
@@ -69,6 +75,7 @@ impl Outcome {
             action: None,
             error: None,
             run: None,
+            error_class: None,
         }
     }
 
@@ -81,7 +88,22 @@ impl Outcome {
             action: step.action.as_ref().map(Action::describe),
             error: step.error.clone(),
             run: None,
+            error_class: step.error_class,
         }
+    }
+
+    /// Marks the outcome failed by `e` (its error added to any it has),
+    /// transient when any of its failures is.
+    fn fail(&mut self, e: &BackendError) {
+        self.status = Status::Failed;
+        self.error = Some(match self.error.take() {
+            Some(prev) => format!("{prev}; {}", e.message),
+            None => e.message.clone(),
+        });
+        self.error_class = match self.error_class {
+            Some(ErrorClass::Transient) => Some(ErrorClass::Transient),
+            _ => Some(e.class),
+        };
     }
 }
 
@@ -257,7 +279,7 @@ pub fn apply(plan: &Plan, desired: &DesiredState, opts: &ApplyOptions) -> Vec<Ou
         }
         let mut o = Outcome::new(step, Status::Changed);
         let result = match action {
-            Action::Command => run_command(step, desired, opts, &mut o),
+            Action::Command => run_command(step, desired, opts, &mut o).map_err(BackendError::from),
             _ => run_action(step, action, desired, opts, &mut packages),
         };
         match result {
@@ -266,8 +288,7 @@ pub fn apply(plan: &Plan, desired: &DesiredState, opts: &ApplyOptions) -> Vec<Ou
             }
             Err(e) => {
                 broken.insert(&step.resource);
-                o.status = Status::Failed;
-                o.error = Some(e);
+                o.fail(&e);
             }
         }
         out.push(o);
@@ -405,27 +426,27 @@ fn run_action(
     desired: &DesiredState,
     opts: &ApplyOptions,
     packages: &mut PackageBatch,
-) -> Result<(), String> {
+) -> Result<(), BackendError> {
     let units = opts.backends.units;
     match action {
-        Action::Node(a) => apply_node(&step.resource, a, desired, opts),
+        Action::Node(a) => Ok(apply_node(&step.resource, a, desired, opts)?),
         Action::Package(_) => packages.result(&step.resource.name, opts),
         Action::Service(a) => units.converge(&step.resource.name, a),
         Action::DaemonReload => units
             .daemon_reload()
-            .map_err(|e| format!("systemctl daemon-reload: {e}")),
+            .map_err(|e| e.context("systemctl daemon-reload")),
         Action::Restart { reload } => units.restart(&step.resource.name, *reload).map_err(|e| {
-            format!(
-                "{} after a change it is notified of: {e}",
+            e.context(format_args!(
+                "{} after a change it is notified of",
                 action.describe()
-            )
+            ))
         }),
         Action::Group(g) => {
             let (tool, args) = g.args(&step.resource.name);
             opts.backends.accounts.run_tool(tool, &args)
         }
         Action::User(u) => apply_user(&step.resource.name, u, desired, opts),
-        Action::Deferred => apply_deferred(&step.resource, desired, opts),
+        Action::Deferred => Ok(apply_deferred(&step.resource, desired, opts)?),
         Action::Command => Err("a command runs through run_command".into()),
     }
 }
@@ -497,7 +518,7 @@ fn apply_user(
     action: &user::UserAction,
     desired: &DesiredState,
     opts: &ApplyOptions,
-) -> Result<(), String> {
+) -> Result<(), BackendError> {
     let accounts = opts.backends.accounts;
     if let Some((tool, args)) = action.tool(name) {
         accounts.run_tool(tool, &args)?;
@@ -533,7 +554,8 @@ fn apply_user(
                     "{} is a {}, not a directory",
                     ssh_dir.display(),
                     other.describe()
-                ));
+                )
+                .into());
             }
         };
     node::execute(opts.root, ssh_dir, &dir_action)?;
@@ -550,7 +572,7 @@ fn apply_user(
         mode: user::KEYS_MODE,
         previous,
     };
-    node::execute(opts.root, &keys_path, &write)
+    Ok(node::execute(opts.root, &keys_path, &write)?)
 }
 
 /// A node whose owner or group was pending at planning: names are looked
@@ -602,7 +624,7 @@ fn apply_deferred(
 /// when the first package step runs.
 struct PackageBatch {
     changes: Vec<PackageChange>,
-    results: Option<BTreeMap<String, Result<(), String>>>,
+    results: Option<BTreeMap<String, Result<(), BackendError>>>,
 }
 
 impl PackageBatch {
@@ -629,13 +651,13 @@ impl PackageBatch {
         self.results.is_some()
     }
 
-    fn result(&mut self, name: &str, opts: &ApplyOptions) -> Result<(), String> {
+    fn result(&mut self, name: &str, opts: &ApplyOptions) -> Result<(), BackendError> {
         let changes = &self.changes;
         self.results
             .get_or_insert_with(|| {
                 let results = match opts.backends.packages {
                     Some(b) => b.change(changes),
-                    None => vec![Err("no package backend".to_string()); changes.len()],
+                    None => vec![Err(BackendError::permanent("no package backend")); changes.len()],
                 };
                 changes
                     .iter()
@@ -651,7 +673,7 @@ impl PackageBatch {
 /// How a follow-up went.
 enum FollowUp {
     Done,
-    Failed(String),
+    Failed(BackendError),
     Skipped(String),
 }
 
@@ -707,10 +729,7 @@ fn fold_follow_up(
                     o.status = Status::Changed;
                 }
             }
-            FollowUp::Failed(e) => {
-                add_error(e.clone());
-                o.status = Status::Failed;
-            }
+            FollowUp::Failed(e) => o.fail(e),
             FollowUp::Skipped(why) => {
                 add_error(format!("{verb} not done: {why}"));
                 if o.status != Status::Failed {
@@ -1180,6 +1199,90 @@ mod tests {
             Some("skipped because package app failed")
         );
         assert!(!h.units.calls().iter().any(|c| c.contains("start")));
+    }
+
+    /// A package that could not be installed because another apt held
+    /// the dpkg lock fails with apt's words and a transient class; one no
+    /// source has fails permanent. The run's report calls for a retry
+    /// soon when any failure is transient, and not when all are permanent.
+    #[test]
+    fn a_held_dpkg_lock_fails_its_package_and_the_run_transiently() {
+        use crate::error_class::ErrorClass;
+        use crate::report::{Mode, RunReport, RunStatus, SourceInfo};
+        let lock = "E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by \
+                    process 4711 (unattended-upgr)";
+        let missing = "E: Unable to locate package tool";
+        let mut packages = FakePackages::default();
+        packages.refused.insert("app".into(), lock.into());
+        packages.refused.insert("tool".into(), missing.into());
+        let h = Host::new(packages, FakeUnits::new(&[]));
+        let out = h.apply(&app_state());
+        let r = by_resource(&out);
+        let class = |name: &str| {
+            out.iter()
+                .find(|o| o.resource == name)
+                .map(|o| (o.status, o.error_class))
+        };
+        assert_eq!(r["package app"].2.as_deref(), Some(lock));
+        assert_eq!(
+            class("app"),
+            Some((Status::Failed, Some(ErrorClass::Transient)))
+        );
+        assert_eq!(
+            class("tool"),
+            Some((Status::Failed, Some(ErrorClass::Permanent)))
+        );
+        assert_eq!(class("app.service"), Some((Status::Skipped, None)));
+        let report = |outcomes: Vec<Outcome>| {
+            RunReport::from_outcomes(
+                "h",
+                Mode::Apply,
+                false,
+                std::time::SystemTime::now(),
+                SourceInfo::default(),
+                outcomes,
+            )
+        };
+        let run = report(out.clone());
+        assert_eq!(
+            (run.status, run.error_class),
+            (RunStatus::Failed, Some(ErrorClass::Transient))
+        );
+        // The class is for the agent alone: the report's JSON is as before.
+        let json = serde_json::to_string(&run).unwrap();
+        assert!(!json.contains("class"), "{json}");
+        let permanent: Vec<Outcome> = out.into_iter().filter(|o| o.resource != "app").collect();
+        let run = report(permanent);
+        assert_eq!(
+            (run.status, run.error_class),
+            (RunStatus::Failed, Some(ErrorClass::Permanent))
+        );
+    }
+
+    #[test]
+    fn a_restart_that_times_out_fails_its_service_transiently() {
+        use crate::error_class::ErrorClass;
+        let mut units = FakeUnits::new(&[("app.service", true, true)]);
+        units.restart_error = Some(crate::resource::BackendError::from(
+            crate::resource::tool::ToolError::TimedOut {
+                command: "systemctl try-restart -- app.service".into(),
+                after: std::time::Duration::from_secs(300),
+                output: "(no output)".into(),
+            },
+        ));
+        let h = Host::new(
+            FakePackages::with(&[("app", "1.0"), ("tool", "1.0")]),
+            units,
+        );
+        let out = h.apply(&app_state());
+        let service = out.iter().find(|o| o.resource == "app.service").unwrap();
+        assert_eq!(service.status, Status::Failed);
+        let error = service.error.as_deref().unwrap();
+        assert!(
+            error.starts_with("restart after a change it is notified of: `systemctl try-restart"),
+            "{error}"
+        );
+        assert_eq!(service.error_class, Some(ErrorClass::Transient));
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! Whether a failure is worth retrying soon, needs a person, or is a
 //! broken configuration, told by the backends' typed errors (source,
-//! trust, the process runner) so the agent can act on it: back off and
+//! trust, the process runner, and through it the package manager, systemd
+//! and the account tools: `resource::BackendError`) so the agent can act
+//! on it: back off and
 //! retry a transient failure, wait for the next interval after a
 //! permanent one (retrying soon cannot help; a push or an operator
 //! must), and exit 78 (EX_CONFIG, which systemd does not restart) on a
 //! configuration that cannot work.
 
+use crate::resource::package::dpkg;
 use crate::resource::tool::ToolError;
 use crate::source::transport::SourceError;
 use crate::source::trust::TrustError;
@@ -74,21 +77,39 @@ impl Classify for TrustError {
 impl Classify for ToolError {
     fn class(&self) -> ErrorClass {
         match self {
-            ToolError::Spawn { source, .. } => match source.kind() {
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
-                    ErrorClass::Permanent
-                }
-                _ => ErrorClass::Transient,
-            },
+            ToolError::Spawn { source, .. } => io_class(source),
             ToolError::TimedOut { .. } => ErrorClass::Transient,
             ToolError::Failed { output, .. } => classify_tool_output(output),
         }
     }
 }
 
-/// A failing package manager's own words, classified: another apt, dpkg
-/// or dnf holding its lock, or the network, are transient; anything else
-/// (an unknown package, a pin nothing matches, a held package) fails the
+impl Classify for dpkg::ReadError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            dpkg::ReadError::Io { source, .. } => io_class(source),
+            // dpkg replaces the file by a rename, so a reader never sees
+            // half of it: text it cannot parse stays so.
+            dpkg::ReadError::Parse { .. } => ErrorClass::Permanent,
+        }
+    }
+}
+
+/// A file or program that is not there, or not ours to use, stays so;
+/// other I/O failures (out of descriptors, interrupted) may pass.
+fn io_class(e: &std::io::Error) -> ErrorClass {
+    match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+            ErrorClass::Permanent
+        }
+        _ => ErrorClass::Transient,
+    }
+}
+
+/// A failing tool's own words, classified: another apt, dpkg or dnf
+/// holding its lock, another useradd holding `/etc/passwd`'s, or the
+/// network, are transient; anything else (an unknown package, a pin
+/// nothing matches, a held package, a unit that fails to start) fails the
 /// same way next time.
 pub fn classify_tool_output(output: &str) -> ErrorClass {
     const TRANSIENT: &[&str] = &[
@@ -109,6 +130,9 @@ pub fn classify_tool_output(output: &str) -> ErrorClass {
         "cannot download repomd.xml",
         "curl error",
         "failed to download metadata",
+        // shadow-utils (useradd, groupadd, …) when another holds the lock
+        // on /etc/passwd, /etc/group or their shadows.
+        "try again later",
     ];
     let lower = output.to_ascii_lowercase();
     if TRANSIENT.iter().any(|t| lower.contains(t)) {
@@ -153,6 +177,64 @@ mod tests {
         ] {
             assert_eq!(failed(words).class(), ErrorClass::Permanent, "{words}");
         }
+    }
+
+    /// What a backend returns: the tool's message as it was, and its class.
+    #[test]
+    fn backend_errors_keep_the_message_and_take_the_class() {
+        use crate::resource::BackendError;
+        let lock = failed(
+            "E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by process 4711 (unattended-upgr)",
+        );
+        let message = crate::resource::tool::chain(&lock);
+        let e = BackendError::from(lock);
+        assert_eq!(e.message, message);
+        assert_eq!(e.to_string(), message);
+        assert_eq!(e.class(), ErrorClass::Transient);
+        let missing = BackendError::from(failed("E: Unable to locate package trueup-nosuch"));
+        assert_eq!(missing.class(), ErrorClass::Permanent);
+        // Context goes in front of the message; the class stays.
+        let e = e.context("systemctl daemon-reload");
+        assert!(e.message.starts_with("systemctl daemon-reload: `apt-get"));
+        assert_eq!(e.class, ErrorClass::Transient);
+    }
+
+    #[test]
+    fn a_held_account_database_lock_is_transient() {
+        // shadow-utils 4.13 (Debian 12) when another useradd holds the lock.
+        for words in [
+            "useradd: cannot lock /etc/passwd; try again later.",
+            "groupadd: cannot lock /etc/group; try again later.",
+        ] {
+            assert_eq!(failed(words).class(), ErrorClass::Transient, "{words}");
+        }
+        let exists = failed("useradd: user 'app' already exists");
+        assert_eq!(exists.class(), ErrorClass::Permanent);
+    }
+
+    #[test]
+    fn a_dpkg_status_that_does_not_parse_or_is_missing_is_permanent() {
+        let path = std::path::PathBuf::from("/var/lib/dpkg/status");
+        let io = |kind| dpkg::ReadError::Io {
+            path: path.clone(),
+            source: std::io::Error::from(kind),
+        };
+        assert_eq!(
+            io(std::io::ErrorKind::NotFound).class(),
+            ErrorClass::Permanent
+        );
+        assert_eq!(
+            io(std::io::ErrorKind::Interrupted).class(),
+            ErrorClass::Transient
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let status = dir.path().join("status");
+        std::fs::write(&status, "not a field\n").unwrap();
+        let parse = dpkg::read_status(&status).unwrap_err();
+        assert!(matches!(parse, dpkg::ReadError::Parse { .. }), "{parse}");
+        assert_eq!(parse.class(), ErrorClass::Permanent);
+        let missing = dpkg::read_status(&dir.path().join("nope")).unwrap_err();
+        assert_eq!(missing.class(), ErrorClass::Permanent);
     }
 
     #[test]

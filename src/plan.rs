@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use crate::desired::{DesiredState, NotifyAction};
+use crate::error_class::ErrorClass;
 use crate::resource::accounts::{Accounts, WantedMeta};
 use crate::resource::command::{self, CommandObservation};
 use crate::resource::group::GroupAction;
@@ -25,7 +26,7 @@ use crate::resource::package::{self, InstalledPackage, PackageAction};
 use crate::resource::service::systemctl::UnitState;
 use crate::resource::service::{self, ServiceAction};
 use crate::resource::user::{self, AccountChange, AccountDb, UserAction};
-use crate::resource::{Drift, Kind, ResourceId, directory, file, symlink};
+use crate::resource::{BackendError, Drift, Kind, ResourceId, directory, file, symlink};
 
 /// Where systemd looks for unit files: a change to a file or symlink under
 /// one of these is followed by `systemctl daemon-reload`.
@@ -91,6 +92,9 @@ pub struct Step {
     pub requires: Vec<ResourceId>,
     /// Set when the resource could not even be observed.
     pub error: Option<String>,
+    /// What `error` calls for, when a backend said (a package database
+    /// or systemd that could not be read for a reason that passes).
+    pub error_class: Option<ErrorClass>,
     /// A follow-up (daemon-reload, restart) runs only when one of these
     /// steps changed something; empty for ordinary steps.
     pub triggered_by: Vec<ResourceId>,
@@ -104,8 +108,15 @@ impl Step {
             action: None,
             requires: vec![],
             error: None,
+            error_class: None,
             triggered_by: vec![],
         }
+    }
+
+    /// The step cannot run: `e` says why, and what it calls for.
+    fn fail(&mut self, e: &BackendError) {
+        self.error = Some(e.message.clone());
+        self.error_class = Some(e.class);
     }
 
     /// Whether this step only follows up on others (see the module docs).
@@ -421,13 +432,13 @@ fn deferred_step(
 /// then groups to remove: a group is removed after the users in it.
 fn account_steps(
     desired: &DesiredState,
-    accounts: Option<Result<AccountDb, String>>,
+    accounts: Option<Result<AccountDb, BackendError>>,
     mut keys: BTreeMap<String, Result<NodeObservation, String>>,
 ) -> Vec<Step> {
     let db = match accounts {
         None => return Vec::new(),
         Some(Ok(db)) => Ok(db),
-        Some(Err(e)) => Err(format!("reading the account databases: {e}")),
+        Some(Err(e)) => Err(e.context("reading the account databases")),
     };
     let mut present = Vec::new();
     let mut absent = Vec::new();
@@ -439,7 +450,7 @@ fn account_steps(
                 step.drift = drift;
                 step.action = action.map(Action::Group);
             }
-            Err(e) => step.error = Some(e.clone()),
+            Err(e) => step.fail(e),
         }
         if spec.present {
             present.push(step);
@@ -471,7 +482,7 @@ fn account_steps(
                 step.drift = drift;
                 step.action = action.map(Action::User);
             }
-            Err(e) => step.error = Some(e.clone()),
+            Err(e) => step.fail(e),
         }
         if spec.present {
             let mut wanted: Vec<&str> = spec.group.iter().map(String::as_str).collect();
@@ -539,7 +550,7 @@ fn command_steps(
 /// One step per declared package, compared with the installed packages.
 fn package_steps(
     desired: &DesiredState,
-    installed: Option<Result<Vec<InstalledPackage>, String>>,
+    installed: Option<Result<Vec<InstalledPackage>, BackendError>>,
 ) -> Vec<Step> {
     let mut by_name: HashMap<&str, Vec<&InstalledPackage>> = HashMap::new();
     if let Some(Ok(all)) = &installed {
@@ -559,7 +570,7 @@ fn package_steps(
                     step.drift = drift;
                     step.action = action.map(Action::Package);
                 }
-                Some(Err(e)) => step.error = Some(format!("reading the installed packages: {e}")),
+                Some(Err(e)) => step.fail(&e.clone().context("reading the installed packages")),
                 None => step.error = Some("the installed packages were not observed".into()),
             }
             step
@@ -582,7 +593,7 @@ pub fn is_unit_path(path: &Path) -> bool {
 fn service_steps(
     desired: &DesiredState,
     steps: &mut Vec<Step>,
-    mut units: BTreeMap<String, Result<UnitState, String>>,
+    mut units: BTreeMap<String, Result<UnitState, BackendError>>,
     runtime: bool,
     commands: BTreeMap<String, CommandObservation>,
 ) {
@@ -635,7 +646,7 @@ fn service_steps(
         let unit = match units.remove(name) {
             Some(Ok(u)) => u,
             Some(Err(e)) => {
-                step.error = Some(format!("observing the unit: {e}"));
+                step.fail(&e.context("observing the unit"));
                 steps.push(step);
                 continue;
             }
@@ -868,6 +879,39 @@ mod tests {
             ]
         );
         assert!(outside_allowed_paths(&d, &[PathBuf::from("/")]).is_empty());
+    }
+
+    #[test]
+    fn a_backend_observation_error_keeps_its_class_on_the_steps() {
+        use crate::desired::PackageSpec;
+        let mut d = DesiredState::default();
+        let pkg = PackageSpec {
+            present: true,
+            version: None,
+        };
+        d.packages.insert("a".into(), pkg.clone());
+        d.packages.insert("b".into(), pkg);
+        let obs = Observations {
+            packages: Some(Err(BackendError::new(
+                "reading dpkg status /var/lib/dpkg/status: Too many open files",
+                ErrorClass::Transient,
+            ))),
+            ..Observations::default()
+        };
+        let p = plan(&d, obs, &FakeAccounts).unwrap();
+        for step in &p.steps {
+            assert_eq!(
+                step.error.as_deref(),
+                Some(
+                    "reading the installed packages: reading dpkg status \
+                     /var/lib/dpkg/status: Too many open files"
+                )
+            );
+            assert_eq!(step.error_class, Some(ErrorClass::Transient));
+        }
+        assert_eq!(p.steps.len(), 2);
+        let checked = crate::apply::check(&p);
+        assert_eq!(checked[0].error_class, Some(ErrorClass::Transient));
     }
 
     #[test]

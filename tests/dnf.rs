@@ -558,3 +558,90 @@ fn a_hung_package_step_is_killed_at_its_configured_timeout_and_reported() {
     assert!(agent.running(), "the agent lives on:\n{}", agent.log());
     assert_eq!(agent.stop(), 0, "{}", agent.log());
 }
+
+/// Another dnf holding the rpm database lock (its pid in the installroot's
+/// `var/lib/dnf/rpmdb_lock.pid`, as dnf writes it): the real dnf says
+/// "Waiting for process with pid N to finish." and waits, silent, until
+/// the package timeout kills it. That failure is transient: the agent
+/// backs off and retries within seconds instead of waiting its interval
+/// (an hour here), and converges once the lock is let go.
+#[test]
+#[ignore = "needs dnf and rpm: run by scripts/test.sh"]
+fn a_held_dnf_lock_fails_the_run_transiently_and_the_agent_retries_soon() {
+    let h = DnfHost::new();
+    let b = branch(&format!("packages:\n  {A}: {{}}\n"));
+    // The other package manager: a live process whose pid is in the lock.
+    let mut holder = KillOnDrop(Command::new("sleep").arg("600").spawn().unwrap());
+    let lock = h.root.join("var/lib/dnf/rpmdb_lock.pid");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    std::fs::write(&lock, holder.0.id().to_string()).unwrap();
+
+    let started = Instant::now();
+    let mut agent = h.agent(
+        b.path(),
+        "interval: 1h\nsplay: 0s\ntimeouts: { packages: 3s }\n",
+        &[],
+    );
+    let limit = Duration::from_secs(120);
+    let wait_for =
+        |agent: &mut AgentProcess, what: &str, done: &dyn Fn(&serde_json::Value) -> bool| loop {
+            if let Some(r) = h.last_run()
+                && done(&r)
+            {
+                return r;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "no report {what} after {limit:?}:\n{}",
+                agent.log()
+            );
+            assert!(agent.running(), "the agent died:\n{}", agent.log());
+            std::thread::sleep(Duration::from_millis(50));
+        };
+    let first = wait_for(&mut agent, "of a run", &|_| true);
+    assert_eq!(first["status"], "failed", "{first}");
+    let error = status_of(&first, "package", A)["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains(&format!("Waiting for process with pid {}", holder.0.id())),
+        "dnf waited for the lock's holder: {error}"
+    );
+
+    // The lock is let go: the retry that comes before the interval
+    // converges.
+    let _ = holder.0.kill();
+    let _ = holder.0.wait();
+    let released = Instant::now();
+    let converged = wait_for(&mut agent, "that converged", &|r| {
+        r["status"] == "converged"
+    });
+    assert_eq!(
+        status_of(&converged, "package", A)["status"],
+        "changed",
+        "{converged}"
+    );
+    assert_eq!(h.rpm_names(), [A], "{}", agent.log());
+    assert!(
+        released.elapsed() < Duration::from_secs(60),
+        "retried after {:?}, not at once",
+        released.elapsed()
+    );
+    assert!(
+        agent.log().contains("retry_in"),
+        "the agent said it backs off:\n{}",
+        agent.log()
+    );
+    assert_eq!(agent.stop(), 0, "{}", agent.log());
+}
+
+/// A child process killed when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

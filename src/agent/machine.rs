@@ -57,8 +57,12 @@ pub enum Event {
 /// `crate::error_class::ErrorClass`, decides among the failures).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunOutcome {
+    /// The run ended: its resources converged, or those that failed did so
+    /// for good (a package no source has), which a retry soon would not
+    /// mend either; the next run comes at the interval.
     Succeeded,
-    /// Worth retrying soon (a fetch failed, a lock was held): back off.
+    /// Worth retrying soon (a fetch failed, a lock was held, a package
+    /// install failed because another apt held the dpkg lock): back off.
     Failed,
     /// Failed in a way retrying soon cannot mend (a missing branch, a
     /// refused key): the next try comes at the interval, like after a

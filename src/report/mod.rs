@@ -202,8 +202,10 @@ pub struct RunReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facts: Option<crate::facts::PublishedFacts>,
     /// What the error that stopped the run calls for (retry soon, wait,
-    /// fix the configuration), when a typed backend error said; for the
-    /// agent's schedule only, not part of the report's JSON.
+    /// fix the configuration), when a typed backend error said; for a run
+    /// whose resources failed, transient when any of their failures is
+    /// (another apt held the dpkg lock), else permanent. For the agent's
+    /// schedule only, not part of the report's JSON.
     #[serde(skip)]
     pub error_class: Option<crate::error_class::ErrorClass>,
 }
@@ -218,6 +220,22 @@ pub struct DisabledInfo {
 
 /// A resource as it appears in a report (the `Outcome` of one step).
 pub type ReportedResource = Outcome;
+
+/// What the failed resources of a run call for: transient when any
+/// failure is (a retry soon may mend it), permanent when all are (an
+/// unclassified failure counts as permanent); `None` when none failed.
+pub fn failures_class(outcomes: &[Outcome]) -> Option<crate::error_class::ErrorClass> {
+    use crate::error_class::ErrorClass;
+    let failed = outcomes.iter().filter(|o| o.status == Status::Failed);
+    let mut class = None;
+    for o in failed {
+        match o.error_class {
+            Some(ErrorClass::Transient) => return Some(ErrorClass::Transient),
+            _ => class = Some(ErrorClass::Permanent),
+        }
+    }
+    class
+}
 
 impl RunReport {
     /// A report of a run that stopped before touching anything (and the
@@ -278,6 +296,7 @@ impl RunReport {
         };
         let mut report =
             RunReport::failed_early(host, mode, dry_run, started, source, status, vec![]);
+        report.error_class = failures_class(&outcomes);
         report.summary = summary;
         report.resources = outcomes
             .into_iter()

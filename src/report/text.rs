@@ -186,6 +186,7 @@ mod command_output_tests {
                 exit_code: Some(3),
                 output: "connecting\nno database\n".into(),
             }),
+            error_class: None,
         };
         let report = RunReport::from_outcomes(
             "h",

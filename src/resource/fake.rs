@@ -5,16 +5,20 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::rc::Rc;
 
+use super::BackendError;
 use super::package::{BackendKind, InstalledPackage, PackageAction, PackageBackend, PackageChange};
 use super::service::systemctl::UnitState;
 use super::service::{ServiceAction, UnitControl};
+use crate::error_class::classify_tool_output;
 
 /// A package database in memory; changes succeed unless the package is in
-/// `broken`.
+/// `broken`, or `refused` gives the package manager's words for it
+/// (classified as the real tool's are).
 #[derive(Default)]
 pub struct FakePackages {
     pub installed: RefCell<Vec<InstalledPackage>>,
     pub broken: HashSet<String>,
+    pub refused: BTreeMap<String, String>,
     /// Every batch `change` was given.
     pub batches: RefCell<Vec<Vec<PackageChange>>>,
     /// When set, installing NAME brings the unit NAME.service, as a
@@ -46,17 +50,23 @@ impl PackageBackend for FakePackages {
         BackendKind::Apt
     }
 
-    fn installed(&self) -> Result<Vec<InstalledPackage>, String> {
+    fn installed(&self) -> Result<Vec<InstalledPackage>, BackendError> {
         Ok(self.installed.borrow().clone())
     }
 
-    fn change(&self, changes: &[PackageChange]) -> Vec<Result<(), String>> {
+    fn change(&self, changes: &[PackageChange]) -> Vec<Result<(), BackendError>> {
         self.batches.borrow_mut().push(changes.to_vec());
         changes
             .iter()
             .map(|c| {
                 if self.broken.contains(&c.name) {
-                    return Err(format!("E: cannot install {}", c.name));
+                    return Err(format!("E: cannot install {}", c.name).into());
+                }
+                if let Some(words) = self.refused.get(&c.name) {
+                    return Err(BackendError::new(
+                        words.clone(),
+                        classify_tool_output(words),
+                    ));
                 }
                 let mut db = self.installed.borrow_mut();
                 db.retain(|p| p.name != c.name);
@@ -85,6 +95,8 @@ pub struct FakeUnits {
     pub runtime: bool,
     /// Units whose start fails.
     pub failing: HashSet<String>,
+    /// What every restart fails with, when set.
+    pub restart_error: Option<BackendError>,
     /// Every call, as "verb unit" ("daemon-reload" alone).
     pub calls: RefCell<Vec<String>>,
 }
@@ -100,6 +112,7 @@ impl FakeUnits {
             )),
             runtime: true,
             failing: HashSet::new(),
+            restart_error: None,
             calls: RefCell::new(vec![]),
         }
     }
@@ -114,7 +127,7 @@ impl UnitControl for FakeUnits {
         self.runtime
     }
 
-    fn observe(&self, names: &[&str]) -> Result<Vec<UnitState>, String> {
+    fn observe(&self, names: &[&str]) -> Result<Vec<UnitState>, BackendError> {
         self.calls
             .borrow_mut()
             .push(format!("show {}", names.join(" ")));
@@ -149,12 +162,12 @@ impl UnitControl for FakeUnits {
             .collect())
     }
 
-    fn converge(&self, unit: &str, action: &ServiceAction) -> Result<(), String> {
+    fn converge(&self, unit: &str, action: &ServiceAction) -> Result<(), BackendError> {
         let mut units = self.units.borrow_mut();
         for verb in action.verbs() {
             self.calls.borrow_mut().push(format!("{verb} {unit}"));
             let Some(u) = units.get_mut(unit) else {
-                return Err(format!("Unit {unit} not found."));
+                return Err(format!("Unit {unit} not found.").into());
             };
             match verb {
                 "unmask" => u.2 = false,
@@ -162,7 +175,7 @@ impl UnitControl for FakeUnits {
                 "enable" => u.0 = true,
                 "disable" => u.0 = false,
                 "start" if self.failing.contains(unit) => {
-                    return Err(format!("Job for {unit} failed."));
+                    return Err(format!("Job for {unit} failed.").into());
                 }
                 "start" => u.1 = true,
                 "stop" => u.1 = false,
@@ -172,15 +185,18 @@ impl UnitControl for FakeUnits {
         Ok(())
     }
 
-    fn daemon_reload(&self) -> Result<(), String> {
+    fn daemon_reload(&self) -> Result<(), BackendError> {
         self.calls.borrow_mut().push("daemon-reload".into());
         Ok(())
     }
 
-    fn restart(&self, unit: &str, reload: bool) -> Result<(), String> {
+    fn restart(&self, unit: &str, reload: bool) -> Result<(), BackendError> {
         let verb = if reload { "reload" } else { "try-restart" };
         self.calls.borrow_mut().push(format!("{verb} {unit}"));
-        Ok(())
+        match &self.restart_error {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -206,11 +222,11 @@ impl FakeAccountDb {
 }
 
 impl super::user::AccountControl for FakeAccountDb {
-    fn observe(&self) -> Result<super::user::AccountDb, String> {
+    fn observe(&self) -> Result<super::user::AccountDb, BackendError> {
         Ok(self.db.borrow().clone())
     }
 
-    fn run_tool(&self, tool: &str, args: &[String]) -> Result<(), String> {
+    fn run_tool(&self, tool: &str, args: &[String]) -> Result<(), BackendError> {
         use super::group::GroupEntry;
         use super::user::PasswdEntry;
         self.calls
@@ -252,7 +268,9 @@ impl super::user::AccountControl for FakeAccountDb {
             }
             "useradd" | "usermod" => {
                 let mut entry = match (tool, db.users.get(&name)) {
-                    ("useradd", Some(_)) => return Err(format!("user '{name}' already exists")),
+                    ("useradd", Some(_)) => {
+                        return Err(format!("user '{name}' already exists").into());
+                    }
                     ("useradd", None) => PasswdEntry {
                         name: name.clone(),
                         uid: id,
@@ -261,7 +279,7 @@ impl super::user::AccountControl for FakeAccountDb {
                         shell: "/bin/sh".into(),
                     },
                     (_, Some(u)) => u.clone(),
-                    (_, None) => return Err(format!("user '{name}' does not exist")),
+                    (_, None) => return Err(format!("user '{name}' does not exist").into()),
                 };
                 if let Some(u) = opt("--uid") {
                     entry.uid = u.parse().unwrap();
@@ -303,7 +321,7 @@ impl super::user::AccountControl for FakeAccountDb {
             "userdel" => {
                 db.users.remove(&name).ok_or("no such user")?;
             }
-            other => return Err(format!("unknown tool {other}")),
+            other => return Err(format!("unknown tool {other}").into()),
         }
         Ok(())
     }

@@ -22,6 +22,72 @@ pub mod user;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error_class::{Classify, ErrorClass};
+
+/// A failure of a backend (the package manager, systemd, the account
+/// tools): the message a report shows, and whether retrying soon may help
+/// (another apt holding the dpkg lock, the mirror unreachable) or not (a
+/// package no source has).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct BackendError {
+    pub message: String,
+    pub class: ErrorClass,
+}
+
+impl BackendError {
+    pub fn new(message: impl Into<String>, class: ErrorClass) -> BackendError {
+        BackendError {
+            message: message.into(),
+            class,
+        }
+    }
+
+    /// A failure that retrying will not mend.
+    pub fn permanent(message: impl Into<String>) -> BackendError {
+        BackendError::new(message, ErrorClass::Permanent)
+    }
+
+    /// The same failure, its message put in `context` ("reading the
+    /// installed packages: …"), its class kept.
+    pub fn context(self, context: impl std::fmt::Display) -> BackendError {
+        BackendError {
+            message: format!("{context}: {}", self.message),
+            class: self.class,
+        }
+    }
+}
+
+/// A tool's failure, classified by what it is (hung, missing) and by what
+/// it printed (`error_class::classify_tool_output`); the message is its
+/// whole chain on one line.
+impl From<tool::ToolError> for BackendError {
+    fn from(e: tool::ToolError) -> BackendError {
+        BackendError::new(tool::chain(&e), e.class())
+    }
+}
+
+/// A failure no backend classified (a file that cannot be written, a
+/// declaration that cannot work): permanent, as words a package manager
+/// prints that are not known to be transient are.
+impl From<String> for BackendError {
+    fn from(message: String) -> BackendError {
+        BackendError::permanent(message)
+    }
+}
+
+impl From<&str> for BackendError {
+    fn from(message: &str) -> BackendError {
+        BackendError::permanent(message)
+    }
+}
+
+impl Classify for BackendError {
+    fn class(&self) -> ErrorClass {
+        self.class
+    }
+}
+
 /// The tools that observe and change packages, units, users and groups
 /// on this host, and whether commands run.
 #[derive(Clone, Copy)]

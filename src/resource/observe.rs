@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::desired::DesiredState;
-use crate::resource::Backends;
 use crate::resource::command::{self, CommandObservation};
 use crate::resource::node::{NodeObservation, observe_node, observe_node_in};
 use crate::resource::package::InstalledPackage;
 use crate::resource::service::systemctl::UnitState;
 use crate::resource::user::{self, AccountDb};
+use crate::resource::{BackendError, Backends};
 use crate::safe_fs::WalkCache;
 
 /// What the machine looks like for each declared resource.
@@ -22,14 +22,14 @@ pub struct Observations {
     pub nodes: BTreeMap<PathBuf, Result<NodeObservation, String>>,
     /// Every installed package, from one read of the package database;
     /// `None` when no package is declared.
-    pub packages: Option<Result<Vec<InstalledPackage>, String>>,
+    pub packages: Option<Result<Vec<InstalledPackage>, BackendError>>,
     /// Each declared unit, from one systemctl call.
-    pub units: BTreeMap<String, Result<UnitState, String>>,
+    pub units: BTreeMap<String, Result<UnitState, BackendError>>,
     /// Whether systemd runs the managed root (see
     /// [`crate::resource::service::UnitControl::runtime`]).
     pub systemd_runtime: bool,
     /// The account databases, when a user or group is declared.
-    pub accounts: Option<Result<AccountDb, String>>,
+    pub accounts: Option<Result<AccountDb, BackendError>>,
     /// The `authorized_keys` file of each declared user that has keys.
     pub keys: BTreeMap<String, Result<NodeObservation, String>>,
     /// What each command's guards found.
@@ -41,7 +41,7 @@ pub struct Observations {
 pub fn observe(root: &Path, desired: &DesiredState, backends: &Backends) -> Observations {
     let packages = (!desired.packages.is_empty()).then(|| match backends.packages {
         Some(b) => b.installed(),
-        None => Err("no package backend".to_string()),
+        None => Err(BackendError::permanent("no package backend")),
     });
     let mut units = BTreeMap::new();
     if !desired.services.is_empty() {

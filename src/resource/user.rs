@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use super::accounts::Accounts;
 use super::group::{AccountParseError, GroupEntry, parse_id, skipped_line};
 use super::node::NodeObservation;
-use super::{Attribute, Drift};
+use super::{Attribute, BackendError, Drift};
 use crate::desired::UserSpec;
 
 /// Where the user database lives, under the root.
@@ -110,9 +110,9 @@ impl AccountDb {
 /// system's tools; a stand-in answers from memory in unit tests.
 pub trait AccountControl {
     /// `/etc/passwd` and `/etc/group`, parsed.
-    fn observe(&self) -> Result<AccountDb, String>;
+    fn observe(&self) -> Result<AccountDb, BackendError>;
     /// Runs `tool` (`useradd`, `groupdel`, ...) with `args`.
-    fn run_tool(&self, tool: &str, args: &[String]) -> Result<(), String>;
+    fn run_tool(&self, tool: &str, args: &[String]) -> Result<(), BackendError>;
     /// Names to ids for owners, looked up afresh (nothing cached from
     /// before a user or group was created).
     fn lookup(&self) -> Box<dyn Accounts + '_>;
@@ -137,22 +137,23 @@ pub fn read_passwd(root: &Path) -> Result<Vec<PasswdEntry>, String> {
 }
 
 impl AccountControl for ShadowUtils {
-    fn observe(&self) -> Result<AccountDb, String> {
+    fn observe(&self) -> Result<AccountDb, BackendError> {
+        // The files are replaced by a rename: what does not read or parse
+        // stays so.
         Ok(AccountDb::from_entries(
             read_passwd(&self.root)?,
             super::group::read_groups(&self.root)?,
         ))
     }
 
-    fn run_tool(&self, tool: &str, args: &[String]) -> Result<(), String> {
+    fn run_tool(&self, tool: &str, args: &[String]) -> Result<(), BackendError> {
         let mut cmd = std::process::Command::new(tool);
         if self.root != Path::new("/") {
             cmd.arg("--prefix").arg(&self.root);
         }
         cmd.args(args);
-        super::tool::run(&mut cmd)
-            .map(|_| ())
-            .map_err(|e| super::tool::chain(&e))
+        super::tool::run(&mut cmd)?;
+        Ok(())
     }
 
     fn lookup(&self) -> Box<dyn Accounts + '_> {

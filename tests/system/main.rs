@@ -10,6 +10,9 @@ mod smoke;
 // Packages and services (issue 4): apt and systemd converged in order.
 mod apt_systemd;
 
+// Typed backend errors (issue 14): a held apt lock is retried soon.
+mod apt_lock;
+
 // Packaging (issue 6): the .deb under systemd, cloud-init, the .rpm.
 mod cloud_init;
 mod deb_agent;

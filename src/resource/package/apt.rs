@@ -38,6 +38,8 @@ use super::{
     BackendKind, InstalledPackage, PackageAction, PackageBackend, PackageChange, dpkg,
     is_host_root, under_root, verify, version_matches,
 };
+use crate::error_class::{Classify, ErrorClass};
+use crate::resource::BackendError;
 use crate::resource::tool;
 
 /// How long apt-get waits for another apt or dpkg (unattended-upgrades) to
@@ -63,16 +65,14 @@ impl Apt {
     }
 
     /// `apt-cache madison` for `names`: the versions each source offers.
-    fn madison(&self, names: &[&str]) -> Result<BTreeMap<String, Vec<String>>, String> {
-        let out = tool::run(Command::new("apt-cache").arg("madison").args(names))
-            .map_err(|e| tool::chain(&e))?;
+    fn madison(&self, names: &[&str]) -> Result<BTreeMap<String, Vec<String>>, BackendError> {
+        let out = tool::run(Command::new("apt-cache").arg("madison").args(names))?;
         Ok(parse_madison(&String::from_utf8_lossy(&out.stdout)))
     }
 
-    fn update(&self) -> Result<(), String> {
-        tool::run(apt_get().args(["update", "-q"]))
-            .map(|_| ())
-            .map_err(|e| tool::chain(&e))
+    fn update(&self) -> Result<(), BackendError> {
+        tool::run(apt_get().args(["update", "-q"]))?;
+        Ok(())
     }
 
     fn lists_stale(&self) -> bool {
@@ -100,11 +100,12 @@ impl PackageBackend for Apt {
         BackendKind::Apt
     }
 
-    fn installed(&self) -> Result<Vec<InstalledPackage>, String> {
-        dpkg::read_status(&self.status_path()).map_err(|e| tool::chain(&e))
+    fn installed(&self) -> Result<Vec<InstalledPackage>, BackendError> {
+        dpkg::read_status(&self.status_path())
+            .map_err(|e| BackendError::new(tool::chain(&e), e.class()))
     }
 
-    fn change(&self, changes: &[PackageChange]) -> Vec<Result<(), String>> {
+    fn change(&self, changes: &[PackageChange]) -> Vec<Result<(), BackendError>> {
         if !is_host_root(&self.root) {
             let why = format!(
                 "apt has no install root: trueup does not install or remove packages \
@@ -112,16 +113,19 @@ impl PackageBackend for Apt {
                 self.root.display(),
                 self.status_path().display()
             );
-            return changes.iter().map(|_| Err(why.clone())).collect();
+            return changes
+                .iter()
+                .map(|_| Err(BackendError::permanent(why.clone())))
+                .collect();
         }
-        let mut earlier: Vec<Option<Result<(), String>>> = vec![None; changes.len()];
+        let mut earlier: Vec<Option<Result<(), BackendError>>> = vec![None; changes.len()];
         let installs: Vec<&str> = changes
             .iter()
             .filter(|c| matches!(c.action, PackageAction::Install { .. }))
             .map(|c| c.name.as_str())
             .collect();
         let mut offered = BTreeMap::new();
-        let mut update_note = String::new();
+        let mut updated = None;
         if !installs.is_empty() {
             let first = self.madison(&installs);
             let unresolved = match &first {
@@ -135,10 +139,7 @@ impl PackageBackend for Apt {
             };
             offered = first.unwrap_or_default();
             if unresolved || self.lists_stale() {
-                match self.update() {
-                    Ok(()) => update_note = " (after apt-get update)".into(),
-                    Err(e) => update_note = format!(" (apt-get update failed: {e})"),
-                }
+                updated = Some(self.update());
                 match self.madison(&installs) {
                     Ok(o) => offered = o,
                     Err(e) => {
@@ -161,7 +162,7 @@ impl PackageBackend for Apt {
                 PackageAction::Install { version } => {
                     match resolve(&c.name, version.as_deref(), &offered) {
                         Ok(arg) => args.push(arg),
-                        Err(e) => earlier[i] = Some(Err(format!("{e}{update_note}"))),
+                        Err(e) => earlier[i] = Some(Err(unresolved(&e, updated.as_ref()))),
                     }
                 }
             }
@@ -171,9 +172,27 @@ impl PackageBackend for Apt {
         } else {
             tool::run(apt_get().args(install_args(&args)))
                 .err()
-                .map(|e| tool::chain(&e))
+                .map(BackendError::from)
         };
-        verify(changes, earlier, tool_error.as_deref(), self.installed())
+        verify(changes, earlier, tool_error.as_ref(), self.installed())
+    }
+}
+
+/// A package (or pin) the apt sources do not offer, and how the
+/// `apt-get update` before went, if one ran: permanent, unless that update
+/// failed for a reason that passes (the mirror unreachable), when the
+/// lists may only lack it until the next update.
+pub fn unresolved(error: &str, update: Option<&Result<(), BackendError>>) -> BackendError {
+    match update {
+        None => BackendError::permanent(error),
+        Some(Ok(())) => BackendError::permanent(format!("{error} (after apt-get update)")),
+        Some(Err(e)) => BackendError::new(
+            format!("{error} (apt-get update failed: {e})"),
+            match e.class {
+                ErrorClass::Transient => ErrorClass::Transient,
+                _ => ErrorClass::Permanent,
+            },
+        ),
     }
 }
 
@@ -345,6 +364,42 @@ mod tests {
     }
 
     #[test]
+    fn a_package_missing_after_an_update_that_could_not_reach_the_mirror_is_transient() {
+        let missing = "package hello is not in any apt source";
+        let e = unresolved(missing, None);
+        assert_eq!(
+            (e.message.as_str(), e.class),
+            (missing, ErrorClass::Permanent)
+        );
+        let e = unresolved(missing, Some(&Ok(())));
+        assert_eq!(
+            (e.message.as_str(), e.class),
+            (
+                "package hello is not in any apt source (after apt-get update)",
+                ErrorClass::Permanent
+            )
+        );
+        let offline = BackendError::from(tool::ToolError::Failed {
+            command: "apt-get update -q".into(),
+            status: "exit status 100".into(),
+            output: "W: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease  \
+                     Temporary failure resolving 'deb.debian.org'"
+                .into(),
+        });
+        let e = unresolved(missing, Some(&Err(offline.clone())));
+        assert_eq!(
+            e.message,
+            format!("package hello is not in any apt source (apt-get update failed: {offline})")
+        );
+        assert_eq!(e.class, ErrorClass::Transient);
+        let broken = BackendError::permanent("E: Malformed entry 1 in list file");
+        assert_eq!(
+            unresolved(missing, Some(&Err(broken))).class,
+            ErrorClass::Permanent
+        );
+    }
+
+    #[test]
     fn no_install_under_another_root() {
         let apt = Apt::new(Path::new("/tmp/some-root"), Duration::from_secs(60));
         let r = apt.change(&[PackageChange {
@@ -352,6 +407,7 @@ mod tests {
             action: PackageAction::Install { version: None },
         }]);
         let err = r[0].as_ref().unwrap_err();
-        assert!(err.contains("--root /tmp/some-root"), "{err}");
+        assert!(err.message.contains("--root /tmp/some-root"), "{err}");
+        assert_eq!(err.class, ErrorClass::Permanent);
     }
 }

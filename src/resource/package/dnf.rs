@@ -20,6 +20,8 @@ use super::{
     BackendKind, InstalledPackage, PackageAction, PackageBackend, PackageChange, is_host_root, rpm,
     verify,
 };
+use crate::error_class::ErrorClass;
+use crate::resource::BackendError;
 use crate::resource::tool;
 
 /// The dnf backend for the system under `root`.
@@ -36,10 +38,9 @@ impl Dnf {
         }
     }
 
-    fn dnf(&self, verb: &str, targets: &[String]) -> Result<(), String> {
-        tool::run(Command::new("dnf").args(dnf_args(&self.root, &self.options, verb, targets)))
-            .map(|_| ())
-            .map_err(|e| tool::chain(&e))
+    fn dnf(&self, verb: &str, targets: &[String]) -> Result<(), BackendError> {
+        tool::run(Command::new("dnf").args(dnf_args(&self.root, &self.options, verb, targets)))?;
+        Ok(())
     }
 }
 
@@ -80,14 +81,13 @@ impl PackageBackend for Dnf {
         BackendKind::Dnf
     }
 
-    fn installed(&self) -> Result<Vec<InstalledPackage>, String> {
-        let out = tool::run(Command::new("rpm").args(query_args(&self.root)))
-            .map_err(|e| tool::chain(&e))?;
+    fn installed(&self) -> Result<Vec<InstalledPackage>, BackendError> {
+        let out = tool::run(Command::new("rpm").args(query_args(&self.root)))?;
         rpm::parse_query(&String::from_utf8_lossy(&out.stdout))
-            .map_err(|e| format!("parsing rpm -qa output: {e}"))
+            .map_err(|e| BackendError::permanent(format!("parsing rpm -qa output: {e}")))
     }
 
-    fn change(&self, changes: &[PackageChange]) -> Vec<Result<(), String>> {
+    fn change(&self, changes: &[PackageChange]) -> Vec<Result<(), BackendError>> {
         let installs: Vec<String> = changes
             .iter()
             .filter_map(|c| match &c.action {
@@ -113,14 +113,30 @@ impl PackageBackend for Dnf {
         {
             errors.push(e);
         }
-        let tool_error = (!errors.is_empty()).then(|| errors.join("; "));
+        let tool_error = (!errors.is_empty()).then(|| joined(&errors));
         verify(
             changes,
             vec![None; changes.len()],
-            tool_error.as_deref(),
+            tool_error.as_ref(),
             self.installed(),
         )
     }
+}
+
+/// The errors of the install and the remove as one: both messages, and
+/// transient when either is (a retry redoes both).
+fn joined(errors: &[BackendError]) -> BackendError {
+    let message = errors
+        .iter()
+        .map(|e| e.message.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let class = if errors.iter().any(|e| e.class == ErrorClass::Transient) {
+        ErrorClass::Transient
+    } else {
+        ErrorClass::Permanent
+    };
+    BackendError::new(message, class)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Attribute, Drift};
+use super::{Attribute, BackendError, Drift};
 use crate::desired::PackageSpec;
 
 /// One package as the package database records it.
@@ -182,11 +182,11 @@ pub struct PackageChange {
 pub trait PackageBackend {
     fn kind(&self) -> BackendKind;
     /// Every package the database knows, in one read or one query.
-    fn installed(&self) -> Result<Vec<InstalledPackage>, String>;
+    fn installed(&self) -> Result<Vec<InstalledPackage>, BackendError>;
     /// Carries out `changes` in as few calls as the tool allows; one result
     /// per change, in order. A change is reported done only when the
     /// package database says so afterwards.
-    fn change(&self, changes: &[PackageChange]) -> Vec<Result<(), String>>;
+    fn change(&self, changes: &[PackageChange]) -> Vec<Result<(), BackendError>>;
 }
 
 /// The installed entries named `name` (several for multiarch or
@@ -254,14 +254,15 @@ pub fn change_done(change: &PackageChange, all: &[InstalledPackage]) -> bool {
 
 /// Per-change results after a batch: a change the database shows done
 /// succeeded whatever the tool said; otherwise the tool's error, or a
-/// plain statement of what is still wrong. `earlier` holds results decided
-/// before the batch ran (a package no source has), kept as they are.
+/// plain statement of what is still wrong (permanent: the tool said it
+/// did what it did not). `earlier` holds results decided before the batch
+/// ran (a package no source has), kept as they are.
 pub fn verify(
     changes: &[PackageChange],
-    earlier: Vec<Option<Result<(), String>>>,
-    tool_error: Option<&str>,
-    after: Result<Vec<InstalledPackage>, String>,
-) -> Vec<Result<(), String>> {
+    earlier: Vec<Option<Result<(), BackendError>>>,
+    tool_error: Option<&BackendError>,
+    after: Result<Vec<InstalledPackage>, BackendError>,
+) -> Vec<Result<(), BackendError>> {
     changes
         .iter()
         .zip(earlier)
@@ -272,22 +273,22 @@ pub fn verify(
             let all = match &after {
                 Ok(all) => all,
                 Err(e) => {
-                    return Err(format!(
-                        "could not read the package database afterwards: {e}"
-                    ));
+                    return Err(e
+                        .clone()
+                        .context("could not read the package database afterwards"));
                 }
             };
             if change_done(change, all) {
                 return Ok(());
             }
             if let Some(e) = tool_error {
-                return Err(e.to_string());
+                return Err(e.clone());
             }
             let now: Vec<&str> = installed_named(all, &change.name)
                 .iter()
                 .map(|p| p.version.as_str())
                 .collect();
-            Err(match &change.action {
+            Err(BackendError::permanent(match &change.action {
                 PackageAction::Remove => format!(
                     "the package manager succeeded, but {} is still installed ({})",
                     change.name,
@@ -306,7 +307,7 @@ pub fn verify(
                         .map(|v| format!(", not {v}"))
                         .unwrap_or_default()
                 ),
-            })
+            }))
         })
         .collect()
 }
@@ -535,25 +536,28 @@ mod diff_tests {
         ];
         let after = vec![pkg("a", "1.0"), pkg("b", "1.5"), pkg("c", "1.0")];
         let earlier = vec![None, None, None, Some(Err("d: not in any source".into()))];
-        // The tool failed: a got installed anyway, b and c did not change.
-        let r = verify(
-            &changes,
-            earlier.clone(),
-            Some("E: boom"),
-            Ok(after.clone()),
-        );
+        // The tool failed: a got installed anyway, b and c did not change,
+        // and keep the tool's error with its class.
+        let boom = BackendError::new("E: boom", crate::error_class::ErrorClass::Transient);
+        let r = verify(&changes, earlier.clone(), Some(&boom), Ok(after.clone()));
         assert_eq!(r[0], Ok(()));
-        assert_eq!(r[1], Err("E: boom".into()));
-        assert_eq!(r[2], Err("E: boom".into()));
+        assert_eq!(r[1], Err(boom.clone()));
+        assert_eq!(r[2], Err(boom));
         assert_eq!(r[3], Err("d: not in any source".into()));
         // The tool said yes, the database says otherwise.
         let r = verify(&changes, earlier, None, Ok(after));
         assert!(
-            r[1].as_ref().unwrap_err().contains("b is at 1.5, not 2.*"),
+            r[1].as_ref()
+                .unwrap_err()
+                .message
+                .contains("b is at 1.5, not 2.*"),
             "{r:?}"
         );
         assert!(
-            r[2].as_ref().unwrap_err().contains("c is still installed"),
+            r[2].as_ref()
+                .unwrap_err()
+                .message
+                .contains("c is still installed"),
             "{r:?}"
         );
     }

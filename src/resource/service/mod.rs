@@ -21,7 +21,7 @@
 pub mod systemctl;
 
 use crate::desired::{ServiceRunState, ServiceSpec};
-use crate::resource::{Attribute, Drift};
+use crate::resource::{Attribute, BackendError, Drift};
 use systemctl::UnitState;
 
 /// What converging one unit takes, carried out in this order: unmask,
@@ -74,12 +74,12 @@ pub trait UnitControl {
     /// stopped, restarted and reloaded (false under `--root`).
     fn runtime(&self) -> bool;
     /// The state of every unit in `units`, in the same order, in one call.
-    fn observe(&self, units: &[&str]) -> Result<Vec<UnitState>, String>;
-    fn converge(&self, unit: &str, action: &ServiceAction) -> Result<(), String>;
-    fn daemon_reload(&self) -> Result<(), String>;
+    fn observe(&self, units: &[&str]) -> Result<Vec<UnitState>, BackendError>;
+    fn converge(&self, unit: &str, action: &ServiceAction) -> Result<(), BackendError>;
+    fn daemon_reload(&self) -> Result<(), BackendError>;
     /// Restarts a running unit (or reloads it with `reload`); a unit that
     /// is not running is left alone.
-    fn restart(&self, unit: &str, reload: bool) -> Result<(), String>;
+    fn restart(&self, unit: &str, reload: bool) -> Result<(), BackendError>;
 }
 
 /// Whether the unit runs: "running", or "not running (failed)".

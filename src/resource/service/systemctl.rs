@@ -28,6 +28,8 @@
 //!   `list-unit-files` say `alias`); a unit linked in with `systemctl link`
 //!   and then enabled shows `enabled`, and `linked` only while it is not.
 
+use crate::resource::BackendError;
+
 /// The properties [`parse_show`] reads, as `systemctl show --property=`
 /// takes them.
 pub const SHOW_PROPERTIES: &str = "Id,LoadState,ActiveState,SubState,UnitFileState,MainPID";
@@ -364,10 +366,9 @@ impl Systemctl {
         cmd
     }
 
-    fn run(&self, args: &[&str]) -> Result<(), String> {
-        crate::resource::tool::run(self.command().args(args))
-            .map(|_| ())
-            .map_err(|e| crate::resource::tool::chain(&e))
+    fn run(&self, args: &[&str]) -> Result<(), BackendError> {
+        crate::resource::tool::run(self.command().args(args))?;
+        Ok(())
     }
 }
 
@@ -376,7 +377,8 @@ impl super::UnitControl for Systemctl {
         self.live()
     }
 
-    fn observe(&self, units: &[&str]) -> Result<Vec<UnitState>, String> {
+    fn observe(&self, units: &[&str]) -> Result<Vec<UnitState>, BackendError> {
+        use crate::error_class::Classify;
         use crate::resource::tool;
         if units.is_empty() {
             return Ok(vec![]);
@@ -386,60 +388,65 @@ impl super::UnitControl for Systemctl {
             cmd.args(list_unit_files_args(&self.root, units))
                 .env("SYSTEMD_COLORS", "0");
             // Its status is read here (1 can mean "none of them").
-            let out = tool::output(&mut cmd, None).map_err(|e| tool::chain(&e))?;
+            let out = tool::output(&mut cmd, None)?;
             // Exit 1 with no output at all: none of the units exists.
             let none_found = out.status.code() == Some(1)
                 && out.stdout.is_empty()
                 && out.stderr.iter().all(u8::is_ascii_whitespace);
             if !out.status.success() && !none_found {
-                return Err(tool::failed(&cmd, &out).to_string());
+                let e = tool::failed(&cmd, &out);
+                return Err(BackendError::new(e.to_string(), e.class()));
             }
-            let states = parse_list_unit_files(&String::from_utf8_lossy(&out.stdout))
-                .map_err(|e| format!("parsing systemctl list-unit-files output: {e}"))?;
+            let states =
+                parse_list_unit_files(&String::from_utf8_lossy(&out.stdout)).map_err(|e| {
+                    BackendError::permanent(format!(
+                        "parsing systemctl list-unit-files output: {e}"
+                    ))
+                })?;
             return Ok(units
                 .iter()
                 .map(|u| state_from_unit_file(u, states.get(*u).map(String::as_str)))
                 .collect());
         }
-        let out = tool::run(self.command().args(show_args(units))).map_err(|e| tool::chain(&e))?;
+        let out = tool::run(self.command().args(show_args(units)))?;
         let states = parse_show(&String::from_utf8_lossy(&out.stdout))
-            .map_err(|e| format!("parsing systemctl show output: {e}"))?;
+            .map_err(|e| BackendError::permanent(format!("parsing systemctl show output: {e}")))?;
         if states.len() != units.len() {
-            return Err(format!(
+            return Err(BackendError::permanent(format!(
                 "systemctl show returned {} units for the {} asked for",
                 states.len(),
                 units.len()
-            ));
+            )));
         }
         Ok(states)
     }
 
-    fn converge(&self, unit: &str, action: &super::ServiceAction) -> Result<(), String> {
+    fn converge(&self, unit: &str, action: &super::ServiceAction) -> Result<(), BackendError> {
         for verb in action.verbs() {
             if matches!(verb, "start" | "stop") && !self.live() {
-                return Err(format!(
+                return Err(BackendError::permanent(format!(
                     "cannot {verb} {unit} under --root {}",
                     self.root.display()
-                ));
+                )));
             }
             self.run(&[verb, "--", unit])?;
         }
         Ok(())
     }
 
-    fn daemon_reload(&self) -> Result<(), String> {
+    fn daemon_reload(&self) -> Result<(), BackendError> {
         if !self.live() {
             return Ok(());
         }
         self.run(&["daemon-reload"])
     }
 
-    fn restart(&self, unit: &str, reload: bool) -> Result<(), String> {
+    fn restart(&self, unit: &str, reload: bool) -> Result<(), BackendError> {
         if !self.live() {
-            return Err(format!(
+            return Err(BackendError::permanent(format!(
                 "cannot restart {unit} under --root {}",
                 self.root.display()
-            ));
+            )));
         }
         // try-restart leaves a unit that stopped meanwhile stopped; reload
         // fails plainly for a unit that cannot reload.
