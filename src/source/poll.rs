@@ -9,8 +9,9 @@
 //! is sent, and when it moved only the missing objects are fetched (`have`
 //! lines from the cache). A server without v2 answers with its v0/v1
 //! advertisement and gix carries on with that: the fallback costs bytes,
-//! never correctness. git:// and https:// (reqwest and rustls) are spoken in-process;
-//! ssh:// spawns OpenSSH (`ssh`), with the agent's key and known_hosts.
+//! never correctness. git:// and https:// (reqwest and rustls) are spoken
+//! in-process; ssh:// spawns OpenSSH (`ssh`), with the agent's key and
+//! known_hosts.
 //!
 //! Anything this path cannot do — an unknown host key that the agent may
 //! record (`accept_new_host_keys`), a server gix does not understand — is
@@ -71,7 +72,7 @@ pub fn poll_branch(
         .connect(gix::remote::Direction::Fetch)
         .map_err(|e| err("connecting", &e))?;
     if remote.transport == Transport::Https {
-        let options = https_options(&repo, remote.for_libgit2(), auth)?;
+        let options = https_options(&repo, remote, auth)?;
         connection = connection.with_transport_options(options);
     }
     // Credentials come from the agent's files only: never a prompt, never
@@ -160,13 +161,13 @@ pub fn open(cache: &Path, remote: &RemoteUrl, auth: &Auth) -> Result<gix::Reposi
 /// `http.sslCAInfo`, so the CA goes to the client builder here.
 fn https_options(
     repo: &gix::Repository,
-    url: &str,
+    remote: &RemoteUrl,
     auth: &Auth,
 ) -> Result<Box<dyn std::any::Any>, PollError> {
     use gix::protocol::transport::client::blocking_io::http;
     let mut options = repo
-        .transport_options(url, None)
-        .map_err(|e| PollError(format!("the https options: {e}")))?
+        .transport_options(remote.for_libgit2(), None)
+        .map_err(|e| PollError(remote.scrub(&format!("the https options: {}", chain(&e)))))?
         .and_then(|o| o.downcast::<http::Options>().ok())
         .map(|o| *o)
         .unwrap_or_default();
