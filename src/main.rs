@@ -223,6 +223,34 @@ impl PromoteArgs {
     }
 }
 
+/// Whether the command may call libgit2, whose start-up initialises
+/// OpenSSL (some 10 million instructions and 3 MiB of libcrypto pages): a
+/// run that reads a plain directory, and the commands that never read a
+/// repository, skip it. A wrong `true` costs only that start-up; a wrong
+/// `false` only lets libgit2 start on its own later, parsing the system CA
+/// bundle as it starts (`source::tls`).
+fn may_use_libgit2(command: &Command, source: Option<&str>) -> bool {
+    let git_source = || {
+        source.is_some_and(|s| {
+            !matches!(
+                trueup::source::remote::locate(s),
+                Ok(trueup::source::remote::Location::Dir(_))
+            )
+        })
+    };
+    match command {
+        Command::Validate { fleet: false, .. }
+        | Command::Render { .. }
+        | Command::Facts
+        | Command::Status
+        | Command::Disable { .. }
+        | Command::Enable
+        | Command::GenerateAssets { .. } => false,
+        Command::Check | Command::Apply { .. } | Command::Health => git_source(),
+        _ => true,
+    }
+}
+
 fn absolute_path(s: &str) -> Result<PathBuf, String> {
     let p = PathBuf::from(s);
     if p.is_absolute() {
@@ -233,8 +261,6 @@ fn absolute_path(s: &str) -> Result<PathBuf, String> {
 }
 
 fn main() -> ExitCode {
-    // SAFETY: first thing in main, while the process has one thread.
-    unsafe { trueup::source::tls::defer_system_roots() };
     let cli = Cli::parse();
     init_logging(matches!(cli.command, Command::Agent));
     let settings = match trueup::config::load(&cli.config) {
@@ -275,6 +301,11 @@ fn main() -> ExitCode {
             cli.config.display()
         );
         return ExitCode::from(trueup::config::EXIT_CONFIG as u8);
+    }
+    if may_use_libgit2(&cli.command, common.source.as_deref()) {
+        // SAFETY: the process still has one thread (parsing, logging and
+        // the configuration start none), and nothing has touched libgit2.
+        unsafe { trueup::source::tls::defer_system_roots() };
     }
     let result = match &cli.command {
         Command::Check => commands::check(&common),
@@ -390,4 +421,31 @@ fn generate_assets(out: &std::path::Path) -> anyhow::Result<i32> {
             .with_context(|| format!("writing {shell} completions"))?;
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_runs_that_may_read_a_repository_start_libgit2() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let dir = dir.path().to_str().unwrap();
+        let render = Command::Render { dir: dir.into() };
+        assert!(!may_use_libgit2(&Command::Check, Some(dir)));
+        assert!(!may_use_libgit2(&Command::Health, Some(dir)));
+        assert!(!may_use_libgit2(&render, None));
+        assert!(!may_use_libgit2(&Command::Status, None));
+        for url in [
+            "file:///srv/fleet.git",
+            "https://git.example.com/fleet.git",
+            "ssh://git@git.example.com/fleet.git",
+        ] {
+            assert!(may_use_libgit2(&Command::Check, Some(url)), "{url}");
+        }
+        // Not a directory and not a URL: the run fails on its own terms.
+        assert!(may_use_libgit2(&Command::Check, Some("/no/such/dir")));
+        assert!(!may_use_libgit2(&Command::Check, None));
+        assert!(may_use_libgit2(&Command::Agent, Some(dir)));
+    }
 }

@@ -75,9 +75,24 @@ fn scenario(repo: &TestRepo, url: &str, config: &str, server: Option<ServerCount
     // Unchanged remote, nothing drifted: no fetch, no new note.
     let packs_before = packs.map(|p| p());
     let listings_before = listings.map(|l| l());
-    let run = host.apply(url);
+    let run = Run::from(
+        host.command(url, &["apply", "--format", "json"])
+            .env("TRUEUP_LOG", "warn")
+            .output()
+            .unwrap(),
+    );
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(run.json()["status"], "in_sync");
+    // The protocol v2 client (gitoxide) answered the poll: the libgit2
+    // fallback would hide a v2 transport that cannot connect (over https:
+    // one that does not trust auth.ca_file).
+    if server.is_some() {
+        assert!(
+            !run.stderr.contains("protocol v2 poll failed"),
+            "{}",
+            run.stderr
+        );
+    }
     assert_eq!(notes_commits(&repo.bare, &host.notes_ref()), 1);
     assert_eq!(packs.map(|p| p()), packs_before, "polling fetched a pack");
     // One ref listing and nothing more: no second session to fetch. (Logs

@@ -9,8 +9,9 @@
 //! is sent, and when it moved only the missing objects are fetched (`have`
 //! lines from the cache). A server without v2 answers with its v0/v1
 //! advertisement and gix carries on with that: the fallback costs bytes,
-//! never correctness. git:// and https:// (curl) are spoken in-process;
-//! ssh:// spawns OpenSSH (`ssh`), with the agent's key and known_hosts.
+//! never correctness. git:// and https:// (reqwest and rustls) are spoken
+//! in-process; ssh:// spawns OpenSSH (`ssh`), with the agent's key and
+//! known_hosts.
 //!
 //! Anything this path cannot do — an unknown host key that the agent may
 //! record (`accept_new_host_keys`), a server gix does not understand — is
@@ -67,9 +68,13 @@ pub fn poll_branch(
         .remote_at(url)
         .and_then(|r| r.with_refspecs(Some(refspec.as_str()), gix::remote::Direction::Fetch))
         .map_err(|e| err("the remote", &e))?;
-    let connection = gix_remote
+    let mut connection = gix_remote
         .connect(gix::remote::Direction::Fetch)
         .map_err(|e| err("connecting", &e))?;
+    if remote.transport == Transport::Https {
+        let options = https_options(&repo, remote, auth)?;
+        connection = connection.with_transport_options(options);
+    }
     // Credentials come from the agent's files only: never a prompt, never
     // a helper from the environment.
     let connection = connection.with_credentials(move |action| credentials(&basic, action));
@@ -191,15 +196,53 @@ pub fn open(cache: &Path, remote: &RemoteUrl, auth: &Auth) -> Result<gix::Reposi
         overrides.push(format!("core.sshCommand={}", ssh_command(auth)?));
         overrides.push("ssh.variant=ssh".into());
     }
-    if remote.transport == Transport::Https
-        && let Some(ca) = &auth.ca_file
-    {
-        overrides.push(format!("http.sslCAInfo={}", ca.display()));
-    }
     let opts = gix::open::Options::isolated()
         .config_overrides(overrides)
         .with_enforced_trust(gix::sec::Trust::Full);
     gix::open_opts(cache, opts).map_err(|e| e.to_string())
+}
+
+/// The https transport's options: the repository's (isolated) defaults,
+/// and a TLS client that trusts the system's CA certificates plus
+/// `auth.ca_file`, as the libgit2 path does ([`super::tls`]).
+///
+/// gitoxide speaks https through reqwest and rustls (ring), not libcurl and
+/// OpenSSL: libcurl initialised OpenSSL from an ELF constructor in every
+/// process, whatever it did. reqwest's rustls backend ignores
+/// `http.sslCAInfo`, so the CA goes to the client builder here.
+fn https_options(
+    repo: &gix::Repository,
+    remote: &RemoteUrl,
+    auth: &Auth,
+) -> Result<Box<dyn std::any::Any>, PollError> {
+    use gix::protocol::transport::client::blocking_io::http;
+    let mut options = repo
+        .transport_options(remote.for_libgit2(), None)
+        .map_err(|e| PollError(remote.scrub(&format!("the https options: {}", chain(&e)))))?
+        .and_then(|o| o.downcast::<http::Options>().ok())
+        .map(|o| *o)
+        .unwrap_or_default();
+    let extra_roots = match &auth.ca_file {
+        Some(file) => {
+            let pem = std::fs::read(file)
+                .map_err(|e| PollError(format!("auth.ca_file {}: {e}", file.display())))?;
+            reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| PollError(format!("auth.ca_file {}: {e}", file.display())))?
+        }
+        None => Vec::new(),
+    };
+    let configure_client = move |builder: reqwest::blocking::ClientBuilder| {
+        // The process-wide provider reqwest builds its TLS client with
+        // (`rustls-no-provider`); already there after the first poll.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Ok(builder.tls_certs_merge(extra_roots.clone()))
+    };
+    let backend = http::reqwest::Options {
+        configure_client: Some(Box::new(configure_client)),
+        configure_request: None,
+    };
+    options.backend = Some(std::sync::Arc::new(std::sync::Mutex::new(backend)));
+    Ok(Box::new(options))
 }
 
 /// The OpenSSH command line: the agent's key only, host keys checked
