@@ -2,14 +2,14 @@
 //!
 //! source → verify → render → observe → plan → apply → health → report
 //!
-//! - **source** ([`git`]): locate the configured source; for Git, fetch the
+//! - **source** (`git.rs`): locate the configured source; for Git, fetch the
 //!   host branch (only if its tip moved) into the cache. Fails with a
 //!   [`Stop`] carrying the error's class (retry soon, wait, or a broken
 //!   configuration).
-//! - **verify** ([`git`]): the tip's signature and its ancestry, into a
+//! - **verify** (`git.rs`): the tip's signature and its ancestry, into a
 //!   [`TipVerdict`]; then [`choose_commit`] decides which commit this run
 //!   converges.
-//! - **render, observe, plan, apply** ([`converge`]): one commit (or a
+//! - **render, observe, plan, apply** (`converge.rs`): one commit (or a
 //!   directory) into changes, each stage returning a typed result; the
 //!   first failure stops the commit before anything changed. A tip that
 //!   does not render asks [`choose_commit`] again, which falls back on the
@@ -17,7 +17,7 @@
 //! - **health** (`crate::health::Stage`): the branch's checks after an
 //!   apply, and a rollback to the last healthy commit, converged through
 //!   this same pipeline.
-//! - **report**: [`Run::report`] builds every report of a run, early or
+//! - **report**: `Run::report` builds every report of a run, early or
 //!   not, in one place; for Git, the applied commit is recorded in
 //!   `state.json` and the run written as a note and pushed.
 //!
