@@ -155,6 +155,32 @@ impl DnfHost {
         serde_json::from_str(&text).ok()
     }
 
+    /// The agent's first report since `started` that `done` accepts,
+    /// waited for at most two minutes while the agent lives.
+    fn wait_for_report(
+        &self,
+        agent: &mut AgentProcess,
+        started: Instant,
+        what: &str,
+        done: &dyn Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let limit = Duration::from_secs(120);
+        loop {
+            if let Some(r) = self.last_run()
+                && done(&r)
+            {
+                return r;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "no report {what} after {limit:?}:\n{}",
+                agent.log()
+            );
+            assert!(agent.running(), "the agent died:\n{}", agent.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn rpm_erase_by_hand(&self, name: &str) {
         let out = Command::new("rpm")
             .arg("--root")
@@ -521,19 +547,7 @@ fn a_hung_package_step_is_killed_at_its_configured_timeout_and_reported() {
         "interval: 1h\nsplay: 0s\ntimeouts: { packages: 3s }\n",
         &[],
     );
-    let limit = Duration::from_secs(120);
-    let report = loop {
-        if let Some(r) = h.last_run() {
-            break r;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "no report after {limit:?}:\n{}",
-            agent.log()
-        );
-        assert!(agent.running(), "the agent died:\n{}", agent.log());
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let report = h.wait_for_report(&mut agent, started, "of a run", &|_| true);
     // Far sooner than the 5 minutes the script would sleep.
     assert!(
         started.elapsed() < Duration::from_secs(100),
@@ -582,23 +596,7 @@ fn a_held_dnf_lock_fails_the_run_transiently_and_the_agent_retries_soon() {
         "interval: 1h\nsplay: 0s\ntimeouts: { packages: 3s }\n",
         &[],
     );
-    let limit = Duration::from_secs(120);
-    let wait_for =
-        |agent: &mut AgentProcess, what: &str, done: &dyn Fn(&serde_json::Value) -> bool| loop {
-            if let Some(r) = h.last_run()
-                && done(&r)
-            {
-                return r;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "no report {what} after {limit:?}:\n{}",
-                agent.log()
-            );
-            assert!(agent.running(), "the agent died:\n{}", agent.log());
-            std::thread::sleep(Duration::from_millis(50));
-        };
-    let first = wait_for(&mut agent, "of a run", &|_| true);
+    let first = h.wait_for_report(&mut agent, started, "of a run", &|_| true);
     assert_eq!(first["status"], "failed", "{first}");
     let error = status_of(&first, "package", A)["error"]
         .as_str()
@@ -614,7 +612,7 @@ fn a_held_dnf_lock_fails_the_run_transiently_and_the_agent_retries_soon() {
     let _ = holder.0.kill();
     let _ = holder.0.wait();
     let released = Instant::now();
-    let converged = wait_for(&mut agent, "that converged", &|r| {
+    let converged = h.wait_for_report(&mut agent, started, "that converged", &|r| {
         r["status"] == "converged"
     });
     assert_eq!(
