@@ -553,15 +553,16 @@ pub fn health(common: &Common) -> Result<i32> {
             let cache = crate::source::git::GitCache::open(&common.state_dir)?;
             let branch = common.settings.branch_for(&facts);
             let oid = match &state.applied_commit {
-                Some(c) => git2::Oid::from_str(c)
-                    .with_context(|| format!("state.json: applied commit '{c}'"))?,
+                Some(c) => crate::source::git::parse_commit_id(c)
+                    .map_err(anyhow::Error::msg)
+                    .context("state.json: applied commit")?,
                 None => cache.cached_tip(&branch).with_context(|| {
                     format!("no commit applied yet, and none of {branch} cached")
                 })?,
             };
             let hex = oid.to_string();
             let tree = cache.tree(
-                oid,
+                &oid,
                 format!(
                     "commit {} of {url} ({branch})",
                     crate::report::short_id(&hex, 12)

@@ -223,32 +223,28 @@ impl PromoteArgs {
     }
 }
 
-/// Whether the command may call libgit2, whose start-up initialises
-/// OpenSSL (some 10 million instructions and 3 MiB of libcrypto pages): a
-/// run that reads a plain directory, and the commands that never read a
-/// repository, skip it. A wrong `true` costs only that start-up; a wrong
-/// `false` only lets libgit2 start on its own later, parsing the system CA
-/// bundle as it starts (`source::tls`).
-fn may_use_libgit2(command: &Command, source: Option<&str>) -> bool {
-    let git_source = || {
-        source.is_some_and(|s| {
-            !matches!(
-                trueup::source::remote::locate(s),
-                Ok(trueup::source::remote::Location::Dir(_))
-            )
-        })
-    };
-    match command {
+/// Whether the command starts libgit2 before anything else, whose start-up
+/// initialises OpenSSL (some 10 million instructions and 3 MiB of libcrypto
+/// pages). The agent and the fleet commands do (while the process has one
+/// thread, so the system CA bundle can be left for later: `source::tls`).
+/// A one-shot check, apply or health check starts it only when it first
+/// needs it (`source::tls::start_libgit2`): a run whose tip did not move
+/// reads the cache with gitoxide and never starts it. Commands that read no
+/// repository never do.
+fn starts_libgit2_first(command: &Command) -> bool {
+    !matches!(
+        command,
         Command::Validate { fleet: false, .. }
-        | Command::Render { .. }
-        | Command::Facts
-        | Command::Status
-        | Command::Disable { .. }
-        | Command::Enable
-        | Command::GenerateAssets { .. } => false,
-        Command::Check | Command::Apply { .. } | Command::Health => git_source(),
-        _ => true,
-    }
+            | Command::Render { .. }
+            | Command::Facts
+            | Command::Status
+            | Command::Disable { .. }
+            | Command::Enable
+            | Command::GenerateAssets { .. }
+            | Command::Check
+            | Command::Apply { .. }
+            | Command::Health
+    )
 }
 
 fn absolute_path(s: &str) -> Result<PathBuf, String> {
@@ -302,7 +298,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(trueup::config::EXIT_CONFIG as u8);
     }
-    if may_use_libgit2(&cli.command, common.source.as_deref()) {
+    if starts_libgit2_first(&cli.command) {
         // SAFETY: the process still has one thread (parsing, logging and
         // the configuration start none), and nothing has touched libgit2.
         unsafe { trueup::source::tls::defer_system_roots() };
@@ -428,24 +424,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_runs_that_may_read_a_repository_start_libgit2() {
-        let dir = tempfile::TempDir::new().unwrap();
-        let dir = dir.path().to_str().unwrap();
-        let render = Command::Render { dir: dir.into() };
-        assert!(!may_use_libgit2(&Command::Check, Some(dir)));
-        assert!(!may_use_libgit2(&Command::Health, Some(dir)));
-        assert!(!may_use_libgit2(&render, None));
-        assert!(!may_use_libgit2(&Command::Status, None));
-        for url in [
-            "file:///srv/fleet.git",
-            "https://git.example.com/fleet.git",
-            "ssh://git@git.example.com/fleet.git",
+    fn one_shot_runs_start_libgit2_only_when_they_need_it() {
+        let render = Command::Render { dir: ".".into() };
+        for one_shot in [
+            Command::Check,
+            Command::Health,
+            Command::Apply {
+                dry_run: false,
+                detailed_exitcodes: false,
+            },
+            render,
+            Command::Status,
         ] {
-            assert!(may_use_libgit2(&Command::Check, Some(url)), "{url}");
+            assert!(!starts_libgit2_first(&one_shot));
         }
-        // Not a directory and not a URL: the run fails on its own terms.
-        assert!(may_use_libgit2(&Command::Check, Some("/no/such/dir")));
-        assert!(!may_use_libgit2(&Command::Check, None));
-        assert!(may_use_libgit2(&Command::Agent, Some(dir)));
+        assert!(starts_libgit2_first(&Command::Agent));
     }
 }

@@ -77,12 +77,15 @@ fn scenario(repo: &TestRepo, url: &str, config: &str, server: Option<ServerCount
     let listings_before = listings.map(|l| l());
     let run = Run::from(
         host.command(url, &["apply", "--format", "json"])
-            .env("TRUEUP_LOG", "warn")
+            .env("TRUEUP_LOG", "warn,trueup::source::tls=debug")
             .output()
             .unwrap(),
     );
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(run.json()["status"], "in_sync");
+    // Nothing to fetch, nothing to note: the cache was read with gitoxide
+    // alone, and libgit2 (with OpenSSL) never started.
+    assert!(!run.stderr.contains("starting libgit2"), "{}", run.stderr);
     // The protocol v2 client (gitoxide) answered the poll: the libgit2
     // fallback would hide a v2 transport that cannot connect (over https:
     // one that does not trust auth.ca_file).
@@ -112,8 +115,15 @@ fn scenario(repo: &TestRepo, url: &str, config: &str, server: Option<ServerCount
 
     // Drift repaired: a note, still no fetch.
     std::fs::write(host.path("/etc/motd"), "edited by hand\n").unwrap();
-    let run = host.apply(url);
+    let run = Run::from(
+        host.command(url, &["apply", "--format", "json"])
+            .env("TRUEUP_LOG", "warn,trueup::source::tls=debug")
+            .output()
+            .unwrap(),
+    );
     assert_eq!(run.json()["status"], "converged");
+    // The note is written and pushed with libgit2, started for it.
+    assert!(run.stderr.contains("starting libgit2"), "{}", run.stderr);
     assert_eq!(host.read("/etc/motd").as_deref(), Some("first\n"));
     assert_eq!(notes_commits(&repo.bare, &host.notes_ref()), 2);
     assert_eq!(packs.map(|p| p()), packs_before, "polling fetched a pack");

@@ -684,7 +684,7 @@ fn push_wave(
         .map_err(|e| conn.url().scrub(e.message()))?;
     let rejected: RefCell<Vec<String>> = RefCell::new(Vec::new());
     let moved: RefCell<Vec<String>> = RefCell::new(Vec::new());
-    let mut cb = conn.callbacks();
+    let mut cb = conn.callbacks().map_err(|e| e.to_string())?;
     cb.push_negotiation(|updates| {
         for u in updates {
             let name = u.dst_refname().unwrap_or("");

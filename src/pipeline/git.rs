@@ -10,7 +10,6 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use git2::Oid;
 use tracing::{error, info, warn};
 
 use super::{CommitChoice, Converged, Run, Stop, TipVerdict, choose_commit};
@@ -19,7 +18,7 @@ use crate::desired::DesiredState;
 use crate::error_class::Classify;
 use crate::report::notes;
 use crate::report::{Mode, Rejected, RunReport, RunStatus, SourceInfo, short_id};
-use crate::source::git::{GitCache, valid_branch};
+use crate::source::git::{CommitId, GitCache, git2_oid, parse_commit_id, valid_branch};
 use crate::source::remote::RemoteUrl;
 use crate::source::trust;
 use crate::state::HostState;
@@ -30,7 +29,7 @@ pub(super) struct Fetched<'u> {
     cache: GitCache,
     url: &'u RemoteUrl,
     branch: String,
-    tip: Oid,
+    tip: CommitId,
 }
 
 impl Fetched<'_> {
@@ -156,7 +155,15 @@ impl Run<'_> {
             state.disabled.as_ref(),
             self.settings.mode == crate::config::AgentMode::Check,
         );
-        report.set_commit_details(source.cache.repo());
+        if let Some((subject, author)) = report
+            .source
+            .commit
+            .as_deref()
+            .and_then(|c| parse_commit_id(c).ok())
+            .and_then(|id| source.cache.commit_details(&id))
+        {
+            report.set_commit_details(subject, author);
+        }
 
         self.control.phase(Phase::Reporting);
         self.record(&source, &report, applied, noted_broken, state);
@@ -204,18 +211,21 @@ impl Run<'_> {
         let (cache, tip) = (&source.cache, source.tip);
         let trust = &self.settings.trust;
         if trust.required() {
-            match trust::verify_commit(cache.repo(), tip, trust) {
+            let verified = cache.repo().map_err(|e| e.to_string()).and_then(|repo| {
+                trust::verify_commit(repo, git2_oid(&tip), trust).map_err(|e| e.to_string())
+            });
+            match verified {
                 Ok(signer) => {
                     info!(commit = %tip, signer = %signer.identity, method = signer.method, "signature verified");
                 }
-                Err(e) => return Some(e.to_string()),
+                Err(e) => return Some(e),
             }
         }
         let prev = state.applied_commit.as_deref()?;
         if trust.allow_rewind || prev == tip.to_string() {
             return None;
         }
-        let descends = Oid::from_str(prev).is_ok_and(|p| cache.descends_from(tip, p));
+        let descends = parse_commit_id(prev).is_ok_and(|p| cache.descends_from(&tip, &p));
         (!descends).then(|| {
             format!(
                 "commit {tip} does not descend from the last applied commit {prev} (a force-push, or an older commit replayed); set trust.allow_rewind: true to accept it"
@@ -270,9 +280,8 @@ impl Run<'_> {
             source.url,
             source.branch
         );
-        let tree = Oid::from_str(commit)
-            .map_err(|e| e.to_string())
-            .and_then(|oid| source.cache.tree(oid, describe).map_err(|e| e.to_string()));
+        let tree = parse_commit_id(commit)
+            .and_then(|id| source.cache.tree(&id, describe).map_err(|e| e.to_string()));
         match tree {
             Ok(tree) => {
                 self.control.phase(Phase::Converging);
@@ -326,13 +335,21 @@ impl Run<'_> {
         state: &mut HostState,
         other_note_written: bool,
     ) {
-        let repo = source.cache.repo();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let heartbeat = self.settings.report.heartbeat.as_secs();
+        // libgit2 is started only when a note is written or pushed.
+        let repo = || {
+            source
+                .cache
+                .repo()
+                .inspect_err(|e| warn!(error = %e, "could not open the Git cache for notes"))
+                .ok()
+        };
         if notes::note_due(state.last_note.as_ref(), report, heartbeat, now) {
+            let Some(repo) = repo() else { return };
             match notes::write_note(repo, report) {
                 Ok(_) => state.last_note = notes::mark(report, now),
                 Err(e) => warn!(error = %e.message(), "could not write the note"),
@@ -349,6 +366,7 @@ impl Run<'_> {
         if self.opts.offline {
             return;
         }
+        let Some(repo) = repo() else { return };
         let pushed = notes::reports_remote(self.settings, source.url)
             .and_then(|(url, auth)| notes::push_notes(repo, &url, &auth, &report.host));
         match pushed {
@@ -364,17 +382,20 @@ fn note_broken_commit(cache: &GitCache, report: &RunReport) -> bool {
     let Some(commit) = report.source.commit.as_deref() else {
         return false;
     };
+    let Ok(repo) = cache.repo() else {
+        return false;
+    };
     let reference = notes::notes_ref(&report.host);
-    let already = Oid::from_str(commit)
+    let already = parse_commit_id(commit)
         .ok()
-        .and_then(|oid| cache.repo().find_note(Some(&reference), oid).ok())
+        .and_then(|id| repo.find_note(Some(&reference), git2_oid(&id)).ok())
         .and_then(|n| n.message().ok().map(str::to_string))
         .and_then(|text| notes::parse_note(&text).ok())
         .is_some_and(|(_, old)| old.status == report.status && old.errors == report.errors);
     if already {
         return false;
     }
-    match notes::write_note(cache.repo(), report) {
+    match notes::write_note(repo, report) {
         Ok(_) => true,
         Err(e) => {
             warn!(error = %e.message(), commit, "could not note the broken commit");

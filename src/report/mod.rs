@@ -397,29 +397,9 @@ impl RunReport {
 
     /// Records the subject and author of `source.commit`, read from
     /// `repo` (left unset when the commit is not there).
-    pub fn set_commit_details(&mut self, repo: &git2::Repository) {
-        let Some(commit) = self
-            .source
-            .commit
-            .as_deref()
-            .and_then(|c| git2::Oid::from_str(c).ok())
-            .and_then(|oid| repo.find_commit(oid).ok())
-        else {
-            return;
-        };
-        // Lossy: a commit message or name need not be UTF-8.
-        self.commit_subject = commit
-            .summary_bytes()
-            .map(|b| String::from_utf8_lossy(b).into_owned());
-        let author = commit.author();
-        let name = String::from_utf8_lossy(author.name_bytes()).into_owned();
-        let email = String::from_utf8_lossy(author.email_bytes()).into_owned();
-        self.commit_author = match (name.is_empty(), email.is_empty()) {
-            (false, false) => Some(format!("{name} <{email}>")),
-            (false, true) => Some(name),
-            (true, false) => Some(format!("<{email}>")),
-            (true, true) => None,
-        };
+    pub fn set_commit_details(&mut self, subject: Option<String>, author: Option<String>) {
+        self.commit_subject = subject;
+        self.commit_author = author;
     }
 
     /// Writes the report as `last-run.json` in the state directory.

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use git2::{ObjectType, Oid, Repository, RepositoryInitOptions};
+use git2::{Oid, Repository, RepositoryInitOptions};
 use tracing::{debug, info, warn};
 
 use super::poll::{self, Polled};
@@ -20,17 +20,48 @@ use crate::config::Auth;
 /// Name of the cache repository inside the state directory.
 pub const CACHE_DIR: &str = "repo.git";
 
+/// A commit's id, as gitoxide reads it: reading the cache (refs, commits,
+/// trees, blobs) never starts libgit2, so a run whose tip did not move
+/// never initialises libgit2 (and OpenSSL with it).
+pub type CommitId = gix::ObjectId;
+
 /// The host branch's tip after an update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tip {
-    pub commit: Oid,
+    pub commit: CommitId,
     /// Whether objects were downloaded (false: the cache was current).
     pub fetched: bool,
 }
 
-/// The bare cache repository.
+/// libgit2's id of `id`, for the calls that still go through libgit2. Both
+/// are SHA-1 (20 bytes), the only length either side is built for here.
+pub fn git2_oid(id: &gix::oid) -> Oid {
+    Oid::from_bytes(id.as_bytes()).unwrap_or(Oid::ZERO_SHA1)
+}
+
+/// gitoxide's id of a libgit2 id.
+pub fn commit_id(oid: Oid) -> CommitId {
+    CommitId::try_from(oid.as_bytes()).unwrap_or_else(|_| CommitId::null(gix::hash::Kind::Sha1))
+}
+
+/// Parses a full hexadecimal commit id (as `state.json` and reports hold
+/// them).
+pub fn parse_commit_id(hex: &str) -> Result<CommitId, String> {
+    CommitId::from_hex(hex.as_bytes()).map_err(|e| format!("'{hex}' is not a commit id: {e}"))
+}
+
+/// Opens a repository for reading with gitoxide, isolated from the user's
+/// and the system's Git configuration.
+fn open_gix(path: &Path) -> Result<gix::Repository, String> {
+    let opts = gix::open::Options::isolated().with_enforced_trust(gix::sec::Trust::Full);
+    gix::open_opts(path, opts).map_err(|e| poll::chain(&e))
+}
+
+/// The bare cache repository. Reads go through gitoxide; libgit2 is opened
+/// only for what needs it (a fetch, a signature, a note, a push).
 pub struct GitCache {
-    repo: Repository,
+    objects: gix::Repository,
+    repo: std::cell::OnceCell<Repository>,
     path: PathBuf,
 }
 
@@ -38,22 +69,36 @@ impl GitCache {
     /// Opens `<state_dir>/repo.git`, creating it on first use.
     pub fn open(state_dir: &Path) -> Result<GitCache, SourceError> {
         let path = state_dir.join(CACHE_DIR);
-        let cache_err = |e: git2::Error| SourceError::Cache {
+        let cache_err = |detail: String| SourceError::Cache {
             path: path.display().to_string(),
-            detail: e.message().to_string(),
+            detail,
         };
-        let repo = if path.join("HEAD").exists() {
-            Repository::open_bare(&path).map_err(cache_err)?
-        } else {
+        let repo = std::cell::OnceCell::new();
+        if !path.join("HEAD").exists() {
+            super::tls::start_libgit2();
             let mut opts = RepositoryInitOptions::new();
             opts.bare(true).mkpath(true).no_reinit(false);
-            Repository::init_opts(&path, &opts).map_err(cache_err)?
-        };
-        Ok(GitCache { repo, path })
+            let created = Repository::init_opts(&path, &opts)
+                .map_err(|e| cache_err(e.message().to_string()))?;
+            let _ = repo.set(created);
+        }
+        let objects = open_gix(&path).map_err(cache_err)?;
+        Ok(GitCache {
+            objects,
+            repo,
+            path,
+        })
     }
 
-    pub fn repo(&self) -> &Repository {
-        &self.repo
+    /// libgit2's handle on the cache, opened (and libgit2 started) on first
+    /// use.
+    pub fn repo(&self) -> Result<&Repository, SourceError> {
+        if let Some(repo) = self.repo.get() {
+            return Ok(repo);
+        }
+        super::tls::start_libgit2();
+        let opened = Repository::open_bare(&self.path).map_err(|e| self.cache_err(&e))?;
+        Ok(self.repo.get_or_init(|| opened))
     }
 
     pub fn path(&self) -> &Path {
@@ -67,6 +112,13 @@ impl GitCache {
         }
     }
 
+    /// The commit a ref of the cache names, if it names one the cache holds.
+    fn ref_commit(&self, name: &str) -> Option<CommitId> {
+        let mut reference = self.objects.try_find_reference(name).ok()??;
+        let id = reference.peel_to_id().ok()?.detach();
+        self.has_commit(&id).then_some(id)
+    }
+
     /// Brings the cached branch up to date: lists the remote's refs, and
     /// fetches only when the tip is not already in the cache.
     pub fn update(
@@ -78,9 +130,20 @@ impl GitCache {
         let head = format!("refs/heads/{branch}");
         let tracking = tracking_ref(branch);
         let conn = Connector::new(remote, auth)?;
-        // file:// stays with libgit2 (in-process, no ref advertisement cost
-        // worth saving); every network transport polls with protocol v2.
-        if remote.transport != Transport::File {
+        if remote.transport == Transport::File {
+            // A repository on this machine: its ref is read in place, and
+            // libgit2 is needed only when the tip moved.
+            if let Some(tip) = local_tip(remote, &head)
+                && self.ref_commit(&tracking) == Some(tip)
+            {
+                debug!(branch, commit = %tip, "remote tip unchanged, no fetch");
+                return Ok(Tip {
+                    commit: tip,
+                    fetched: false,
+                });
+            }
+        } else {
+            // Every network transport polls with protocol v2.
             match poll::poll_branch(
                 &self.path,
                 remote,
@@ -93,7 +156,7 @@ impl GitCache {
                     commit,
                     fetched,
                     protocol,
-                }) if self.has_commit(commit) => {
+                }) if self.has_commit(&commit) => {
                     if fetched {
                         info!(branch, commit = %commit, protocol, "fetched");
                     } else {
@@ -115,72 +178,93 @@ impl GitCache {
                 }
             }
         }
-        let refs = conn.list_refs(&self.repo)?;
+        let repo = self.repo()?;
+        let refs = conn.list_refs(repo)?;
         let Some(remote_tip) = refs.iter().find(|(n, _)| *n == head).map(|(_, o)| *o) else {
             return Err(SourceError::MissingBranch {
                 url: remote.redacted().to_string(),
                 branch: branch.to_string(),
             });
         };
-        let cached = self.repo.refname_to_id(&tracking).ok();
-        if cached == Some(remote_tip) && self.has_commit(remote_tip) {
+        let remote_id = commit_id(remote_tip);
+        let cached = repo.refname_to_id(&tracking).ok();
+        if cached == Some(remote_tip) && self.has_commit(&remote_id) {
             debug!(branch, commit = %remote_tip, "remote tip unchanged, no fetch");
             return Ok(Tip {
-                commit: remote_tip,
+                commit: remote_id,
                 fetched: false,
             });
         }
-        if self.has_commit(remote_tip) {
+        if self.has_commit(&remote_id) {
             // Moved back to (or onto) a commit already fetched: no download.
-            self.repo
-                .reference(&tracking, remote_tip, true, "trueup: tip already cached")
+            repo.reference(&tracking, remote_tip, true, "trueup: tip already cached")
                 .map_err(|e| self.cache_err(&e))?;
             return Ok(Tip {
-                commit: remote_tip,
+                commit: remote_id,
                 fetched: false,
             });
         }
         let refspec = format!("+{head}:{tracking}");
-        conn.fetch(&self.repo, &[&refspec])?;
-        let commit = self
-            .repo
+        conn.fetch(repo, &[&refspec])?;
+        let commit = repo
             .refname_to_id(&tracking)
             .map_err(|e| self.cache_err(&e))?;
         info!(branch, commit = %commit, "fetched");
         Ok(Tip {
-            commit,
+            commit: commit_id(commit),
             fetched: true,
         })
     }
 
     /// The cached tip of `branch` (for `--offline`).
-    pub fn cached_tip(&self, branch: &str) -> Result<Oid, SourceError> {
-        self.repo
-            .refname_to_id(&tracking_ref(branch))
-            .ok()
-            .filter(|o| self.has_commit(*o))
+    pub fn cached_tip(&self, branch: &str) -> Result<CommitId, SourceError> {
+        self.ref_commit(&tracking_ref(branch))
             .ok_or_else(|| SourceError::NotCached {
                 branch: branch.to_string(),
                 path: self.path.display().to_string(),
             })
     }
 
-    fn has_commit(&self, oid: Oid) -> bool {
-        self.repo.find_commit(oid).is_ok()
+    fn has_commit(&self, id: &gix::oid) -> bool {
+        self.objects
+            .find_header(id)
+            .is_ok_and(|h| h.kind() == gix::object::Kind::Commit)
     }
 
     /// Whether `commit` descends from (or is) `ancestor`. An ancestor the
     /// cache does not hold counts as not descending.
-    pub fn descends_from(&self, commit: Oid, ancestor: Oid) -> bool {
+    pub fn descends_from(&self, commit: &gix::oid, ancestor: &gix::oid) -> bool {
         commit == ancestor
-            || self
-                .repo
-                .graph_descendant_of(commit, ancestor)
-                .unwrap_or(false)
+            || self.repo().is_ok_and(|repo| {
+                repo.graph_descendant_of(git2_oid(commit), git2_oid(ancestor))
+                    .unwrap_or(false)
+            })
+    }
+
+    /// The subject line and the author (`Name <email>`) of `commit`, for
+    /// reports. Lossy: a commit message or name need not be UTF-8.
+    pub fn commit_details(&self, commit: &gix::oid) -> Option<(Option<String>, Option<String>)> {
+        let commit = self.objects.find_commit(commit.to_owned()).ok()?;
+        let subject = commit
+            .message()
+            .ok()
+            .map(|m| m.summary().to_string())
+            .filter(|s| !s.is_empty());
+        let author = commit.author().ok().and_then(|a| {
+            let name = a.name.to_string();
+            let email = a.email.to_string();
+            match (name.is_empty(), email.is_empty()) {
+                (false, false) => Some(format!("{name} <{email}>")),
+                (false, true) => Some(name),
+                (true, false) => Some(format!("<{email}>")),
+                (true, true) => None,
+            }
+        });
+        Some((subject, author))
     }
 
     /// The tree of `commit`, for rendering.
-    pub fn tree(&self, commit: Oid, describe: String) -> Result<GitTree, SourceError> {
+    pub fn tree(&self, commit: &gix::oid, describe: String) -> Result<GitTree, SourceError> {
         GitTree::open(&self.path, commit, describe)
     }
 
@@ -200,6 +284,19 @@ impl GitCache {
     }
 }
 
+/// The tip of `head` in a repository on this machine (a `file://` remote),
+/// read in place; `None` when it cannot be read that way (libgit2 then
+/// lists the remote, and its errors are the ones users see).
+fn local_tip(remote: &RemoteUrl, head: &str) -> Option<CommitId> {
+    let path = url::Url::parse(remote.for_libgit2())
+        .ok()?
+        .to_file_path()
+        .ok()?;
+    let repo = open_gix(&path).ok()?;
+    let mut reference = repo.try_find_reference(head).ok()??;
+    Some(reference.peel_to_id().ok()?.detach())
+}
+
 /// Where the cache keeps the remote's tip of `branch`.
 pub fn tracking_ref(branch: &str) -> String {
     format!("refs/trueup/remote/{branch}")
@@ -207,14 +304,16 @@ pub fn tracking_ref(branch: &str) -> String {
 
 /// Whether `branch` can be a branch name.
 pub fn valid_branch(branch: &str) -> bool {
-    git2::Reference::is_valid_name(&format!("refs/heads/{branch}"))
+    let name = format!("refs/heads/{branch}");
+    gix::validate::reference::name(name.as_bytes().into()).is_ok()
 }
 
-/// A commit's tree, read blob by blob from the object database.
+/// A commit's tree, read blob by blob from the object database (with
+/// gitoxide: rendering a commit never starts libgit2).
 pub struct GitTree {
-    // git2::Repository is Send but not Sync; reads are short.
-    repo: Mutex<Repository>,
-    tree: Oid,
+    // gix::Repository is Send but not Sync; reads are short.
+    repo: Mutex<gix::Repository>,
+    tree: CommitId,
     describe: String,
     /// Set when a read met an object the tree names but the cache lacks.
     missing: std::sync::atomic::AtomicBool,
@@ -222,17 +321,18 @@ pub struct GitTree {
 
 impl GitTree {
     /// Opens the tree of `commit` in the repository at `path`.
-    pub fn open(path: &Path, commit: Oid, describe: String) -> Result<GitTree, SourceError> {
-        let err = |e: git2::Error| SourceError::Cache {
+    pub fn open(path: &Path, commit: &gix::oid, describe: String) -> Result<GitTree, SourceError> {
+        let err = |detail: String| SourceError::Cache {
             path: path.display().to_string(),
-            detail: format!("commit {commit}: {}", e.message()),
+            detail: format!("commit {commit}: {detail}"),
         };
-        let repo = Repository::open_bare(path).map_err(err)?;
+        let repo = open_gix(path).map_err(err)?;
         let tree = repo
-            .find_commit(commit)
-            .and_then(|c| c.tree())
-            .map_err(err)?
-            .id();
+            .find_commit(commit.to_owned())
+            .map_err(|e| err(poll::chain(&e)))?
+            .tree_id()
+            .map_err(|e| err(poll::chain(&e)))?
+            .detach();
         Ok(GitTree {
             repo: Mutex::new(repo),
             tree,
@@ -248,86 +348,61 @@ impl GitTree {
     }
 }
 
-const MODE_TREE: i32 = 0o040000;
-const MODE_SYMLINK: i32 = 0o120000;
-const MODE_SUBMODULE: i32 = 0o160000;
-
 impl Tree for GitTree {
     fn read(&self, path: &RepoPath) -> Result<Vec<u8>, TreeError> {
-        let io = |e: git2::Error| {
-            if e.code() == git2::ErrorCode::NotFound {
-                self.missing
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-            TreeError::Io(path.clone(), e.message().to_string())
+        // Every object the tree names should be there: one that is not
+        // means the cache lost it.
+        let lost = |e: &dyn std::error::Error| {
+            self.missing
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            TreeError::Io(path.clone(), poll::chain(e))
         };
         let repo = self.repo.lock().unwrap_or_else(|p| p.into_inner());
-        let mut tree = repo.find_tree(self.tree).map_err(io)?;
+        let mut tree = repo.find_tree(self.tree).map_err(|e| lost(&e))?;
         let parts: Vec<&str> = path.components().collect();
         for (i, part) in parts.iter().enumerate() {
             let last = i + 1 == parts.len();
-            let Some((mode, id)) = tree.get_name(part).map(|e| (e.filemode(), e.id())) else {
+            let Some((mode, id)) = tree.find_entry(*part).map(|e| (e.mode(), e.object_id())) else {
                 return Err(TreeError::NotFound(path.clone(), self.describe()));
             };
+            let refused = |what: &str| TreeError::Refused(path.clone(), what.to_string());
             if !last {
-                match mode {
-                    MODE_TREE => {
-                        let next = repo.find_tree(id).map_err(io)?;
-                        tree = next;
-                    }
-                    MODE_SYMLINK => {
-                        return Err(TreeError::Refused(
-                            path.clone(),
-                            format!("'{}' is a symlink in the commit", parts[..=i].join("/")),
-                        ));
-                    }
-                    MODE_SUBMODULE => {
-                        return Err(TreeError::Refused(
-                            path.clone(),
-                            format!(
-                                "'{}' is a submodule; submodules are not read",
-                                parts[..=i].join("/")
-                            ),
-                        ));
-                    }
-                    _ => return Err(TreeError::NotFound(path.clone(), self.describe())),
+                if mode.is_tree() {
+                    tree = repo.find_tree(id).map_err(|e| lost(&e))?;
+                    continue;
                 }
-                continue;
+                let above = parts[..=i].join("/");
+                return Err(if mode.is_link() {
+                    refused(&format!("'{above}' is a symlink in the commit"))
+                } else if mode.is_commit() {
+                    refused(&format!(
+                        "'{above}' is a submodule; submodules are not read"
+                    ))
+                } else {
+                    TreeError::NotFound(path.clone(), self.describe())
+                });
             }
-            match mode {
-                MODE_SYMLINK => {
-                    return Err(TreeError::Refused(
-                        path.clone(),
-                        "is a symlink in the commit, not a regular file".into(),
-                    ));
-                }
-                MODE_SUBMODULE => {
-                    return Err(TreeError::Refused(
-                        path.clone(),
-                        "is a submodule, not a regular file".into(),
-                    ));
-                }
-                MODE_TREE => {
-                    return Err(TreeError::Refused(
-                        path.clone(),
-                        "is a directory, not a regular file".into(),
-                    ));
-                }
-                _ => {}
+            if mode.is_link() {
+                return Err(refused("is a symlink in the commit, not a regular file"));
             }
-            let odb = repo.odb().map_err(io)?;
-            let (size, kind) = odb.read_header(id).map_err(io)?;
-            if kind != ObjectType::Blob {
-                return Err(TreeError::Refused(path.clone(), "is not a file".into()));
+            if mode.is_commit() {
+                return Err(refused("is a submodule, not a regular file"));
             }
-            if size as u64 > MAX_TREE_FILE {
-                return Err(TreeError::Refused(
-                    path.clone(),
-                    format!("is {size} bytes, more than the {MAX_TREE_FILE} bytes trueup reads"),
-                ));
+            if mode.is_tree() {
+                return Err(refused("is a directory, not a regular file"));
             }
-            let blob = repo.find_blob(id).map_err(io)?;
-            return Ok(blob.content().to_vec());
+            let header = repo.find_header(id).map_err(|e| lost(&e))?;
+            if header.kind() != gix::object::Kind::Blob {
+                return Err(refused("is not a file"));
+            }
+            if header.size() > MAX_TREE_FILE {
+                return Err(refused(&format!(
+                    "is {} bytes, more than the {MAX_TREE_FILE} bytes trueup reads",
+                    header.size()
+                )));
+            }
+            let mut blob = repo.find_blob(id).map_err(|e| lost(&e))?;
+            return Ok(blob.take_data());
         }
         Err(TreeError::NotFound(path.clone(), self.describe()))
     }
@@ -367,7 +442,7 @@ mod tests {
                 .unwrap();
             root.write().unwrap()
         });
-        let tree = GitTree::open(dir.path(), commit, "commit x".into()).unwrap();
+        let tree = GitTree::open(dir.path(), &commit_id(commit), "commit x".into()).unwrap();
         let p = |s: &str| RepoPath::parse(s).unwrap();
         assert_eq!(tree.read(&p("trueup.yaml")).unwrap(), b"hello\n");
         assert_eq!(tree.read(&p("exec.sh")).unwrap(), b"hello\n");

@@ -21,8 +21,6 @@
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use git2::Oid;
-
 use super::remote::{RemoteUrl, Transport};
 use crate::config::Auth;
 
@@ -36,7 +34,7 @@ pub struct PollError(pub String);
 pub enum Polled {
     /// The branch's tip, now in the cache under the tracking ref.
     Tip {
-        commit: Oid,
+        commit: gix::ObjectId,
         /// Whether a pack was received (false: the cache was current).
         fetched: bool,
         /// The protocol the server spoke: 2, or 1/0 from a server without v2.
@@ -94,7 +92,7 @@ pub fn poll_branch(
     }) else {
         return Ok(Polled::Missing);
     };
-    let commit = Oid::from_bytes(remote_tip.as_bytes()).map_err(|e| err("the tip", &e))?;
+    let commit = remote_tip.to_owned();
     let fetched = matches!(outcome.status, gix::remote::fetch::Status::Change { .. });
     Ok(Polled::Tip {
         commit,

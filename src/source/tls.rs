@@ -58,6 +58,33 @@ pub unsafe fn defer_system_roots() {
     let _ = DEFERRED.set(bundle);
 }
 
+/// Starts libgit2 once, the cheap way when it still can: a one-shot run
+/// starts it only when it first needs it (a fetch, a signature, a note), so
+/// one whose tip did not move never starts it, nor OpenSSL with it. The
+/// environment may be changed only while the process has one thread; with
+/// more (a https poll's client still running), libgit2 starts as it would
+/// on its own, parsing the bundle.
+pub fn start_libgit2() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        tracing::debug!("starting libgit2");
+        if threads() == Some(1) {
+            // SAFETY: this process has a single thread (just counted), and
+            // nothing else touches libgit2 or the environment meanwhile.
+            unsafe { defer_system_roots() };
+        }
+    });
+}
+
+/// How many threads this process has (`/proc/self/status`).
+fn threads() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+}
+
 /// Loads the system CA bundle into libgit2 if [`defer_system_roots`] left
 /// it out; once per process. Call it before libgit2 connects over https.
 pub fn load_system_roots() -> Result<(), git2::Error> {

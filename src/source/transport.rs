@@ -73,6 +73,9 @@ pub struct Connector {
     /// Where an accepted new host key is written, if accepting is on.
     record_new_host_keys: Option<PathBuf>,
     basic: Option<(String, Secret)>,
+    /// `auth.ca_file`, handed to libgit2 before it first connects.
+    ca_file: Option<PathBuf>,
+    tls: std::cell::OnceCell<Result<(), SourceError>>,
     seen: Rc<RefCell<Seen>>,
 }
 
@@ -81,13 +84,6 @@ impl Connector {
     pub fn new(url: &RemoteUrl, auth: &Auth) -> Result<Connector, SourceError> {
         let mut basic = None;
         if url.transport == Transport::Https {
-            super::tls::load_system_roots().map_err(|e| SourceError::Tls {
-                url: url.redacted().to_string(),
-                detail: format!("loading the system CA certificates: {}", e.message()),
-            })?;
-            if let Some(file) = &auth.ca_file {
-                use_ca_file(file, url)?;
-            }
             if let Some(file) = &auth.credentials_file {
                 let text = read_secret(file, "auth.credentials_file")?;
                 let Some((user, password)) = text.0.split_once(':') else {
@@ -129,8 +125,33 @@ impl Connector {
             known_hosts,
             record_new_host_keys,
             basic,
+            ca_file: auth.ca_file.clone(),
+            tls: std::cell::OnceCell::new(),
             seen: Rc::default(),
         })
+    }
+
+    /// Gives libgit2 the CA certificates https trusts (the system's, then
+    /// `auth.ca_file`), once, before its first connection: not when the
+    /// connector is made, so a run that never connects through libgit2
+    /// never starts it.
+    fn libgit2_tls(&self) -> Result<(), SourceError> {
+        if self.url.transport != Transport::Https {
+            return Ok(());
+        }
+        self.tls
+            .get_or_init(|| {
+                super::tls::start_libgit2();
+                super::tls::load_system_roots().map_err(|e| SourceError::Tls {
+                    url: self.url.redacted().to_string(),
+                    detail: format!("loading the system CA certificates: {}", e.message()),
+                })?;
+                match &self.ca_file {
+                    Some(file) => use_ca_file(file, &self.url),
+                    None => Ok(()),
+                }
+            })
+            .clone()
     }
 
     pub fn url(&self) -> &RemoteUrl {
@@ -146,7 +167,8 @@ impl Connector {
     /// Callbacks for one connection, answering credentials and certificate
     /// questions. Each credential is offered once per connection: a refused
     /// one is an authentication failure, not a loop.
-    pub fn callbacks(&self) -> RemoteCallbacks<'_> {
+    pub fn callbacks(&self) -> Result<RemoteCallbacks<'_>, SourceError> {
+        self.libgit2_tls()?;
         *self.seen.borrow_mut() = Seen::default();
         let mut cb = RemoteCallbacks::new();
         cb.credentials(move |_url, user_from_url, allowed| {
@@ -169,7 +191,7 @@ impl Connector {
             true
         });
         cb.push_transfer_progress(|_, _, _| crate::resource::tool::progress());
-        cb
+        Ok(cb)
     }
 
     fn credentials(
@@ -336,7 +358,7 @@ impl Connector {
             .remote_anonymous(self.url.for_libgit2())
             .map_err(|e| self.classify(&e))?;
         let mut conn = remote
-            .connect_auth(git2::Direction::Fetch, Some(self.callbacks()), None)
+            .connect_auth(git2::Direction::Fetch, Some(self.callbacks()?), None)
             .map_err(|e| self.classify(&e))?;
         let listed: Vec<(String, Oid)> = conn
             .list()
@@ -349,7 +371,7 @@ impl Connector {
             return Ok(listed);
         }
         let mut fo = git2::FetchOptions::new();
-        fo.remote_callbacks(self.callbacks())
+        fo.remote_callbacks(self.callbacks()?)
             .download_tags(git2::AutotagOption::None);
         if let Some(depth) = depth {
             fo.depth(depth);
@@ -366,7 +388,7 @@ impl Connector {
             .remote_anonymous(self.url.for_libgit2())
             .map_err(|e| self.classify(&e))?;
         let conn = remote
-            .connect_auth(git2::Direction::Fetch, Some(self.callbacks()), None)
+            .connect_auth(git2::Direction::Fetch, Some(self.callbacks()?), None)
             .map_err(|e| self.classify(&e))?;
         let heads = conn.list().map_err(|e| self.classify(&e))?;
         Ok(heads
@@ -381,7 +403,7 @@ impl Connector {
             .remote_anonymous(self.url.for_libgit2())
             .map_err(|e| self.classify(&e))?;
         let mut fo = git2::FetchOptions::new();
-        fo.remote_callbacks(self.callbacks())
+        fo.remote_callbacks(self.callbacks()?)
             .download_tags(git2::AutotagOption::None)
             .update_fetchhead(false)
             .prune(git2::FetchPrune::Off);
@@ -412,7 +434,7 @@ impl Connector {
             .remote_anonymous(self.url.for_libgit2())
             .map_err(|e| self.classify(&e))?;
         let rejected: RefCell<Option<String>> = RefCell::new(None);
-        let mut cb = self.callbacks();
+        let mut cb = self.callbacks()?;
         cb.push_update_reference(|_name, status| {
             if let Some(s) = status {
                 *rejected.borrow_mut() = Some(s.to_string());
