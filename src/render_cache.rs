@@ -33,7 +33,7 @@ use sha2::{Digest, Sha256};
 use crate::desired::DesiredState;
 use crate::facts::Facts;
 use crate::resource::node::MAX_OBSERVED_FILE;
-use crate::safe_fs::{Entry, NodeKind, WalkCache};
+use crate::safe_fs::{Entry, WalkCache};
 
 /// The file name in the state directory.
 pub const FILE_NAME: &str = "render-cache.json";
@@ -183,18 +183,18 @@ impl CachedState {
             let Ok(Some(entry)) = Entry::open_cached(&mut walk, root, &f.path) else {
                 return false;
             };
-            let Ok(Some(st)) = entry.stat() else {
-                return false;
-            };
-            if st.kind != NodeKind::File
-                || st.size != f.size
-                || f.mode.is_some_and(|m| m != st.mode)
-                || f.size > MAX_OBSERVED_FILE
-            {
+            if f.size > MAX_OBSERVED_FILE {
                 return false;
             }
-            match entry.read(f.size) {
-                Ok(have) => hex::encode(Sha256::digest(&have)) == f.sha256,
+            // Opened without following a symlink, refused unless a regular
+            // file, then its own fstat: no lstat before it. A file larger
+            // than the entry says is not read past that size.
+            match entry.read_with_stat(f.size) {
+                Ok((have, st)) => {
+                    st.size == f.size
+                        && f.mode.is_none_or(|m| m == st.mode)
+                        && hex::encode(Sha256::digest(&have)) == f.sha256
+                }
                 Err(_) => false,
             }
         })

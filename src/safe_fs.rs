@@ -274,6 +274,13 @@ impl Entry {
 
     /// Reads a regular file's content, at most `limit` bytes.
     pub fn read(&self, limit: u64) -> Result<Vec<u8>> {
+        self.read_with_stat(limit).map(|(content, _)| content)
+    }
+
+    /// Reads a regular file's content, at most `limit` bytes, with the
+    /// metadata of the file read (one `fstat` of the open file: no `lstat`
+    /// before it is needed to refuse a symlink or a special file).
+    pub fn read_with_stat(&self, limit: u64) -> Result<(Vec<u8>, NodeStat)> {
         let (mut file, st) = self.open_regular()?;
         if st.size > limit {
             return Err(SafeFsError::Refused {
@@ -306,7 +313,7 @@ impl Entry {
                 what: format!("is larger than the limit of {limit} bytes"),
             });
         }
-        Ok(buf)
+        Ok((buf, st))
     }
 
     /// The target of a symlink.

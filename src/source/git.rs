@@ -265,7 +265,7 @@ impl GitCache {
 
     /// The tree of `commit`, for rendering.
     pub fn tree(&self, commit: &gix::oid, describe: String) -> Result<GitTree, SourceError> {
-        GitTree::open(&self.path, commit, describe)
+        GitTree::with_repo(self.objects.clone(), &self.path, commit, describe)
     }
 
     /// Throws the cache away and starts an empty one, for a cache that has
@@ -322,11 +322,24 @@ pub struct GitTree {
 impl GitTree {
     /// Opens the tree of `commit` in the repository at `path`.
     pub fn open(path: &Path, commit: &gix::oid, describe: String) -> Result<GitTree, SourceError> {
+        let repo = open_gix(path).map_err(|detail| SourceError::Cache {
+            path: path.display().to_string(),
+            detail,
+        })?;
+        Self::with_repo(repo, path, commit, describe)
+    }
+
+    /// The tree of `commit` in `repo` (at `path`, for messages).
+    fn with_repo(
+        repo: gix::Repository,
+        path: &Path,
+        commit: &gix::oid,
+        describe: String,
+    ) -> Result<GitTree, SourceError> {
         let err = |detail: String| SourceError::Cache {
             path: path.display().to_string(),
             detail: format!("commit {commit}: {detail}"),
         };
-        let repo = open_gix(path).map_err(err)?;
         let tree = repo
             .find_commit(commit.to_owned())
             .map_err(|e| err(poll::chain(&e)))?
