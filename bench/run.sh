@@ -423,7 +423,7 @@ echo
 cat "$ptable"
 echo
 cat "$prss"
-if [ "$largest_peer" != 0 ] && [ -n "${first_cpu[$large]:-}" ]; then
+if [ "$largest_peer" != 0 ] && [ -n "$large" ] && [ -n "${first_cpu[$large]:-}" ]; then
   echo
   echo "First apply of $(thousands "$large") files in one directory: $(ms "${first_cpu[$large]}") of CPU, $(ratio "${first_cpu[$large]}" "${first_cpu[$largest_peer]}") the CPU of $(thousands "$largest_peer") files (linear: $((large / largest_peer))×)."
 fi
