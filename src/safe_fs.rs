@@ -429,8 +429,10 @@ impl Entry {
     fn temp_name(&self) -> OsString {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        // The pid, asked of the kernel once (a getpid per file otherwise).
+        static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
         let mut name = self.temp_prefix();
-        name.push(format!("{}-{n}", std::process::id()));
+        name.push(format!("{}-{n}", PID.get_or_init(std::process::id)));
         name
     }
 
@@ -460,15 +462,7 @@ impl Entry {
         gid: Option<u32>,
         mode: u32,
     ) -> Result<usize> {
-        let tmp = self.temp_name();
-        let fd = nix::fcntl::openat(
-            &self.dir,
-            tmp.as_os_str(),
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )
-        .map_err(io(&self.shown, "creating a temporary file"))?;
-        let result = (|| {
+        let fill = |fd: OwnedFd| -> Result<OwnedFd> {
             let mut file = std::fs::File::from(fd);
             file.write_all(content)
                 .map_err(|e| io(&self.shown, "writing a temporary file")(errno_of(&e)))?;
@@ -478,21 +472,105 @@ impl Entry {
             }
             // After fchown: changing the owner clears setuid/setgid bits.
             nix::sys::stat::fchmod(file.as_fd(), Mode::from_bits_truncate(mode))
-                .map_err(io(&self.shown, "setting the mode"))
-        })();
-        if let Err(e) = result {
-            let _ = nix::unistd::unlinkat(&self.dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
-            return Err(e);
-        }
+                .map_err(io(&self.shown, "setting the mode"))?;
+            Ok(OwnedFd::from(file))
+        };
+        let temp = match self.open_unnamed(batch) {
+            // Dropped on error: an unnamed file leaves nothing behind.
+            Some(fd) => Temp::Unnamed(fill(fd)?),
+            None => {
+                let tmp = self.temp_name();
+                let fd = nix::fcntl::openat(
+                    &self.dir,
+                    tmp.as_os_str(),
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .map_err(io(&self.shown, "creating a temporary file"))?;
+                if let Err(e) = fill(fd) {
+                    let _ = nix::unistd::unlinkat(
+                        &self.dir,
+                        tmp.as_os_str(),
+                        UnlinkatFlags::NoRemoveDir,
+                    );
+                    return Err(e);
+                }
+                Temp::Named(tmp)
+            }
+        };
         batch.staged.push(Staged {
             dir: self.dir.clone(),
-            tmp,
+            temp,
             name: self.name.clone(),
             shown: self.shown.clone(),
         });
         batch.bytes = batch.bytes.saturating_add(content.len() as u64);
         Ok(batch.staged.len() - 1)
     }
+
+    /// An unnamed file (`O_TMPFILE`) in the entry's directory, for an
+    /// entry that does not exist yet: `commit` names it with one `linkat`,
+    /// where a named temporary file costs a create and a rename (two
+    /// directory updates), and a crash before that leaves nothing on disk.
+    /// `None` (a named temporary file is used) when the entry exists, the
+    /// file system has no `O_TMPFILE`, `/proc/self/fd` is not there to link
+    /// through, or the batch holds as many open files as it may.
+    fn open_unnamed(&self, batch: &WriteBatch) -> Option<OwnedFd> {
+        static PROC_FD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if batch.unnamed() >= unnamed_budget()
+            || !*PROC_FD.get_or_init(|| Path::new("/proc/self/fd").is_dir())
+        {
+            return None;
+        }
+        match nix::sys::stat::fstatat(
+            &self.dir,
+            self.name.as_os_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Err(Errno::ENOENT) => {}
+            _ => return None,
+        }
+        nix::fcntl::openat(
+            &self.dir,
+            ".",
+            OFlag::O_WRONLY | OFlag::O_TMPFILE | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .ok()
+    }
+}
+
+/// How many unnamed files a batch may hold open: what the open-file limit
+/// leaves after a margin for everything else (the soft limit is raised to
+/// the hard one, up to 65,536, the first time).
+fn unnamed_budget() -> usize {
+    static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+            return 0;
+        };
+        let wanted = hard.min(65_536).max(soft);
+        let soft = if wanted > soft && setrlimit(Resource::RLIMIT_NOFILE, wanted, hard).is_ok() {
+            wanted
+        } else {
+            soft
+        };
+        usize::try_from(soft.saturating_sub(256)).unwrap_or(0)
+    })
+}
+
+/// Where a staged file's content waits for its name.
+#[derive(Debug)]
+enum Temp {
+    /// A temporary file beside the destination, renamed over it.
+    Named(OsString),
+    /// An unnamed file in the destination's directory, linked to its name.
+    Unnamed(OwnedFd),
 }
 
 /// Files written by `Entry::stage_file` and not yet in place.
@@ -526,7 +604,7 @@ pub struct WriteBatch {
 #[derive(Debug)]
 struct Staged {
     dir: Arc<OwnedFd>,
-    tmp: OsString,
+    temp: Temp,
     name: OsString,
     shown: PathBuf,
 }
@@ -544,6 +622,14 @@ impl WriteBatch {
     /// Bytes of content staged.
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// How many staged files are unnamed (each holds a file open).
+    fn unnamed(&self) -> usize {
+        self.staged
+            .iter()
+            .filter(|s| matches!(s.temp, Temp::Unnamed(_)))
+            .count()
     }
 
     /// Syncs the file system holding `dir` too before any rename: files
@@ -616,17 +702,27 @@ impl WriteBatch {
             } else if synced_all {
                 Ok(())
             } else {
-                fsync_at(&s.dir, &s.tmp).map_err(io(&s.shown, "syncing a temporary file"))
+                match &s.temp {
+                    Temp::Named(tmp) => fsync_at(&s.dir, tmp),
+                    Temp::Unnamed(fd) => nix::unistd::fsync(fd),
+                }
+                .map_err(io(&s.shown, "syncing a temporary file"))
             };
-            let renamed = durable.and_then(|()| {
-                nix::fcntl::renameat(&s.dir, s.tmp.as_os_str(), &s.dir, s.name.as_os_str())
-                    .map_err(io(&s.shown, "renaming into place"))
+            let placed = durable.and_then(|()| match &s.temp {
+                Temp::Named(tmp) => {
+                    nix::fcntl::renameat(&s.dir, tmp.as_os_str(), &s.dir, s.name.as_os_str())
+                        .map_err(io(&s.shown, "renaming into place"))
+                }
+                Temp::Unnamed(fd) => {
+                    link_unnamed(&s.dir, fd, &s.name).map_err(io(&s.shown, "linking into place"))
+                }
             });
-            if renamed.is_err() {
-                let _ =
-                    nix::unistd::unlinkat(&s.dir, s.tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+            // Not in place: a named temporary file goes (an unnamed one
+            // goes when the batch is dropped).
+            if let (Err(_), Temp::Named(tmp)) = (&placed, &s.temp) {
+                let _ = nix::unistd::unlinkat(&s.dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
             }
-            results.push(renamed);
+            results.push(placed);
         }
         // Each directory once, after the renames into it (files come in
         // path order, so a directory's files are next to each other).
@@ -654,8 +750,45 @@ impl WriteBatch {
 impl Drop for WriteBatch {
     fn drop(&mut self) {
         for s in &self.staged {
-            let _ = nix::unistd::unlinkat(&s.dir, s.tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+            // An unnamed file goes when its descriptor closes.
+            if let Temp::Named(tmp) = &s.temp {
+                let _ = nix::unistd::unlinkat(&s.dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+            }
         }
+    }
+}
+
+/// Gives the unnamed file `fd` the name `name` in `dir`. Should the name
+/// have appeared since the file was staged, the file is linked under a
+/// temporary name and renamed over it, as a named temporary file would be.
+fn link_unnamed(dir: &OwnedFd, fd: &OwnedFd, name: &OsStr) -> std::result::Result<(), Errno> {
+    let link = |to: &OsStr| {
+        nix::unistd::linkat(
+            nix::fcntl::AT_FDCWD,
+            format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd)).as_str(),
+            dir,
+            to,
+            AtFlags::AT_SYMLINK_FOLLOW,
+        )
+    };
+    match link(name) {
+        Err(Errno::EEXIST) => {
+            static N: AtomicU64 = AtomicU64::new(0);
+            let mut tmp = OsString::from(".");
+            tmp.push(OsStr::from_bytes(&name.as_bytes()[..name.len().min(200)]));
+            // `<pid>-<n>` as every temporary name (the stale-file sweep
+            // reads it), counted apart from `Entry::temp_name`'s.
+            tmp.push(format!(
+                ".trueup-{}-{}",
+                std::process::id(),
+                (1u64 << 40) + N.fetch_add(1, Ordering::Relaxed)
+            ));
+            link(&tmp)?;
+            nix::fcntl::renameat(dir, tmp.as_os_str(), dir, name).inspect_err(|_| {
+                let _ = nix::unistd::unlinkat(dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
+            })
+        }
+        r => r,
     }
 }
 
@@ -993,7 +1126,9 @@ mod tests {
             "old a"
         );
         assert!(!etc.join("b.conf").exists());
-        assert_eq!(std::fs::read_dir(&etc).unwrap().count(), 3);
+        // a.conf's new content waits in a temporary file beside it; b.conf,
+        // a new file, in an unnamed one (O_TMPFILE) that has no entry yet.
+        assert_eq!(std::fs::read_dir(&etc).unwrap().count(), 2);
         let results = batch.commit();
         assert_eq!(results.len(), 2);
         assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
@@ -1013,6 +1148,26 @@ mod tests {
             .unwrap();
         assert_eq!(st.mode, 0o640);
         assert_eq!(std::fs::read_dir(&etc).unwrap().count(), 2, "no temp left");
+    }
+
+    #[test]
+    fn a_new_file_that_appears_before_commit_is_replaced_whole() {
+        let root = tempfile::tempdir().unwrap();
+        let e = Entry::open(root.path(), Path::new("/etc/new.conf"), true)
+            .unwrap()
+            .unwrap();
+        let mut batch = WriteBatch::default();
+        e.stage_file(&mut batch, b"ours\n", None, None, 0o644)
+            .unwrap();
+        let etc = root.path().join("etc");
+        assert_eq!(std::fs::read_dir(&etc).unwrap().count(), 0, "unnamed");
+        // Someone writes the name between the plan and the commit: the
+        // link cannot take it, the rename over it does.
+        std::fs::write(etc.join("new.conf"), "theirs\n").unwrap();
+        let results = batch.commit();
+        assert!(results[0].is_ok(), "{results:?}");
+        assert_eq!(std::fs::read(etc.join("new.conf")).unwrap(), b"ours\n");
+        assert_eq!(std::fs::read_dir(&etc).unwrap().count(), 1, "no temp left");
     }
 
     #[test]
