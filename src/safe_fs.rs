@@ -462,7 +462,7 @@ impl Entry {
         gid: Option<u32>,
         mode: u32,
     ) -> Result<usize> {
-        let fill = |fd: OwnedFd| -> Result<OwnedFd> {
+        let fill = |fd: OwnedFd, unnamed: bool| -> Result<OwnedFd> {
             let mut file = std::fs::File::from(fd);
             file.write_all(content)
                 .map_err(|e| io(&self.shown, "writing a temporary file")(errno_of(&e)))?;
@@ -471,13 +471,17 @@ impl Entry {
                     .map_err(io(&self.shown, "setting the owner"))?;
             }
             // After fchown: changing the owner clears setuid/setgid bits.
-            nix::sys::stat::fchmod(file.as_fd(), Mode::from_bits_truncate(mode))
-                .map_err(io(&self.shown, "setting the mode"))?;
+            // An unnamed file created with the mode already has it.
+            if !created_with(mode, uid, gid, unnamed) {
+                nix::sys::stat::fchmod(file.as_fd(), Mode::from_bits_truncate(mode))
+                    .map_err(io(&self.shown, "setting the mode"))?;
+            }
             Ok(OwnedFd::from(file))
         };
-        let temp = match self.open_unnamed(batch) {
+        let unnamed = self.open_unnamed(batch, mode);
+        let temp = match unnamed {
             // Dropped on error: an unnamed file leaves nothing behind.
-            Some(fd) => Temp::Unnamed(fill(fd)?),
+            Some(fd) => Temp::Unnamed(fill(fd, true)?),
             None => {
                 let tmp = self.temp_name();
                 let fd = nix::fcntl::openat(
@@ -491,7 +495,7 @@ impl Entry {
                     Mode::from_bits_truncate(0o600),
                 )
                 .map_err(io(&self.shown, "creating a temporary file"))?;
-                if let Err(e) = fill(fd) {
+                if let Err(e) = fill(fd, false) {
                     let _ = nix::unistd::unlinkat(
                         &self.dir,
                         tmp.as_os_str(),
@@ -519,7 +523,7 @@ impl Entry {
     /// `None` (a named temporary file is used) when the entry exists, the
     /// file system has no `O_TMPFILE`, `/proc/self/fd` is not there to link
     /// through, or the batch holds as many open files as it may.
-    fn open_unnamed(&self, batch: &WriteBatch) -> Option<OwnedFd> {
+    fn open_unnamed(&self, batch: &WriteBatch, mode: u32) -> Option<OwnedFd> {
         static PROC_FD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         if batch.unnamed() >= unnamed_budget()
             || !*PROC_FD.get_or_init(|| Path::new("/proc/self/fd").is_dir())
@@ -534,14 +538,37 @@ impl Entry {
             Err(Errno::ENOENT) => {}
             _ => return None,
         }
+        // Nobody can open an unnamed file by name, so it may carry its
+        // final permission bits from the start (less the umask).
         nix::fcntl::openat(
             &self.dir,
             ".",
             OFlag::O_WRONLY | OFlag::O_TMPFILE | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
+            Mode::from_bits_truncate(mode & 0o777),
         )
         .ok()
     }
+}
+
+/// Whether an unnamed file created with `mode` already has it: no owner to
+/// change, no setuid/setgid/sticky bit, and none of its bits taken by the
+/// umask (read once from `/proc/self/status`; unknown: assume it does not).
+fn created_with(mode: u32, uid: Option<u32>, gid: Option<u32>, unnamed: bool) -> bool {
+    static UMASK: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    let umask = UMASK.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .and_then(|m| u32::from_str_radix(m.trim(), 8).ok())
+    });
+    unnamed && keeps_mode(mode, uid.is_some() || gid.is_some(), *umask)
+}
+
+/// Whether a file created with `mode` under `umask` has exactly `mode`
+/// and keeps it (changing the owner would clear setuid and setgid).
+fn keeps_mode(mode: u32, chown: bool, umask: Option<u32>) -> bool {
+    !chown && mode & !0o777 == 0 && umask.is_some_and(|u| mode & u == 0)
 }
 
 /// How many unnamed files a batch may hold open: what the open-file limit
@@ -1168,6 +1195,19 @@ mod tests {
         assert!(results[0].is_ok(), "{results:?}");
         assert_eq!(std::fs::read(etc.join("new.conf")).unwrap(), b"ours\n");
         assert_eq!(std::fs::read_dir(&etc).unwrap().count(), 1, "no temp left");
+    }
+
+    #[test]
+    fn a_mode_is_set_apart_only_when_creating_cannot_give_it() {
+        assert!(keeps_mode(0o644, false, Some(0o022)));
+        assert!(keeps_mode(0o600, false, Some(0o077)));
+        assert!(
+            !keeps_mode(0o644, false, Some(0o077)),
+            "the umask takes bits"
+        );
+        assert!(!keeps_mode(0o644, true, Some(0o022)), "an owner to change");
+        assert!(!keeps_mode(0o4755, false, Some(0o022)), "setuid");
+        assert!(!keeps_mode(0o644, false, None), "umask unknown");
     }
 
     #[test]
