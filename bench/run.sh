@@ -124,6 +124,7 @@ fi
 # --- formatting ---
 ms() { awk -v v="$1" 'BEGIN { if (v < 10) printf "%.2f ms", v; else if (v < 100) printf "%.1f ms", v; else if (v < 10000) printf "%.0f ms", v; else printf "%.1f s", v / 1000 }'; }
 mib() { awk -v v="$1" 'BEGIN { printf "%.1f MiB", v / 1024 }'; }
+mb() { awk -v v="$1" 'BEGIN { printf "%.1f MiB (%.1f MB)", v / 1024, v * 1.024 / 1000 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f×", a / b }'; }
 thousands() { printf "%'d" "$1" 2>/dev/null || printf '%d' "$1"; }
 
@@ -220,7 +221,7 @@ for n in $sizes; do
   anon=$(awk '/^RssAnon:/ { print $2 }' "/proc/$pid/status")
   kill -TERM "$pid"
   wait "$pid" || true
-  printf '| %s | %s | %s | %s |\n' "$(thousands "$n")" "$(mib "$rss")" "$(mib "$anon")" "$(mib "$hwm")" >>"$agent_rows"
+  printf '| %s | %s | %s | %s |\n' "$(thousands "$n")" "$(mb "$rss")" "$(mb "$anon")" "$(mb "$hwm")" >>"$agent_rows"
 done
 
 # --- unchanged-remote poll ---
@@ -354,7 +355,6 @@ peer_drift() { # ROOT N: a shell line that edits 10 of the files by hand
   for ((i = 0; i < n; i += step)); do files="$files '$root/srv/peers/$(printf 'f%05d.conf' "$i")'"; done
   echo "for f in $files; do printf 'edited by hand\\n' >>\"\$f\"; done"
 }
-mb() { awk -v v="$1" 'BEGIN { printf "%.1f MiB (%.1f MB)", v / 1024, v * 1.024 / 1000 }'; }
 ptable=$work/peers-table
 printf '| files (one directory) | run | trueup time min (median) | trueup CPU | CFEngine time min (median) | CFEngine CPU | CFEngine / trueup (min) | sha256sum floor | trueup / floor |\n' >"$ptable"
 printf '| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n' >>"$ptable"

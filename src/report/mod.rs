@@ -402,10 +402,22 @@ impl RunReport {
         self.commit_author = author;
     }
 
-    /// Writes the report as `last-run.json` in the state directory.
+    /// Writes the report as `last-run.json` in the state directory,
+    /// atomically (readers see the old report or the new one). A run that
+    /// found the host in sync does not wait for the disk: it changed
+    /// nothing, and an agent makes one every interval, so its report is not
+    /// worth two flushes each time on every host. A power cut may then cost
+    /// that report (the one before it stays, or on a file system that does
+    /// not order a rename after the data it names, `status` says the file
+    /// is broken until the next run); every other report is synced.
     pub fn write_last_run(&self, state_dir: &Path) -> std::io::Result<()> {
         let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        crate::safe_fs::write_own_file(&state_dir.join("last-run.json"), &json, 0o644)
+        let path = state_dir.join("last-run.json");
+        if self.status == RunStatus::InSync {
+            crate::safe_fs::write_own_file_unsynced(&path, &json, 0o644)
+        } else {
+            crate::safe_fs::write_own_file(&path, &json, 0o644)
+        }
     }
 
     /// Reads `last-run.json`, if there is one.
