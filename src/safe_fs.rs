@@ -427,25 +427,23 @@ impl Entry {
     }
 
     fn temp_name(&self) -> OsString {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        // The pid, asked of the kernel once (a getpid per file otherwise).
-        static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-        let mut name = self.temp_prefix();
-        name.push(format!("{}-{n}", PID.get_or_init(std::process::id)));
-        name
+        temp_name(&self.name)
     }
+}
 
-    /// `.<name>.trueup-`: what every temporary file of this entry starts
-    /// with, before `<pid>-<counter>`.
-    fn temp_prefix(&self) -> OsString {
-        let mut name = OsString::from(".");
-        // Keep the temporary name within NAME_MAX even for long names.
-        let base = self.name.as_bytes();
-        name.push(OsStr::from_bytes(&base[..base.len().min(200)]));
-        name.push(".trueup-");
-        name
-    }
+/// `.<name>.trueup-<pid>-<counter>`: a temporary file for `name` beside it
+/// (the stale-file sweep reads the pid back).
+fn temp_name(name: &OsStr) -> OsString {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // The pid, asked of the kernel once (a getpid per file otherwise).
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let mut tmp = OsString::from(".");
+    // Keep the temporary name within NAME_MAX even for long names.
+    let base = name.as_bytes();
+    tmp.push(OsStr::from_bytes(&base[..base.len().min(200)]));
+    tmp.push(format!(".trueup-{}-{n}", PID.get_or_init(std::process::id)));
+    tmp
 }
 
 impl Entry {
@@ -506,6 +504,9 @@ impl Entry {
                 Temp::Named(tmp)
             }
         };
+        if matches!(temp, Temp::Unnamed(_)) {
+            batch.unnamed += 1;
+        }
         batch.staged.push(Staged {
             dir: self.dir.clone(),
             temp,
@@ -525,7 +526,7 @@ impl Entry {
     /// through, or the batch holds as many open files as it may.
     fn open_unnamed(&self, batch: &WriteBatch, mode: u32) -> Option<OwnedFd> {
         static PROC_FD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        if batch.unnamed() >= unnamed_budget()
+        if batch.unnamed >= unnamed_budget()
             || !*PROC_FD.get_or_init(|| Path::new("/proc/self/fd").is_dir())
         {
             return None;
@@ -571,23 +572,16 @@ fn keeps_mode(mode: u32, chown: bool, umask: Option<u32>) -> bool {
     !chown && mode & !0o777 == 0 && umask.is_some_and(|u| mode & u == 0)
 }
 
-/// How many unnamed files a batch may hold open: what the open-file limit
-/// leaves after a margin for everything else (the soft limit is raised to
-/// the hard one, up to 65,536, the first time).
+/// How many unnamed files a batch may hold open: what the soft open-file
+/// limit leaves after a margin for everything else (beyond it, files go to
+/// named temporary files). The limit is not raised: the programs trueup
+/// runs would inherit it.
 fn unnamed_budget() -> usize {
     static BUDGET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *BUDGET.get_or_init(|| {
-        use nix::sys::resource::{Resource, getrlimit, setrlimit};
-        let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
-            return 0;
-        };
-        let wanted = hard.min(65_536).max(soft);
-        let soft = if wanted > soft && setrlimit(Resource::RLIMIT_NOFILE, wanted, hard).is_ok() {
-            wanted
-        } else {
-            soft
-        };
-        usize::try_from(soft.saturating_sub(256)).unwrap_or(0)
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map(|(soft, _)| usize::try_from(soft.saturating_sub(256)).unwrap_or(0))
+            .unwrap_or(0)
     })
 }
 
@@ -626,6 +620,8 @@ pub struct WriteBatch {
     /// rename (the backup directory).
     also: Vec<PathBuf>,
     bytes: u64,
+    /// How many staged files are unnamed (each holds a file open).
+    unnamed: usize,
 }
 
 #[derive(Debug)]
@@ -649,14 +645,6 @@ impl WriteBatch {
     /// Bytes of content staged.
     pub fn bytes(&self) -> u64 {
         self.bytes
-    }
-
-    /// How many staged files are unnamed (each holds a file open).
-    fn unnamed(&self) -> usize {
-        self.staged
-            .iter()
-            .filter(|s| matches!(s.temp, Temp::Unnamed(_)))
-            .count()
     }
 
     /// Syncs the file system holding `dir` too before any rename: files
@@ -800,16 +788,7 @@ fn link_unnamed(dir: &OwnedFd, fd: &OwnedFd, name: &OsStr) -> std::result::Resul
     };
     match link(name) {
         Err(Errno::EEXIST) => {
-            static N: AtomicU64 = AtomicU64::new(0);
-            let mut tmp = OsString::from(".");
-            tmp.push(OsStr::from_bytes(&name.as_bytes()[..name.len().min(200)]));
-            // `<pid>-<n>` as every temporary name (the stale-file sweep
-            // reads it), counted apart from `Entry::temp_name`'s.
-            tmp.push(format!(
-                ".trueup-{}-{}",
-                std::process::id(),
-                (1u64 << 40) + N.fetch_add(1, Ordering::Relaxed)
-            ));
+            let tmp = temp_name(name);
             link(&tmp)?;
             nix::fcntl::renameat(dir, tmp.as_os_str(), dir, name).inspect_err(|_| {
                 let _ = nix::unistd::unlinkat(dir, tmp.as_os_str(), UnlinkatFlags::NoRemoveDir);
@@ -1027,10 +1006,10 @@ pub fn write_own_file(path: &Path, content: &[u8], mode: u32) -> std::io::Result
     replace_own_file(path, content, mode, true)
 }
 
-/// `write_own_file` without the two fsyncs, for a file that may be lost
-/// or torn by a power cut because every reader verifies it and ignores a
-/// bad one (the render cache). Readers still see the old file or the new
-/// one, never a part.
+/// `write_own_file` without the two fsyncs, for a file whose loss in a
+/// power cut costs nothing that matters: the render cache (every reader
+/// verifies it and ignores a bad one) and an in-sync run's `last-run.json`.
+/// Readers still see the old file or the new one, never a part.
 pub fn write_own_file_unsynced(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
     replace_own_file(path, content, mode, false)
 }

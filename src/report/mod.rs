@@ -395,8 +395,8 @@ impl RunReport {
         self.facts = Some(facts.into());
     }
 
-    /// Records the subject and author of `source.commit`, read from
-    /// `repo` (left unset when the commit is not there).
+    /// Records the subject and author of `source.commit`
+    /// (`GitCache::commit_details`).
     pub fn set_commit_details(&mut self, subject: Option<String>, author: Option<String>) {
         self.commit_subject = subject;
         self.commit_author = author;

@@ -313,7 +313,7 @@ pub fn valid_branch(branch: &str) -> bool {
 pub struct GitTree {
     // gix::Repository is Send but not Sync; reads are short.
     repo: Mutex<gix::Repository>,
-    tree: CommitId,
+    tree: gix::ObjectId,
     describe: String,
     /// Set when a read met an object the tree names but the cache lacks.
     missing: std::sync::atomic::AtomicBool,
