@@ -368,7 +368,14 @@ impl<'p> StagedWrites<'p> {
             Err(e) => return Err(e.to_string()),
         };
         entry
-            .stage_file(&mut self.batch, &content.0, *uid, *gid, *mode)
+            .stage_file(
+                &mut self.batch,
+                &content.0,
+                *uid,
+                *gid,
+                *mode,
+                previous.is_none(),
+            )
             .map_err(|e| e.to_string())?;
         Ok(())
     }

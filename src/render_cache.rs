@@ -7,10 +7,13 @@
 //! version) and, per file, what it must be on disk — a SHA-256 of the
 //! content, its size and declared mode. Never the content itself, and a
 //! state holding anything secret is not kept at all. The next run of the
-//! same key calls `in_sync`, which reads every file and compares digests:
-//! all equal, the run is in sync without reading the branch; any
-//! difference (or anything unexpected) and the run renders as usual,
-//! which also repairs the entry.
+//! same key calls `drifted`, which reads every file and compares digests:
+//! all equal, the run is in sync without reading the branch; otherwise the
+//! run renders only the files that differ (the branch is parsed, their
+//! content comes from the commit's templates, never from here), and the
+//! others are reported in sync on the strength of the digests just read.
+//! A repair of a few drifted files thus neither renders nor reads the rest
+//! a second time.
 //!
 //! The entry is verified before it is used: its format, trueup's version,
 //! the commit and the facts must be this run's, and a digest over the
@@ -101,8 +104,22 @@ pub enum CacheMiss {
 }
 
 fn body_digest(format: u32, key: &CacheKey, files: &[CachedFile]) -> String {
-    let body = serde_json::to_vec(&(format, key, files)).unwrap_or_default();
-    hex::encode(Sha256::digest(&body))
+    // Serialized straight into the hash: the JSON of a thousand files is
+    // never held whole.
+    struct Hashing(Sha256);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut hashing = Hashing(Sha256::new());
+    // Writing to a hash cannot fail, nor can serializing these types.
+    let _ = serde_json::to_writer(&mut hashing, &(format, key, files));
+    hex::encode(hashing.0.finalize())
 }
 
 impl CachedState {
@@ -176,28 +193,42 @@ impl CachedState {
 
     /// Whether every file under `root` is exactly as the entry says:
     /// a regular file (never through a symlink) of that size, mode and
-    /// digest. The first difference answers no.
+    /// digest.
     pub fn in_sync(&self, root: &Path) -> bool {
+        self.drifted(root).is_empty()
+    }
+
+    /// The files under `root` that are not exactly as the entry says (see
+    /// `in_sync`), in the entry's order. Every file is read once.
+    pub fn drifted(&self, root: &Path) -> Vec<&Path> {
         let mut walk = WalkCache::default();
-        self.files.iter().all(|f| {
-            let Ok(Some(entry)) = Entry::open_cached(&mut walk, root, &f.path) else {
-                return false;
-            };
-            if f.size > MAX_OBSERVED_FILE {
-                return false;
+        self.files
+            .iter()
+            .filter(|f| !f.matches(&mut walk, root))
+            .map(|f| f.path.as_path())
+            .collect()
+    }
+}
+
+impl CachedFile {
+    fn matches(&self, walk: &mut WalkCache, root: &Path) -> bool {
+        let Ok(Some(entry)) = Entry::open_cached(walk, root, &self.path) else {
+            return false;
+        };
+        if self.size > MAX_OBSERVED_FILE {
+            return false;
+        }
+        // Opened without following a symlink, refused unless a regular
+        // file, then its own fstat: no lstat before it. A file larger
+        // than the entry says is not read past that size.
+        match entry.read_with_stat(self.size) {
+            Ok((have, st)) => {
+                st.size == self.size
+                    && self.mode.is_none_or(|m| m == st.mode)
+                    && hex::encode(Sha256::digest(&have)) == self.sha256
             }
-            // Opened without following a symlink, refused unless a regular
-            // file, then its own fstat: no lstat before it. A file larger
-            // than the entry says is not read past that size.
-            match entry.read_with_stat(f.size) {
-                Ok((have, st)) => {
-                    st.size == f.size
-                        && f.mode.is_none_or(|m| m == st.mode)
-                        && hex::encode(Sha256::digest(&have)) == f.sha256
-                }
-                Err(_) => false,
-            }
-        })
+            Err(_) => false,
+        }
     }
 }
 
@@ -261,6 +292,7 @@ mod tests {
         // Same size, other bytes.
         std::fs::write(etc.join("b.conf"), "c\n").unwrap();
         assert!(!loaded.in_sync(root.path()));
+        assert_eq!(loaded.drifted(root.path()), [Path::new("/etc/b.conf")]);
         std::fs::write(etc.join("b.conf"), "b\n").unwrap();
         std::fs::set_permissions(
             etc.join("a.conf"),

@@ -452,6 +452,10 @@ impl Entry {
     /// neither syncs nor renames it; `WriteBatch::commit` does both for
     /// every staged file at once. Returns the file's index in the batch.
     /// On error nothing is left behind and the entry is untouched.
+    ///
+    /// `absent`: the caller saw no entry at this path (its observation), so
+    /// it is not looked up again. A hint: should the entry be there after
+    /// all, the commit puts the file over it as it would any replacement.
     pub fn stage_file(
         &self,
         batch: &mut WriteBatch,
@@ -459,6 +463,7 @@ impl Entry {
         uid: Option<u32>,
         gid: Option<u32>,
         mode: u32,
+        absent: bool,
     ) -> Result<usize> {
         let fill = |fd: OwnedFd, unnamed: bool| -> Result<OwnedFd> {
             let mut file = std::fs::File::from(fd);
@@ -476,7 +481,7 @@ impl Entry {
             }
             Ok(OwnedFd::from(file))
         };
-        let unnamed = self.open_unnamed(batch, mode);
+        let unnamed = self.open_unnamed(batch, mode, absent);
         let temp = match unnamed {
             // Dropped on error: an unnamed file leaves nothing behind.
             Some(fd) => Temp::Unnamed(fill(fd, true)?),
@@ -521,23 +526,26 @@ impl Entry {
     /// entry that does not exist yet: `commit` names it with one `linkat`,
     /// where a named temporary file costs a create and a rename (two
     /// directory updates), and a crash before that leaves nothing on disk.
-    /// `None` (a named temporary file is used) when the entry exists, the
-    /// file system has no `O_TMPFILE`, `/proc/self/fd` is not there to link
-    /// through, or the batch holds as many open files as it may.
-    fn open_unnamed(&self, batch: &WriteBatch, mode: u32) -> Option<OwnedFd> {
+    /// `None` (a named temporary file is used) when the entry exists (asked
+    /// unless the caller saw it `absent`), the file system has no
+    /// `O_TMPFILE`, `/proc/self/fd` is not there to link through, or the
+    /// batch holds as many open files as it may.
+    fn open_unnamed(&self, batch: &WriteBatch, mode: u32, absent: bool) -> Option<OwnedFd> {
         static PROC_FD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         if batch.unnamed >= unnamed_budget()
             || !*PROC_FD.get_or_init(|| Path::new("/proc/self/fd").is_dir())
         {
             return None;
         }
-        match nix::sys::stat::fstatat(
-            &self.dir,
-            self.name.as_os_str(),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        ) {
-            Err(Errno::ENOENT) => {}
-            _ => return None,
+        if !absent {
+            match nix::sys::stat::fstatat(
+                &self.dir,
+                self.name.as_os_str(),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) {
+                Err(Errno::ENOENT) => {}
+                _ => return None,
+            }
         }
         // Nobody can open an unnamed file by name, so it may carry its
         // final permission bits from the start (less the umask).
@@ -776,15 +784,33 @@ impl Drop for WriteBatch {
 /// Gives the unnamed file `fd` the name `name` in `dir`. Should the name
 /// have appeared since the file was staged, the file is linked under a
 /// temporary name and renamed over it, as a named temporary file would be.
+///
+/// The file is linked by its descriptor (`AT_EMPTY_PATH`) where the kernel
+/// allows it (a process with `CAP_DAC_READ_SEARCH`, as the agent), else
+/// through its `/proc/self/fd` link, a path lookup through procfs more.
 fn link_unnamed(dir: &OwnedFd, fd: &OwnedFd, name: &OsStr) -> std::result::Result<(), Errno> {
+    static BY_FD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
     let link = |to: &OsStr| {
-        nix::unistd::linkat(
-            nix::fcntl::AT_FDCWD,
-            format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd)).as_str(),
-            dir,
-            to,
-            AtFlags::AT_SYMLINK_FOLLOW,
-        )
+        let by_proc = || {
+            nix::unistd::linkat(
+                nix::fcntl::AT_FDCWD,
+                format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd)).as_str(),
+                dir,
+                to,
+                AtFlags::AT_SYMLINK_FOLLOW,
+            )
+        };
+        if !BY_FD.load(std::sync::atomic::Ordering::Relaxed) {
+            return by_proc();
+        }
+        match nix::unistd::linkat(fd, "", dir, to, AtFlags::AT_EMPTY_PATH) {
+            // Refused for want of the capability (ENOENT, as the kernel
+            // says it): the procfs link, from now on when that works.
+            Err(Errno::ENOENT | Errno::EPERM) => by_proc().inspect(|()| {
+                BY_FD.store(false, std::sync::atomic::Ordering::Relaxed);
+            }),
+            r => r,
+        }
     };
     match link(name) {
         Err(Errno::EEXIST) => {
@@ -1122,7 +1148,7 @@ mod tests {
             let e = Entry::open_cached(&mut cache, root.path(), Path::new(p))
                 .unwrap()
                 .unwrap();
-            e.stage_file(&mut batch, text.as_bytes(), None, None, 0o640)
+            e.stage_file(&mut batch, text.as_bytes(), None, None, 0o640, false)
                 .unwrap();
         }
         let etc = root.path().join("etc");
@@ -1163,7 +1189,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let mut batch = WriteBatch::default();
-        e.stage_file(&mut batch, b"ours\n", None, None, 0o644)
+        e.stage_file(&mut batch, b"ours\n", None, None, 0o644, true)
             .unwrap();
         let etc = root.path().join("etc");
         assert_eq!(std::fs::read_dir(&etc).unwrap().count(), 0, "unnamed");
@@ -1173,6 +1199,29 @@ mod tests {
         let results = batch.commit();
         assert!(results[0].is_ok(), "{results:?}");
         assert_eq!(std::fs::read(etc.join("new.conf")).unwrap(), b"ours\n");
+        assert_eq!(std::fs::read_dir(&etc).unwrap().count(), 1, "no temp left");
+    }
+
+    #[test]
+    fn a_file_wrongly_said_absent_replaces_the_old_one_whole() {
+        let root = tempfile::tempdir().unwrap();
+        let e = Entry::open(root.path(), Path::new("/etc/a.conf"), true)
+            .unwrap()
+            .unwrap();
+        e.write_atomic(b"old\n", None, None, 0o644).unwrap();
+        let mut batch = WriteBatch::default();
+        e.stage_file(&mut batch, b"new\n", None, None, 0o600, true)
+            .unwrap();
+        let etc = root.path().join("etc");
+        assert_eq!(std::fs::read(etc.join("a.conf")).unwrap(), b"old\n");
+        let results = batch.commit();
+        assert!(results[0].is_ok(), "{results:?}");
+        assert_eq!(std::fs::read(etc.join("a.conf")).unwrap(), b"new\n");
+        let mode = std::fs::metadata(etc.join("a.conf")).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o7777,
+            0o600
+        );
         assert_eq!(std::fs::read_dir(&etc).unwrap().count(), 1, "no temp left");
     }
 
@@ -1197,7 +1246,8 @@ mod tests {
             .unwrap();
         e.write_atomic(b"old", None, None, 0o644).unwrap();
         let mut batch = WriteBatch::default();
-        e.stage_file(&mut batch, b"new", None, None, 0o644).unwrap();
+        e.stage_file(&mut batch, b"new", None, None, 0o644, false)
+            .unwrap();
         drop(batch);
         let etc = root.path().join("etc");
         assert_eq!(std::fs::read_to_string(etc.join("a.conf")).unwrap(), "old");
@@ -1212,7 +1262,8 @@ mod tests {
             .unwrap();
         e.write_atomic(b"old", None, None, 0o644).unwrap();
         let mut batch = WriteBatch::default();
-        e.stage_file(&mut batch, b"new", None, None, 0o644).unwrap();
+        e.stage_file(&mut batch, b"new", None, None, 0o644, false)
+            .unwrap();
         batch.sync_also(&root.path().join("no-such-backup-dir"));
         let results = batch.commit();
         assert!(results[0].is_err());

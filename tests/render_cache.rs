@@ -78,16 +78,54 @@ fn a_check_of_the_same_commit_uses_the_cache_and_a_bad_entry_is_never_believed()
     assert_eq!(report["summary"]["resources"], 3);
     assert_eq!(report["summary"]["in_sync"], 3);
 
-    // Drift by hand: the cache does not match, the commit is rendered and
-    // the drift reported as usual.
+    // Drift by hand: the cache does not match for that file alone, which
+    // is rendered from the commit and reported with its diff; the others
+    // are in sync by their digests.
     std::fs::write(host.path("/etc/motd"), "edited by hand\n").unwrap();
     let run = logged(&host, &url, &["check", "--format", "json"]);
     assert_eq!(run.code, 2, "{}", run.all());
     assert!(
-        !run.stderr.contains("cached rendered state"),
+        run.stderr.contains("rendering only the files that differ")
+            && run.stderr.contains("drifted=1"),
         "{}",
         run.stderr
     );
+    let report = run.json();
+    assert_eq!(report["summary"]["resources"], 3, "{}", run.stdout);
+    assert_eq!(report["summary"]["in_sync"], 2, "{}", run.stdout);
+    assert_eq!(report["summary"]["drift"], 1, "{}", run.stdout);
+    let names: Vec<&str> = report["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["resource"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["/etc/motd"], "what differs: {}", run.stdout);
+    assert!(run.stdout.contains("+hello web1"), "{}", run.stdout);
+
+    // Its repair writes the commit's content, changes nothing else and
+    // keeps the entry.
+    std::fs::write(host.path("/etc/app/conf-2"), "n=2 port=8080 on web1\n").unwrap();
+    let run = logged(&host, &url, &["apply", "--format", "json"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(run.stderr.contains("drifted=2"), "{}", run.stderr);
+    assert_eq!(run.json()["summary"]["changed"], 2, "{}", run.stdout);
+    assert_eq!(run.json()["summary"]["in_sync"], 1, "{}", run.stdout);
+    assert_eq!(host.read("/etc/motd").unwrap(), "hello web1\n");
+    assert_eq!(
+        host.read("/etc/app/conf-2").unwrap(),
+        "n=2 port=80 on web1\n"
+    );
+    assert_eq!(std::fs::read_to_string(entry_path(&host)).unwrap(), good);
+    let run = logged(&host, &url, &["check"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("in sync with the cached rendered state"),
+        "{}",
+        run.stderr
+    );
+    std::fs::write(host.path("/etc/motd"), "edited by hand\n").unwrap();
 
     // A corrupted entry that claims the hand-edited motd is what the
     // commit wants (its own digest no longer matches): ignored.

@@ -3,6 +3,8 @@
 //! fails stops the commit with a [`Stop`] and leaves the host untouched
 //! (nothing is changed before the plan is whole).
 
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use tracing::{info, info_span, warn};
@@ -39,6 +41,10 @@ enum Rendered {
     InSync(CachedState),
     /// The desired state, and the cache entry to write once it is planned.
     State(DesiredState, Option<CacheKey>),
+    /// The same commit as a run before, but some files differ from its
+    /// cached digests: the state of those files alone, and the files the
+    /// cache found as they must be.
+    Drifted(DesiredState, Vec<PathBuf>),
 }
 
 impl Run<'_> {
@@ -64,7 +70,29 @@ impl Run<'_> {
                 });
             }
             Rendered::State(desired, key) => (desired, key),
+            Rendered::Drifted(desired, in_sync) => {
+                let mut converged = self.converge_state(desired, None)?;
+                converged.outcomes.extend(
+                    in_sync
+                        .iter()
+                        .map(|p| Outcome::in_sync(Kind::File, p.display().to_string())),
+                );
+                // Not all the commit declares: nothing for the health stage
+                // (a cached state has no checks anyway).
+                converged.desired = None;
+                return Ok(converged);
+            }
         };
+        self.converge_state(desired, cache_key)
+    }
+
+    /// Observes, plans and checks or applies `desired`; stores the render
+    /// cache entry of `cache_key` afterwards.
+    fn converge_state(
+        &self,
+        desired: DesiredState,
+        cache_key: Option<CacheKey>,
+    ) -> Result<Converged, Stop> {
         let opts = self.opts;
         let settings = self.settings;
         // A package backend is chosen only when packages are declared, so an
@@ -126,14 +154,19 @@ impl Run<'_> {
         let mut store = None;
         if let Some(key) = key {
             match CachedState::load(&settings.state_dir, &key) {
-                Ok(entry) if entry.in_sync(&settings.root) => {
-                    info!(
-                        files = entry.files.len(),
-                        "in sync with the cached rendered state of this commit"
-                    );
-                    return Ok(Rendered::InSync(entry));
+                Ok(entry) => {
+                    let drifted = entry.drifted(&settings.root);
+                    if drifted.is_empty() {
+                        info!(
+                            files = entry.files.len(),
+                            "in sync with the cached rendered state of this commit"
+                        );
+                        return Ok(Rendered::InSync(entry));
+                    }
+                    if let Some(rendered) = self.render_drifted(tree, &entry, &drifted) {
+                        return Ok(rendered);
+                    }
                 }
-                Ok(_) => {}
                 Err(render_cache::CacheMiss::Missing) => store = Some(key),
                 Err(e) => {
                     info!(reason = %e, "ignoring the render cache; rendering the commit");
@@ -157,6 +190,37 @@ impl Run<'_> {
             ));
         }
         Ok(Rendered::State(desired, store))
+    }
+
+    /// The files of a cached commit that differ from its digests, rendered
+    /// alone, beside those that do not. `None` (render it all) should the
+    /// commit not give exactly those files, which a valid entry rules out.
+    fn render_drifted(
+        &self,
+        tree: &dyn Tree,
+        entry: &CachedState,
+        drifted: &[&Path],
+    ) -> Option<Rendered> {
+        let only: HashSet<PathBuf> = drifted.iter().map(|p| p.to_path_buf()).collect();
+        let desired = spec::load_only(tree, self.facts, &self.secrets, &only).ok()?;
+        let whole = desired.len() == only.len()
+            && only.iter().all(|p| desired.files.contains_key(p))
+            && plan::outside_allowed_paths(&desired, &self.settings.allowed_paths).is_empty();
+        if !whole {
+            return None;
+        }
+        info!(
+            drifted = only.len(),
+            files = entry.files.len(),
+            "rendering only the files that differ from the cached rendered state of this commit"
+        );
+        let in_sync = entry
+            .files
+            .iter()
+            .filter(|f| !only.contains(&f.path))
+            .map(|f| f.path.clone())
+            .collect();
+        Some(Rendered::Drifted(desired, in_sync))
     }
 
     /// Observe and plan: what the machine has, against what is declared.

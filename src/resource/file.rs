@@ -23,7 +23,9 @@ pub fn diff(
     obs: NodeObservation,
     accounts: &dyn Accounts,
 ) -> (Vec<Drift>, Option<NodeAction>) {
-    let mut drift = Vec::new();
+    // Most files differ in one way (a new file: its presence), and a
+    // vector's first growth would hold four.
+    let mut drift = Vec::with_capacity(1);
     let Some(content) = &spec.content else {
         // Declared absent.
         return match obs {

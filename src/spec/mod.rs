@@ -13,7 +13,7 @@ pub mod health;
 pub mod render;
 pub mod schema;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -426,6 +426,28 @@ pub fn load_with_secrets(
     facts: &Facts,
     secrets: &Secrets,
 ) -> Result<DesiredState, SpecErrors> {
+    load_files(tree, facts, secrets, None)
+}
+
+/// `load_with_secrets` of the files at `only` (host paths): every state
+/// file is parsed and every path checked, but only those files are
+/// rendered, and the state holds them alone. For a commit known to render
+/// (the render cache), when only some of its files need their content.
+pub fn load_only(
+    tree: &dyn Tree,
+    facts: &Facts,
+    secrets: &Secrets,
+    only: &HashSet<PathBuf>,
+) -> Result<DesiredState, SpecErrors> {
+    load_files(tree, facts, secrets, Some(only))
+}
+
+fn load_files(
+    tree: &dyn Tree,
+    facts: &Facts,
+    secrets: &Secrets,
+    only: Option<&HashSet<PathBuf>>,
+) -> Result<DesiredState, SpecErrors> {
     let mut merged = Merged::default();
     let entry = RepoPath::parse(ENTRY_FILE).map_err(|m| {
         SpecErrors(vec![SpecError {
@@ -452,6 +474,7 @@ pub fn load_with_secrets(
         content_bytes: 0,
         secrets: secrets.clone(),
         content_secret: false,
+        only,
     };
     let state = b.build(merged);
     if b.errors.is_empty() {
@@ -472,6 +495,8 @@ struct Builder<'t> {
     secrets: Secrets,
     /// Set by `content` when the file's content came from a secret.
     content_secret: bool,
+    /// When set, the only files rendered and kept (`load_only`).
+    only: Option<&'t HashSet<PathBuf>>,
 }
 
 impl Builder<'_> {
@@ -481,10 +506,12 @@ impl Builder<'_> {
         // lists: comparing paths component by component made one insert per
         // resource into a tree the largest cost of rendering big states.
         let mut kinds: HashMap<PathBuf, &'static str> = HashMap::new();
-        let mut files = Vec::with_capacity(merged.files.len());
+        let kept = self.only.map_or(usize::MAX, HashSet::len);
+        let mut files = Vec::with_capacity(merged.files.len().min(kept));
         for (path, loc) in merged.files {
             let id = format!("file {path}");
             if let Some(p) = self.host_path(&loc, &path, &id, &mut kinds, "file")
+                && self.only.is_none_or(|only| only.contains(&p))
                 && let Some(spec) = self.file_with_secrets(&loc, &id)
             {
                 files.push((p, spec));
@@ -920,14 +947,14 @@ impl Builder<'_> {
         &mut self,
         loc: &Located<RawFile>,
         raw: &RawFile,
-        vars: &Spanned<serde_json::Map<String, serde_json::Value>>,
+        vars: &Spanned<schema::FileVars>,
         id: &str,
     ) -> Option<FileContent> {
         let f = loc.file.clone();
         if let Some(text) = &raw.content {
             return match self
                 .renderer
-                .render_inline_with_vars(&text.value, &vars.value)
+                .render_inline_with_vars(&text.value, &vars.value.0)
             {
                 Ok(out) => {
                     let used = self.renderer.inline_secret_use();
@@ -988,9 +1015,9 @@ impl Builder<'_> {
             };
             Some(text)
         };
-        let done = self
-            .renderer
-            .render_file_with_vars(path.as_str(), text.as_deref(), &vars.value);
+        let done =
+            self.renderer
+                .render_file_with_vars(path.as_str(), text.as_deref(), &vars.value.0);
         self.template_content(&path, done, id)
     }
 

@@ -192,7 +192,7 @@ impl<'t> Renderer<'t> {
         &mut self,
         name: &str,
         text: Option<&str>,
-        vars: &serde_json::Map<String, Json>,
+        vars: &[(String, Json)],
     ) -> Result<Arc<str>, TemplateFailure> {
         if !self.is_compiled(name) {
             let text = text.unwrap_or_default();
@@ -212,7 +212,7 @@ impl<'t> Renderer<'t> {
     pub fn render_inline_with_vars(
         &mut self,
         text: &str,
-        vars: &serde_json::Map<String, Json>,
+        vars: &[(String, Json)],
     ) -> Result<String, TemplateFailure> {
         self.take_secret_use();
         if !text.contains("{{") {
@@ -227,7 +227,7 @@ impl<'t> Renderer<'t> {
     }
 
     /// The run's context with `vars` laid over its vars, key by key.
-    fn context_with_vars(&self, vars: &serde_json::Map<String, Json>) -> Context {
+    fn context_with_vars(&self, vars: &[(String, Json)]) -> Context {
         let mut data = self.context.data().clone();
         if let Some(Json::Object(run_vars)) = data.get_mut("vars") {
             for (k, v) in vars {

@@ -73,7 +73,44 @@ pub struct RawFile {
     pub encrypted: Option<RawEncryption>,
     /// This file's own template variables, laid key by key over the run's
     /// `vars` (so one template renders many files that differ by a value).
-    pub vars: Option<Box<Spanned<serde_json::Map<String, serde_json::Value>>>>,
+    pub vars: Option<Box<Spanned<FileVars>>>,
+}
+
+/// A file's own `vars:`, a mapping kept as a short list: a file has a
+/// handful, and a map per file (a B-tree node of eleven slots each) was
+/// the largest part of parsing a state of a thousand such files. A key
+/// given twice keeps its last value, as in a map.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct FileVars(pub Vec<(String, serde_json::Value)>);
+
+impl<'de> Deserialize<'de> for FileVars {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Vars;
+        impl<'de> serde::de::Visitor<'de> for Vars {
+            type Value = FileVars;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a mapping of template variables")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<FileVars, A::Error> {
+                let mut vars: Vec<(String, serde_json::Value)> = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    vars.push(entry);
+                }
+                // The last of equal keys first, then one of each.
+                vars.reverse();
+                vars.sort_by(|a, b| a.0.cmp(&b.0));
+                vars.dedup_by(|later, first| later.0 == first.0);
+                vars.shrink_to_fit();
+                Ok(FileVars(vars))
+            }
+        }
+        d.deserialize_map(Vars)
+    }
 }
 
 /// `encrypted:` of a file.

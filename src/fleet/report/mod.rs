@@ -76,7 +76,7 @@ pub fn write_site(out: &Path, pages: &[html::Page]) -> Result<Written, ReportErr
             path: out.join(&page.path),
             detail: "its directory is missing".into(),
         })?;
-        entry.stage_file(&mut batch, page.html.as_bytes(), None, None, 0o644)?;
+        entry.stage_file(&mut batch, page.html.as_bytes(), None, None, 0o644, false)?;
         entries.push(entry);
     }
     let bytes = batch.bytes();
