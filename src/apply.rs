@@ -362,9 +362,14 @@ impl<'p> StagedWrites<'p> {
             Ok(Some(e)) => e,
             // A parent is missing: made (never through a symlink) by a
             // walk of its own.
-            Ok(None) => safe_fs::Entry::open(opts.root, path, true)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("{}: the parent directory is missing", path.display()))?,
+            Ok(None) => {
+                // The cache remembers the parent as missing: it starts
+                // again once the parents are made.
+                self.walk = safe_fs::WalkCache::default();
+                safe_fs::Entry::open(opts.root, path, true)
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("{}: the parent directory is missing", path.display()))?
+            }
             Err(e) => return Err(e.to_string()),
         };
         entry

@@ -186,6 +186,7 @@ impl Entry {
                 let fd = Arc::new(open_root(root)?);
                 cache.root = Some((root.to_path_buf(), fd.clone()));
                 cache.chain.clear();
+                cache.missing = None;
                 fd
             }
         };
@@ -196,11 +197,24 @@ impl Entry {
             .take_while(|((have, _), want)| have.as_os_str() == **want)
             .count();
         cache.chain.truncate(shared);
+        match &cache.missing {
+            // Under a directory this walk found missing: missing too.
+            Some((depth, gone)) if *depth <= shared => {
+                if parents.get(*depth).is_some_and(|p| *p == gone.as_os_str()) {
+                    return Ok(None);
+                }
+            }
+            Some(_) => cache.missing = None,
+            None => {}
+        }
         for (i, part) in parents.iter().enumerate().skip(shared) {
             let dir = cache.chain.last().map_or(&root_fd, |(_, fd)| fd);
             let opened = match open_dir_at(dir, part) {
                 Ok(fd) => fd,
-                Err(Errno::ENOENT) => return Ok(None),
+                Err(Errno::ENOENT) => {
+                    cache.missing = Some((i, part.to_os_string()));
+                    return Ok(None);
+                }
                 Err(e) => {
                     let mut at = root.to_path_buf();
                     at.extend(&parents[..=i]);
@@ -971,6 +985,9 @@ fn stale_temp_owner(rest: &[u8]) -> Option<u32> {
 pub struct WalkCache {
     root: Option<(PathBuf, Arc<OwnedFd>)>,
     chain: Vec<(OsString, Arc<OwnedFd>)>,
+    /// A directory found missing: the name after the first `.0` entries
+    /// of `chain`. Whoever creates directories starts a new cache.
+    missing: Option<(usize, OsString)>,
 }
 
 /// `root` joined with an absolute `path`.
@@ -1334,6 +1351,11 @@ mod tests {
         assert_eq!(read(&mut cache, "/a/b/two").unwrap().unwrap(), b"2");
         // A missing parent ends the walk; the next one still works.
         assert!(read(&mut cache, "/a/b/nope/four").unwrap().is_none());
+        // Under it, missing without a look; beside it, found.
+        assert!(read(&mut cache, "/a/b/nope/five").unwrap().is_none());
+        assert!(read(&mut cache, "/a/b/nope/deeper/six").unwrap().is_none());
+        assert_eq!(read(&mut cache, "/a/b/two").unwrap().unwrap(), b"2");
+        assert!(read(&mut cache, "/a/c/nope/x").unwrap().is_none());
         assert!(matches!(
             read(&mut cache, "/a/link/x"),
             Err(SafeFsError::Symlink { .. })
