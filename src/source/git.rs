@@ -77,7 +77,13 @@ impl GitCache {
         if !path.join("HEAD").exists() {
             super::tls::start_libgit2();
             let mut opts = RepositoryInitOptions::new();
-            opts.bare(true).mkpath(true).no_reinit(false);
+            // No copy of the system's template directory (sample hooks,
+            // `description`, `info/exclude`): nothing in a cache uses them,
+            // and they were a dozen file writes of every first run.
+            opts.bare(true)
+                .mkpath(true)
+                .no_reinit(false)
+                .external_template(false);
             let created = Repository::init_opts(&path, &opts)
                 .map_err(|e| cache_err(e.message().to_string()))?;
             let _ = repo.set(created);
@@ -478,6 +484,34 @@ mod tests {
             tree.read(&p("trueup.yaml/x")),
             Err(TreeError::NotFound(..))
         ));
+    }
+
+    #[test]
+    fn a_new_cache_holds_no_template_files() {
+        let state = tempfile::tempdir().unwrap();
+        let cache = GitCache::open(state.path()).unwrap();
+        assert!(cache.path().join("HEAD").is_file());
+        let mut files = Vec::new();
+        let mut dirs = vec![cache.path().to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    dirs.push(e.path());
+                } else {
+                    files.push(e.file_name().to_string_lossy().into_owned());
+                }
+            }
+        }
+        // libgit2's own few files only, never a copy of git's sample hooks.
+        files.sort();
+        assert!(
+            files
+                .iter()
+                .all(|f| !f.ends_with(".sample") || f == "README.sample"),
+            "{files:?}"
+        );
+        assert!(files.len() <= 5, "{files:?}");
     }
 
     #[test]
