@@ -197,15 +197,13 @@ impl Entry {
             .take_while(|((have, _), want)| have.as_os_str() == **want)
             .count();
         cache.chain.truncate(shared);
-        match &cache.missing {
-            // Under a directory this walk found missing: missing too.
-            Some((depth, gone)) if *depth <= shared => {
-                if parents.get(*depth).is_some_and(|p| *p == gone.as_os_str()) {
-                    return Ok(None);
-                }
+        if let Some((depth, gone)) = &cache.missing {
+            if *depth > shared {
+                cache.missing = None;
+            } else if parents.get(*depth).is_some_and(|p| *p == gone.as_os_str()) {
+                // Under a directory this walk found missing: missing too.
+                return Ok(None);
             }
-            Some(_) => cache.missing = None,
-            None => {}
         }
         for (i, part) in parents.iter().enumerate().skip(shared) {
             let dir = cache.chain.last().map_or(&root_fd, |(_, fd)| fd);
