@@ -547,6 +547,12 @@ fn per_file_vars_are_refused_where_nothing_is_rendered() {
     assert_eq!(e.line, 4, "{e}");
     let e = one_error(&[(
         "trueup.yaml",
+        "files:\n  /etc/a:\n    template: t.hbs\n    vars: { n: 1, n: 2 }\n",
+    )]);
+    assert!(e.message.contains("duplicate"), "{e}");
+    assert_eq!((e.line, e.column), (4, 19), "{e}");
+    let e = one_error(&[(
+        "trueup.yaml",
         "files:\n  /etc/a:\n    template: t.hbs\n    vars: { x: 1 }\n",
     )]);
     assert!(e.message.contains("does not exist"), "{e}");
