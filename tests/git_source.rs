@@ -155,6 +155,108 @@ fn file_transport() {
     scenario(&repo, &url, "", None);
 }
 
+/// A file:// remote is read and copied with gitoxide: a first apply and a
+/// moved tip (a handful of new objects) never start libgit2 when no note is
+/// written, and leave a sound cache (`git fsck`). More than a hundred new
+/// objects go as one pack, with libgit2; an object whose content does not
+/// hash to its name is never copied under that name.
+#[test]
+fn file_transport_copies_a_few_objects_without_libgit2() {
+    use common::gitserver::git;
+    let tmp = TempDir::new().unwrap();
+    let repo = TestRepo::create(tmp.path(), "copy");
+    let url = format!("file://{}", repo.bare.display());
+    let host = GitHost::new("web1");
+    host.configure("report: { notes: false }\n");
+    let cache = host.state.path().join("repo.git");
+    let apply = || {
+        let run = Run::from(
+            host.command(&url, &["apply", "--format", "json"])
+                .env("TRUEUP_LOG", "warn,trueup::source=debug")
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+        run
+    };
+
+    // First apply: commit, tree and trueup.yaml copied.
+    let c1 = repo.commit_and_push(BRANCH, &files(&motd_branch("first")), "first");
+    let run = apply();
+    assert_eq!(run.json()["source"]["commit"], c1.as_str());
+    assert_eq!(host.read("/etc/motd").as_deref(), Some("first\n"));
+    assert!(
+        run.stderr.contains("fetched") && run.stderr.contains("objects=3"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("starting libgit2"), "{}", run.stderr);
+    git(&cache, &["fsck", "--full", "--strict"]);
+    assert_eq!(
+        git(
+            &cache,
+            &["rev-parse", &format!("refs/trueup/remote/{BRANCH}")]
+        ),
+        c1
+    );
+    assert!(!cache.join("hooks").exists(), "sample hooks in the cache");
+
+    // A moved tip: only the three new objects.
+    let c2 = repo.commit_and_push(BRANCH, &files(&motd_branch("second")), "second");
+    let run = apply();
+    assert_eq!(run.json()["source"]["commit"], c2.as_str());
+    assert_eq!(host.read("/etc/motd").as_deref(), Some("second\n"));
+    assert!(run.stderr.contains("objects=3"), "{}", run.stderr);
+    assert!(!run.stderr.contains("starting libgit2"), "{}", run.stderr);
+    git(&cache, &["fsck", "--full", "--strict"]);
+
+    // 150 new files: a pack, through libgit2.
+    let many: Vec<(String, String)> = (0..150)
+        .map(|i| (format!("data/f{i}.txt"), format!("{i}\n")))
+        .collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+    let c3 = repo.commit_and_push(BRANCH, &many, "many");
+    let run = apply();
+    assert_eq!(run.json()["source"]["commit"], c3.as_str());
+    assert!(
+        run.stderr.contains("fetching a pack with libgit2"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("starting libgit2"), "{}", run.stderr);
+    git(&cache, &["fsck", "--full", "--strict"]);
+
+    // A damaged remote: the new trueup.yaml blob's loose file holds another
+    // object. The copy refuses it (and libgit2's fetch after it): the run
+    // fails, and the host keeps "second".
+    let c4 = repo.commit_and_push(BRANCH, &files(&motd_branch("fourth")), "fourth");
+    let blob = git(&repo.bare, &["rev-parse", &format!("{c4}:trueup.yaml")]);
+    let other = git(&repo.bare, &["rev-parse", &format!("{c1}:trueup.yaml")]);
+    let loose = |id: &str| repo.bare.join("objects").join(&id[..2]).join(&id[2..]);
+    assert!(loose(&blob).is_file() && loose(&other).is_file());
+    std::fs::remove_file(loose(&blob)).unwrap();
+    std::fs::copy(loose(&other), loose(&blob)).unwrap();
+    let run = Run::from(
+        host.command(&url, &["apply", "--format", "json"])
+            .env("TRUEUP_LOG", "warn,trueup::source=debug")
+            .output()
+            .unwrap(),
+    );
+    assert!(run.stderr.contains("is damaged"), "{}", run.stderr);
+    assert_eq!(host.read("/etc/motd").as_deref(), Some("second\n"));
+    let cached = git(
+        &cache,
+        &[
+            "cat-file",
+            "-p",
+            &format!("refs/trueup/remote/{BRANCH}:trueup.yaml"),
+        ],
+    );
+    assert!(!cached.contains("fourth"), "{cached}");
+    assert_ne!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.json()["status"], "error");
+}
+
 #[test]
 fn git_daemon_transport_and_no_fetch_when_unchanged() {
     let tmp = TempDir::new().unwrap();

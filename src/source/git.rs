@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use git2::{Oid, Repository, RepositoryInitOptions};
+use git2::{Oid, Repository};
 use tracing::{debug, info, warn};
 
 use super::poll::{self, Polled};
@@ -19,6 +19,11 @@ use crate::config::Auth;
 
 /// Name of the cache repository inside the state directory.
 pub const CACHE_DIR: &str = "repo.git";
+
+/// The most objects a `file://` fetch copies one by one, as loose objects;
+/// more go as one pack (libgit2's fetch). The same line as git's own
+/// `fetch.unpackLimit` default.
+const LOCAL_COPY_LIMIT: usize = 100;
 
 /// A commit's id, as gitoxide reads it: reading the cache (refs, commits,
 /// trees, blobs) never starts libgit2, so a run whose tip did not move
@@ -73,25 +78,13 @@ impl GitCache {
             path: path.display().to_string(),
             detail,
         };
-        let repo = std::cell::OnceCell::new();
         if !path.join("HEAD").exists() {
-            super::tls::start_libgit2();
-            let mut opts = RepositoryInitOptions::new();
-            // No copy of the system's template directory (sample hooks,
-            // `description`, `info/exclude`): nothing in a cache uses them,
-            // and they were a dozen file writes of every first run.
-            opts.bare(true)
-                .mkpath(true)
-                .no_reinit(false)
-                .external_template(false);
-            let created = Repository::init_opts(&path, &opts)
-                .map_err(|e| cache_err(e.message().to_string()))?;
-            let _ = repo.set(created);
+            init_bare(&path).map_err(|e| cache_err(format!("creating it: {e}")))?;
         }
         let objects = open_gix(&path).map_err(cache_err)?;
         Ok(GitCache {
             objects,
-            repo,
+            repo: std::cell::OnceCell::new(),
             path,
         })
     }
@@ -138,15 +131,35 @@ impl GitCache {
         let conn = Connector::new(remote, auth)?;
         if remote.transport == Transport::File {
             // A repository on this machine: its ref is read in place, and
-            // libgit2 is needed only when the tip moved.
-            if let Some(tip) = local_tip(remote, &head)
-                && self.ref_commit(&tracking) == Some(tip)
-            {
-                debug!(branch, commit = %tip, "remote tip unchanged, no fetch");
-                return Ok(Tip {
-                    commit: tip,
-                    fetched: false,
-                });
+            // a moved tip's few new objects are copied from it, both with
+            // gitoxide; libgit2 fetches only a larger download (or one the
+            // copy could not make), as a pack.
+            if let Some((source, tip)) = local_tip(remote, &head) {
+                if self.ref_commit(&tracking) == Some(tip) {
+                    debug!(branch, commit = %tip, "remote tip unchanged, no fetch");
+                    return Ok(Tip {
+                        commit: tip,
+                        fetched: false,
+                    });
+                }
+                match self.copy_local(&source, tip) {
+                    Ok(Some(copied)) => {
+                        self.set_tracking(&tracking, tip)?;
+                        if copied > 0 {
+                            info!(branch, commit = %tip, objects = copied, "fetched");
+                        }
+                        return Ok(Tip {
+                            commit: tip,
+                            fetched: copied > 0,
+                        });
+                    }
+                    Ok(None) => {
+                        debug!(branch, commit = %tip, "more than {LOCAL_COPY_LIMIT} objects to copy; fetching a pack with libgit2");
+                    }
+                    Err(e) => {
+                        warn!(branch, commit = %tip, reason = %e, "copying from the repository failed; fetching with libgit2");
+                    }
+                }
             }
         } else {
             // Every network transport polls with protocol v2.
@@ -237,14 +250,148 @@ impl GitCache {
             .is_ok_and(|h| h.kind() == gix::object::Kind::Commit)
     }
 
-    /// Whether `commit` descends from (or is) `ancestor`. An ancestor the
-    /// cache does not hold counts as not descending.
+    /// Points the cache's `tracking` ref at `tip` (no reflog: the cache is
+    /// bare, and `core.logAllRefUpdates` is off for bare repositories).
+    fn set_tracking(&self, tracking: &str, tip: CommitId) -> Result<(), SourceError> {
+        self.objects
+            .reference(
+                tracking,
+                tip,
+                gix::refs::transaction::PreviousValue::Any,
+                "trueup: fetch",
+            )
+            .map_err(|e| SourceError::Cache {
+                path: self.path.display().to_string(),
+                detail: format!("updating {tracking}: {}", poll::chain(&e)),
+            })?;
+        Ok(())
+    }
+
+    /// Copies what `tip` reaches and the cache lacks from `source`, a
+    /// repository on this machine, as loose objects: what libgit2's local
+    /// fetch would download, without starting libgit2 (and OpenSSL) for a
+    /// handful of objects. Objects are written after everything they name
+    /// (a post-order walk), so whatever point a crash stops the copy at, an
+    /// object in the cache has all it names, and the next run's walk, which
+    /// stops at objects the cache holds, finds the rest. Every object is
+    /// hashed as it is written and must have the id it was asked for.
+    ///
+    /// Returns how many objects were copied, or `None` when more than
+    /// [`LOCAL_COPY_LIMIT`] are missing (libgit2 then moves them as one
+    /// pack).
+    fn copy_local(&self, source: &gix::Repository, tip: CommitId) -> Result<Option<usize>, String> {
+        use gix::object::Kind;
+        use gix::objs::Write as _;
+        enum Step {
+            /// An object to look at (`true`: a tree entry names it as a blob).
+            Visit(gix::ObjectId, bool),
+            /// A commit or tree all of whose children are written or queued.
+            Write(gix::ObjectId, Kind, Vec<u8>),
+        }
+        let hash = source.object_hash();
+        let read = |id: &gix::oid| -> Result<(Kind, Vec<u8>), String> {
+            let object = source
+                .find_object(id)
+                .map_err(|e| format!("object {id}: {}", poll::chain(&e)))?;
+            Ok((object.kind, object.detach().data))
+        };
+        let mut seen = std::collections::HashSet::new();
+        let mut order: Vec<(gix::ObjectId, Kind, Option<Vec<u8>>)> = Vec::new();
+        let mut stack = vec![Step::Visit(tip, false)];
+        while let Some(step) = stack.pop() {
+            let (id, blob) = match step {
+                Step::Write(id, kind, data) => {
+                    order.push((id, kind, Some(data)));
+                    continue;
+                }
+                Step::Visit(id, blob) => (id, blob),
+            };
+            // The odb's own lookup: `Repository::has_object` counts the
+            // empty tree as present even when no file holds it.
+            if !seen.insert(id) || gix::objs::Exists::exists(&self.objects.objects, &id) {
+                continue;
+            }
+            if seen.len() > LOCAL_COPY_LIMIT {
+                return Ok(None);
+            }
+            if blob {
+                // Read when written: a blob names nothing.
+                order.push((id, Kind::Blob, None));
+                continue;
+            }
+            let (kind, data) = read(&id)?;
+            let mut children = Vec::new();
+            match kind {
+                Kind::Commit => {
+                    let mut commit = gix::objs::CommitRefIter::from_bytes(&data, hash);
+                    let tree = commit
+                        .tree_id()
+                        .map_err(|e| format!("commit {id}: {}", poll::chain(&e)))?;
+                    children.push(Step::Visit(tree, false));
+                    children.extend(commit.parent_ids().map(|p| Step::Visit(p, false)));
+                }
+                Kind::Tree => {
+                    for entry in gix::objs::TreeRefIter::from_bytes(&data, hash) {
+                        let entry = entry.map_err(|e| format!("tree {id}: {}", poll::chain(&e)))?;
+                        // A submodule's commit is not in this repository.
+                        if !entry.mode.is_commit() {
+                            children.push(Step::Visit(entry.oid.to_owned(), !entry.mode.is_tree()));
+                        }
+                    }
+                }
+                Kind::Blob | Kind::Tag => {}
+            }
+            stack.push(Step::Write(id, kind, data));
+            stack.extend(children);
+        }
+        for (id, kind, data) in &order {
+            let data = match data {
+                Some(data) => std::borrow::Cow::Borrowed(data),
+                None => {
+                    let (found, data) = read(id)?;
+                    if found != *kind {
+                        return Err(format!(
+                            "object {id}: a tree names it as a blob, it is a {found}"
+                        ));
+                    }
+                    std::borrow::Cow::Owned(data)
+                }
+            };
+            let written = self
+                .objects
+                .objects
+                .write_buf(*kind, &data)
+                .map_err(|e| format!("writing object {id}: {}", poll::chain(&e)))?;
+            if written != *id {
+                return Err(format!(
+                    "object {id} in the repository is damaged: its content hashes to {written}"
+                ));
+            }
+        }
+        Ok(Some(order.len()))
+    }
+
+    /// Whether `commit` descends from (or is) `ancestor`: a walk of
+    /// `commit`'s history with gitoxide. An ancestor the cache does not
+    /// hold, or a history it cannot read, counts as not descending.
     pub fn descends_from(&self, commit: &gix::oid, ancestor: &gix::oid) -> bool {
-        commit == ancestor
-            || self.repo().is_ok_and(|repo| {
-                repo.graph_descendant_of(git2_oid(commit), git2_oid(ancestor))
-                    .unwrap_or(false)
-            })
+        if commit == ancestor {
+            return true;
+        }
+        if !self.has_commit(ancestor) {
+            return false;
+        }
+        let Ok(walk) = self.objects.rev_walk([commit.to_owned()]).all() else {
+            return false;
+        };
+        for info in walk {
+            match info {
+                Ok(info) if info.id == ancestor => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+        false
     }
 
     /// The subject line and the author (`Name <email>`) of `commit`, for
@@ -290,17 +437,38 @@ impl GitCache {
     }
 }
 
-/// The tip of `head` in a repository on this machine (a `file://` remote),
+/// The repository behind a `file://` remote and the tip of `head` in it,
 /// read in place; `None` when it cannot be read that way (libgit2 then
 /// lists the remote, and its errors are the ones users see).
-fn local_tip(remote: &RemoteUrl, head: &str) -> Option<CommitId> {
+fn local_tip(remote: &RemoteUrl, head: &str) -> Option<(gix::Repository, CommitId)> {
     let path = url::Url::parse(remote.for_libgit2())
         .ok()?
         .to_file_path()
         .ok()?;
     let repo = open_gix(&path).ok()?;
-    let mut reference = repo.try_find_reference(head).ok()??;
-    Some(reference.peel_to_id().ok()?.detach())
+    let tip = repo
+        .try_find_reference(head)
+        .ok()??
+        .peel_to_id()
+        .ok()?
+        .detach();
+    Some((repo, tip))
+}
+
+/// Creates an empty bare repository at `path`: the layout `git init --bare`
+/// makes, less its sample hooks, `description` and `info/exclude`, which
+/// nothing in a cache reads (libgit2's and gitoxide's `init` write them,
+/// with or without a template: a dozen files on every first run). `HEAD`
+/// comes last: a cache is taken as made once it has one.
+fn init_bare(path: &Path) -> std::io::Result<()> {
+    for dir in ["objects/info", "objects/pack", "refs/heads", "refs/tags"] {
+        std::fs::create_dir_all(path.join(dir))?;
+    }
+    std::fs::write(
+        path.join("config"),
+        "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n",
+    )?;
+    std::fs::write(path.join("HEAD"), "ref: refs/heads/main\n")
 }
 
 /// Where the cache keeps the remote's tip of `branch`.
