@@ -430,9 +430,10 @@ pub fn load_with_secrets(
 }
 
 /// `load_with_secrets` of the files at `only` (host paths): every state
-/// file is parsed and every path checked, but only those files are
-/// rendered, and the state holds them alone. For a commit known to render
-/// (the render cache), when only some of its files need their content.
+/// file is parsed, but the other `files:` entries are read past unbuilt
+/// (`schema::KeepOnlyFiles`), only those files are rendered, and the state
+/// holds them alone. For a commit known to render (the render cache), when
+/// only some of its files need their content.
 pub fn load_only(
     tree: &dyn Tree,
     facts: &Facts,
@@ -458,6 +459,7 @@ fn load_files(
             message: m,
         }])
     })?;
+    let kept = only.map(schema::KeepOnlyFiles::new);
     load_into(
         tree,
         &entry,
@@ -466,6 +468,7 @@ fn load_files(
         &mut IncludePaths::new(facts),
     )
     .map_err(|e| SpecErrors(vec![e]))?;
+    drop(kept);
     let context = serde_json::json!({ "facts": facts, "vars": merged.vars });
     let mut b = Builder {
         tree,

@@ -4,7 +4,9 @@
 //! these into the validated, rendered `DesiredState`. Values keep their
 //! position (`Spanned`) so a later error can still name line and column.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -19,7 +21,7 @@ pub struct RawDocument {
     pub include: Vec<Spanned<String>>,
     #[serde(default)]
     pub vars: serde_json::Map<String, serde_json::Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "files_kept")]
     pub files: BTreeMap<String, Spanned<RawFile>>,
     #[serde(default)]
     pub directories: BTreeMap<String, Spanned<RawDirectory>>,
@@ -176,5 +178,65 @@ impl<'de> Deserialize<'de> for IdName {
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+thread_local! {
+    /// The host paths whose `files:` entries a parse on this thread keeps
+    /// (set by [`KeepOnlyFiles`]); `None`, the usual case, keeps them all.
+    static KEPT_FILES: RefCell<Option<HashSet<PathBuf>>> = const { RefCell::new(None) };
+}
+
+/// While alive, documents parsed on this thread keep only the `files:`
+/// entries at these host paths: the others' values are read past by the
+/// YAML parser (still checked as YAML) without being built. For a commit
+/// that rendered before (the render cache), when a run needs a few of its
+/// files: a thousand built and dropped entries were most of its memory. An
+/// entry whose path does not normalize is kept, so its error still shows.
+pub(super) struct KeepOnlyFiles(());
+
+impl KeepOnlyFiles {
+    pub(super) fn new(paths: &HashSet<PathBuf>) -> KeepOnlyFiles {
+        KEPT_FILES.with(|k| *k.borrow_mut() = Some(paths.clone()));
+        KeepOnlyFiles(())
+    }
+}
+
+impl Drop for KeepOnlyFiles {
+    fn drop(&mut self) {
+        KEPT_FILES.with(|k| *k.borrow_mut() = None);
+    }
+}
+
+/// `files:`, less the entries [`KeepOnlyFiles`] leaves out.
+fn files_kept<'de, D>(d: D) -> Result<BTreeMap<String, Spanned<RawFile>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Kept(HashSet<PathBuf>);
+    impl<'de> serde::de::Visitor<'de> for Kept {
+        type Value = BTreeMap<String, Spanned<RawFile>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a mapping of file paths to files")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut files = BTreeMap::new();
+            while let Some(path) = map.next_key::<String>()? {
+                let kept = super::normalize_host_path(&path).map_or(true, |p| self.0.contains(&p));
+                if kept {
+                    files.insert(path, map.next_value()?);
+                } else {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+            Ok(files)
+        }
+    }
+    match KEPT_FILES.with(|k| k.borrow().clone()) {
+        None => BTreeMap::deserialize(d),
+        Some(kept) => d.deserialize_map(Kept(kept)),
     }
 }

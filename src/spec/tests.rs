@@ -643,3 +643,33 @@ commands:
     );
     assert_eq!(init.user.as_deref(), Some("app"));
 }
+
+/// `load_only` builds only the files asked for: another entry's value is
+/// read past as YAML, unbuilt (here one a full load refuses), and the next
+/// load on the thread sees every entry again.
+#[test]
+fn load_only_builds_only_the_files_asked_for() {
+    let files = [(
+        "trueup.yaml",
+        "files:\n  /etc/a.conf: { content: \"a {{facts.hostname}}\\n\", mode: \"0644\" }\n  /etc/b.conf: { content: b, colour: blue }\n  /etc/c.conf: { content: c }\n",
+    )];
+    let tree = MemTree::new(&files);
+    let none = Secrets::NoIdentity("none".into());
+    let only: HashSet<PathBuf> = [PathBuf::from("/etc/a.conf")].into_iter().collect();
+    let state = load_only(&tree, &facts(), &none, &only).expect("only a.conf is built");
+    assert_eq!(
+        state.files.keys().collect::<Vec<_>>(),
+        vec![Path::new("/etc/a.conf")]
+    );
+    let content = state.files[Path::new("/etc/a.conf")].content.as_ref();
+    assert_eq!(content.map(|c| &c.bytes[..]), Some(&b"a web1\n"[..]));
+    // The unknown key of b.conf is an error again for a full load.
+    let errs = load(&tree, &facts()).expect_err("b.conf has an unknown key");
+    assert!(errs.to_string().contains("colour"), "{errs}");
+    // And a YAML error anywhere is still one for load_only.
+    let broken = [(
+        "trueup.yaml",
+        "files:\n  /etc/a.conf: { content: a }\n  /etc/b.conf: [unclosed\n",
+    )];
+    assert!(load_only(&MemTree::new(&broken), &facts(), &none, &only).is_err());
+}
