@@ -10,7 +10,9 @@
 # missed is a page fault of its own): start-up (--version), a no-op check of
 # an unchanged commit from a Git repository (the render cache), a check
 # that finds drift (renders), its repair, a first apply, a check of a plain
-# directory, `status`. The functions come out in that order, each once:
+# directory, `status`, and last a repair that writes and pushes a note
+# (libgit2, which the runs before it no longer start: a file:// fetch of a
+# few objects is gitoxide's). The functions come out in that order, each once:
 # what a no-op check runs is the first few hundred KiB of the text. Names
 # carry a hash of the build's settings and compiler, so the file is
 # regenerated after a compiler or dependency upgrade; names it lists that a
@@ -29,16 +31,18 @@ nm "$bin" >/dev/null 2>&1 && [ -n "$(nm "$bin" | head -1)" ] ||
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-# One template, 100 files in one directory, vars per file: the workload of
-# bench/run.sh --peers.
+# One template, 1,000 files in one directory, vars per file, 10 of them
+# drifted for the repair: the workload of bench/run.sh --peers, the same
+# template and variables (sizes and types change which paths run: sorting 10
+# drifted files is not sorting one, and a number renders through serde_json).
 branch=$work/branch
 mkdir -p "$branch"
 {
-  printf '# {{vars.n}}: managed on {{facts.hostname}}\n[service]\nname = {{vars.app}}-{{vars.n}}\n'
-  for j in $(seq -w 0 15); do printf 'option_%s = value-{{vars.n}}-%s\n' "$j" "$j"; done
+  printf '# {{vars.n}}: managed on {{facts.hostname}}\n[service]\nname = {{vars.app}}-{{vars.n}}\nlisten = 0.0.0.0:{{vars.port}}\n'
+  for j in $(seq -w 0 15); do printf 'option_%s = value-{{vars.n}}-%s lorem ipsum dolor sit amet\n' "$j" "$j"; done
 } >"$branch/t.hbs"
-awk 'BEGIN { print "vars:\n  app: bench\nfiles:"
-  for (i = 0; i < 100; i++) printf "  /srv/f%03d.conf: { template: t.hbs, mode: \"0644\", vars: { n: \"%03d\" } }\n", i, i }' \
+awk 'BEGIN { print "vars:\n  app: bench\n  port: 8080\nfiles:"
+  for (i = 0; i < 1000; i++) printf "  /srv/f%03d.conf: { template: t.hbs, mode: \"0644\", vars: { n: \"%03d\" } }\n", i, i }' \
   >"$branch/trueup.yaml"
 git -C "$branch" init -q -b hosts/order
 git -C "$branch" add -A
@@ -48,6 +52,7 @@ root=$work/root state=$work/state
 mkdir -p "$root" "$state" "$work/dirstate"
 git_run=(--config "$work/agent.yaml" --source "file://$branch" --branch hosts/order --root "$root" --state-dir "$state")
 
+drift() { local i; for ((i = 7; i < 1000; i += 100)); do printf 'edited by hand\n' >>"$root/srv/f$(printf %03d $i).conf"; done; }
 n=0
 cg() { # callgrind one run; its output file is numbered in run order
   n=$((n + 1))
@@ -57,13 +62,16 @@ cg() { # callgrind one run; its output file is numbered in run order
 "$bin" apply "${git_run[@]}" >/dev/null # the cache and the render cache
 cg --version
 cg check "${git_run[@]}"
-printf 'edited by hand\n' >>"$root/srv/f007.conf"
+drift # ten files edited by hand
 cg check "${git_run[@]}"
 cg apply "${git_run[@]}"
 rm -rf "$root" "$state" && mkdir -p "$root" "$state"
 cg apply "${git_run[@]}"
 cg check --config "$work/agent.yaml" --source "$branch" --root "$root" --state-dir "$work/dirstate"
 cg status --config "$work/agent.yaml" --state-dir "$state"
+printf 'interval: 1h\nsplay: 0s\nmode: apply\n' >"$work/notes.yaml"
+drift # ten files edited by hand
+cg apply --config "$work/notes.yaml" "${git_run[@]:2}"
 
 python3 - "$bin" "$work"/cg.* >"$repo/packaging/symbol-order.txt" <<'EOF'
 import re, sys
