@@ -200,6 +200,7 @@ fn file_transport_copies_a_few_objects_without_libgit2() {
         c1
     );
     assert!(!cache.join("hooks").exists(), "sample hooks in the cache");
+    assert!(!cache.join("logs").exists(), "a reflog in a bare cache");
 
     // A moved tip: only the three new objects.
     let c2 = repo.commit_and_push(BRANCH, &files(&motd_branch("second")), "second");

@@ -250,20 +250,21 @@ impl GitCache {
             .is_ok_and(|h| h.kind() == gix::object::Kind::Commit)
     }
 
-    /// Points the cache's `tracking` ref at `tip` (no reflog: the cache is
-    /// bare, and `core.logAllRefUpdates` is off for bare repositories).
+    /// Points the cache's `tracking` ref at `tip`. No reflog (the cache is
+    /// bare, and `core.logAllRefUpdates` is off for bare repositories), so
+    /// no committer either: asking gitoxide for one reads the local time
+    /// zone, and jiff indexes all of `/usr/share/zoneinfo` to name it.
     fn set_tracking(&self, tracking: &str, tip: CommitId) -> Result<(), SourceError> {
+        use gix::refs::transaction::{PreviousValue, RefEdit};
+        let err = |detail: String| SourceError::Cache {
+            path: self.path.display().to_string(),
+            detail: format!("updating {tracking}: {detail}"),
+        };
+        let name = gix::refs::FullName::try_from(tracking).map_err(|e| err(poll::chain(&e)))?;
+        let edit = RefEdit::update(name, tip, PreviousValue::Any, "trueup: fetch");
         self.objects
-            .reference(
-                tracking,
-                tip,
-                gix::refs::transaction::PreviousValue::Any,
-                "trueup: fetch",
-            )
-            .map_err(|e| SourceError::Cache {
-                path: self.path.display().to_string(),
-                detail: format!("updating {tracking}: {}", poll::chain(&e)),
-            })?;
+            .edit_references_as([edit], None)
+            .map_err(|e| err(poll::chain(&e)))?;
         Ok(())
     }
 
