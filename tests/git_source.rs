@@ -227,11 +227,20 @@ fn file_transport_copies_a_few_objects_without_libgit2() {
     assert!(run.stderr.contains("starting libgit2"), "{}", run.stderr);
     git(&cache, &["fsck", "--full", "--strict"]);
 
+    // One of those files changed: four new objects (commit, two trees, the
+    // blob), copied again, however many entries the new trees have.
+    let c4 = repo.commit_and_push(BRANCH, &[("data/f7.txt", "seven\n")], "one of many");
+    let run = apply();
+    assert_eq!(run.json()["source"]["commit"], c4.as_str());
+    assert!(run.stderr.contains("objects=4"), "{}", run.stderr);
+    assert!(!run.stderr.contains("starting libgit2"), "{}", run.stderr);
+    git(&cache, &["fsck", "--full", "--strict"]);
+
     // A damaged remote: the new trueup.yaml blob's loose file holds another
     // object. The copy refuses it (and libgit2's fetch after it): the run
     // fails, and the host keeps "second".
-    let c4 = repo.commit_and_push(BRANCH, &files(&motd_branch("fourth")), "fourth");
-    let blob = git(&repo.bare, &["rev-parse", &format!("{c4}:trueup.yaml")]);
+    let c5 = repo.commit_and_push(BRANCH, &files(&motd_branch("fifth")), "fifth");
+    let blob = git(&repo.bare, &["rev-parse", &format!("{c5}:trueup.yaml")]);
     let other = git(&repo.bare, &["rev-parse", &format!("{c1}:trueup.yaml")]);
     let loose = |id: &str| repo.bare.join("objects").join(&id[..2]).join(&id[2..]);
     assert!(loose(&blob).is_file() && loose(&other).is_file());
@@ -253,7 +262,7 @@ fn file_transport_copies_a_few_objects_without_libgit2() {
             &format!("refs/trueup/remote/{BRANCH}:trueup.yaml"),
         ],
     );
-    assert!(!cached.contains("fourth"), "{cached}");
+    assert!(!cached.contains("fifth"), "{cached}");
     assert_ne!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(run.json()["status"], "error");
 }

@@ -297,6 +297,7 @@ impl GitCache {
             Ok((object.kind, object.detach().data))
         };
         let mut seen = std::collections::HashSet::new();
+        let mut missing = 0;
         let mut order: Vec<(gix::ObjectId, Kind, Option<Vec<u8>>)> = Vec::new();
         let mut stack = vec![Step::Visit(tip, false)];
         while let Some(step) = stack.pop() {
@@ -312,7 +313,10 @@ impl GitCache {
             if !seen.insert(id) || gix::objs::Exists::exists(&self.objects.objects, &id) {
                 continue;
             }
-            if seen.len() > LOCAL_COPY_LIMIT {
+            // Only missing objects count: a new tree of a thousand entries
+            // of which one changed is a handful to copy.
+            missing += 1;
+            if missing > LOCAL_COPY_LIMIT {
                 return Ok(None);
             }
             if blob {
