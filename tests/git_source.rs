@@ -159,7 +159,8 @@ fn file_transport() {
 /// moved tip (a handful of new objects) never start libgit2 when no note is
 /// written, and leave a sound cache (`git fsck`). More than a hundred new
 /// objects go as one pack, with libgit2; an object whose content does not
-/// hash to its name is never copied under that name.
+/// hash to its name is never copied under that name; a cache cut short
+/// while it was being made is made again.
 #[test]
 fn file_transport_copies_a_few_objects_without_libgit2() {
     use common::gitserver::git;
@@ -179,6 +180,11 @@ fn file_transport_copies_a_few_objects_without_libgit2() {
         assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
         run
     };
+
+    // A cache whose creation was cut short (no HEAD yet) is made again.
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(cache.join("config"), "[core\n\tbare = tr").unwrap();
+    std::fs::write(cache.join("HEAD.lock"), "ref: refs/he").unwrap();
 
     // First apply: commit, tree and trueup.yaml copied.
     let c1 = repo.commit_and_push(BRANCH, &files(&motd_branch("first")), "first");

@@ -464,7 +464,9 @@ fn local_tip(remote: &RemoteUrl, head: &str) -> Option<(gix::Repository, CommitI
 /// makes, less its sample hooks, `description` and `info/exclude`, which
 /// nothing in a cache reads (libgit2's and gitoxide's `init` write them,
 /// with or without a template: a dozen files on every first run). `HEAD`
-/// comes last: a cache is taken as made once it has one.
+/// comes last, whole (written as `HEAD.lock` and renamed, as git does): a
+/// cache is taken as made once it has one, and one cut short before then
+/// is made again.
 fn init_bare(path: &Path) -> std::io::Result<()> {
     for dir in ["objects/info", "objects/pack", "refs/heads", "refs/tags"] {
         std::fs::create_dir_all(path.join(dir))?;
@@ -473,7 +475,9 @@ fn init_bare(path: &Path) -> std::io::Result<()> {
         path.join("config"),
         "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = true\n",
     )?;
-    std::fs::write(path.join("HEAD"), "ref: refs/heads/main\n")
+    let lock = path.join("HEAD.lock");
+    std::fs::write(&lock, "ref: refs/heads/main\n")?;
+    std::fs::rename(&lock, path.join("HEAD"))
 }
 
 /// Where the cache keeps the remote's tip of `branch`.
