@@ -170,13 +170,17 @@ fn file_transport_copies_a_few_objects_without_libgit2() {
     let host = GitHost::new("web1");
     host.configure("report: { notes: false }\n");
     let cache = host.state.path().join("repo.git");
-    let apply = || {
-        let run = Run::from(
+    // An apply that logs the source's debug lines (the fetch, libgit2).
+    let logged = || {
+        Run::from(
             host.command(&url, &["apply", "--format", "json"])
                 .env("TRUEUP_LOG", "warn,trueup::source=debug")
                 .output()
                 .unwrap(),
-        );
+        )
+    };
+    let apply = || {
+        let run = logged();
         assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
         run
     };
@@ -252,12 +256,7 @@ fn file_transport_copies_a_few_objects_without_libgit2() {
     assert!(loose(&blob).is_file() && loose(&other).is_file());
     std::fs::remove_file(loose(&blob)).unwrap();
     std::fs::copy(loose(&other), loose(&blob)).unwrap();
-    let run = Run::from(
-        host.command(&url, &["apply", "--format", "json"])
-            .env("TRUEUP_LOG", "warn,trueup::source=debug")
-            .output()
-            .unwrap(),
-    );
+    let run = logged();
     assert!(run.stderr.contains("is damaged"), "{}", run.stderr);
     assert_eq!(host.read("/etc/motd").as_deref(), Some("second\n"));
     let cached = git(
