@@ -257,6 +257,15 @@ fn absolute_path(s: &str) -> Result<PathBuf, String> {
 }
 
 fn main() -> ExitCode {
+    // One malloc arena for the whole process: trueup's threads are few and
+    // short (an object copy, blocking work of the agent), and an arena per
+    // thread kept each one's freed memory resident beside the main heap.
+    // SAFETY: mallopt only sets an allocator parameter; it runs before any
+    // other thread exists.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     let cli = Cli::parse();
     init_logging(matches!(cli.command, Command::Agent));
     let settings = match trueup::config::load(&cli.config) {

@@ -187,8 +187,11 @@ impl CachedState {
     /// entry and ignores a bad one, so what a power cut may leave (the old
     /// entry, none, or a torn one) costs one render, never a wrong answer.
     pub fn store(&self, state_dir: &Path) -> std::io::Result<()> {
-        let json = serde_json::to_vec(self).map_err(std::io::Error::other)?;
-        crate::safe_fs::write_own_file_unsynced(&state_dir.join(FILE_NAME), &json, 0o600)
+        // Straight into the file: the entry of a thousand files is some
+        // 130 KB that need not be in memory at once.
+        crate::safe_fs::write_own_file_from(&state_dir.join(FILE_NAME), 0o600, false, |out| {
+            serde_json::to_writer(out, self).map_err(std::io::Error::other)
+        })
     }
 
     /// Whether every file under `root` is exactly as the entry says:

@@ -1047,22 +1047,43 @@ pub fn write_own_file(path: &Path, content: &[u8], mode: u32) -> std::io::Result
     replace_own_file(path, content, mode, true)
 }
 
-/// `write_own_file` without the two fsyncs, for a file whose loss in a
-/// power cut costs nothing that matters: the render cache (every reader
-/// verifies it and ignores a bad one) and an in-sync run's `last-run.json`.
-/// Readers still see the old file or the new one, never a part.
-pub fn write_own_file_unsynced(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
-    replace_own_file(path, content, mode, false)
+fn replace_own_file(path: &Path, content: &[u8], mode: u32, sync: bool) -> std::io::Result<()> {
+    replace_own_file_with(path, mode, sync, |out| out.write_all(content))
 }
 
-fn replace_own_file(path: &Path, content: &[u8], mode: u32, sync: bool) -> std::io::Result<()> {
+/// `write_own_file` for content that `fill` writes straight into the
+/// temporary file through a buffer: a large report is never held whole in
+/// memory. `sync: false` leaves out the two fsyncs, for a file whose loss
+/// in a power cut costs nothing that matters: the render cache (every
+/// reader verifies it and ignores a bad one) and an in-sync run's
+/// `last-run.json`. Readers still see the old file or the new one, never
+/// a part.
+pub fn write_own_file_from(
+    path: &Path,
+    mode: u32,
+    sync: bool,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    replace_own_file_with(path, mode, sync, fill)
+}
+
+fn replace_own_file_with(
+    path: &Path,
+    mode: u32,
+    sync: bool,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".trueup-")
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
         .tempfile_in(dir)?;
-    tmp.write_all(content)?;
+    {
+        let mut out = std::io::BufWriter::new(tmp.as_file_mut());
+        fill(&mut out)?;
+        out.flush()?;
+    }
     if sync {
         tmp.as_file().sync_all()?;
     }
