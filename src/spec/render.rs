@@ -198,9 +198,10 @@ impl<'t> Renderer<'t> {
             let text = text.unwrap_or_default();
             self.compile(name, text)?;
         }
-        let context = self.context_with_vars(vars);
+        let saved = overlay_vars(&mut self.context, vars);
         self.take_secret_use();
-        let result = self.render_registered(name, &context).map(Arc::from);
+        let result = self.render_registered(name, &self.context).map(Arc::from);
+        restore_vars(&mut self.context, saved);
         let used = self.take_secret_use();
         if used.used {
             self.file_secret_use.insert(name.to_string(), used);
@@ -218,23 +219,14 @@ impl<'t> Renderer<'t> {
         if !text.contains("{{") {
             return Ok(text.to_string());
         }
-        let context = self.context_with_vars(vars);
-        let result = self
-            .compile(INLINE_NAME, text)
-            .and_then(|()| self.render_registered(INLINE_NAME, &context));
+        let result = self.compile(INLINE_NAME, text).and_then(|()| {
+            let saved = overlay_vars(&mut self.context, vars);
+            let result = self.render_registered(INLINE_NAME, &self.context);
+            restore_vars(&mut self.context, saved);
+            result
+        });
         self.hb.unregister_template(INLINE_NAME);
         result
-    }
-
-    /// The run's context with `vars` laid over its vars, key by key.
-    fn context_with_vars(&self, vars: &[(String, Json)]) -> Context {
-        let mut data = self.context.data().clone();
-        if let Some(Json::Object(run_vars)) = data.get_mut("vars") {
-            for (k, v) in vars {
-                run_vars.insert(k.clone(), v.clone());
-            }
-        }
-        Context::from(data)
     }
 
     fn compile(&mut self, name: &str, text: &str) -> Result<(), TemplateFailure> {
@@ -281,6 +273,33 @@ impl<'t> Renderer<'t> {
             }),
             Err(e) => Err(render_failure(e)),
         }
+    }
+}
+
+/// Lays one file's `vars` over the run's vars in `context`, key by key,
+/// and returns what they replaced for [`restore_vars`]: the context is
+/// changed in place for one render, where a copy of it (facts and all) per
+/// file cost a thousand copies for a thousand files.
+fn overlay_vars(context: &mut Context, vars: &[(String, Json)]) -> Vec<(String, Option<Json>)> {
+    let Some(Json::Object(run_vars)) = context.data_mut().get_mut("vars") else {
+        return Vec::new();
+    };
+    vars.iter()
+        .map(|(k, v)| (k.clone(), run_vars.insert(k.clone(), v.clone())))
+        .collect()
+}
+
+/// Puts back what [`overlay_vars`] replaced, last first (so a key given
+/// twice ends with the run's own value).
+fn restore_vars(context: &mut Context, saved: Vec<(String, Option<Json>)>) {
+    let Some(Json::Object(run_vars)) = context.data_mut().get_mut("vars") else {
+        return;
+    };
+    for (k, old) in saved.into_iter().rev() {
+        match old {
+            Some(v) => run_vars.insert(k, v),
+            None => run_vars.remove(&k),
+        };
     }
 }
 
@@ -653,6 +672,31 @@ mod tests {
         let a = r.render_file("t.hbs", "{{vars.port}}").unwrap();
         let b = r.render_file("t.hbs", "ignored: cached by name").unwrap();
         assert!(Arc::ptr_eq(&a, &b));
+    }
+
+    #[test]
+    fn per_file_vars_last_for_one_render_only() {
+        let mut r = renderer();
+        let t = "{{vars.port}} {{vars.n}}";
+        let one = [("n".to_string(), json!(1)), ("port".to_string(), json!(1))];
+        let twice = [("n".to_string(), json!(2)), ("n".to_string(), json!(3))];
+        assert_eq!(
+            &*r.render_file_with_vars("t", Some(t), &one).unwrap(),
+            "1 1"
+        );
+        assert_eq!(
+            &*r.render_file_with_vars("t", None, &twice).unwrap(),
+            "8080 3"
+        );
+        // Neither file's vars are left behind for the next render.
+        let missing = r.render_file_with_vars("t", None, &[]).unwrap_err();
+        assert!(missing.reason.contains("vars.n"), "{}", missing.reason);
+        assert_eq!(r.render_inline("{{vars.port}}").unwrap(), "8080");
+        assert_eq!(
+            r.render_inline_with_vars("{{vars.port}}", &one).unwrap(),
+            "1"
+        );
+        assert_eq!(r.render_inline("{{vars.port}}").unwrap(), "8080");
     }
 
     #[test]
