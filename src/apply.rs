@@ -131,12 +131,23 @@ pub fn check(plan: &Plan) -> Vec<Outcome> {
 /// directory: runs hold the run lock, so a trueup temporary file found
 /// there now is stale, even beside a file that is never written again.
 fn sweep_stale_temps(desired: &DesiredState, root: &Path) {
-    let dirs: std::collections::BTreeSet<&Path> = desired
+    // The files come sorted, so those of one directory are side by side:
+    // skipping repeats first keeps the set small (1,000 files in one
+    // directory are one entry, not 1,000 path comparisons).
+    let mut dirs: std::collections::BTreeSet<&Path> = std::collections::BTreeSet::new();
+    let mut last: Option<&Path> = None;
+    for dir in desired
         .files
         .keys()
         .chain(desired.symlinks.keys())
         .filter_map(|p| p.parent())
-        .collect();
+    {
+        if last.is_some_and(|l| l.as_os_str() == dir.as_os_str()) {
+            continue;
+        }
+        last = Some(dir);
+        dirs.insert(dir);
+    }
     for dir in dirs {
         match safe_fs::sweep_stale_temps(root, dir) {
             Ok(0) => {}
@@ -170,7 +181,10 @@ pub fn apply(plan: &Plan, desired: &DesiredState, opts: &ApplyOptions) -> Vec<Ou
     let mut changed: HashSet<&ResourceId> = HashSet::new();
     let mut packages = PackageBatch::of(plan);
     let mut out = Vec::with_capacity(plan.steps.len());
-    let mut writes = StagedWrites::default();
+    let mut writes = StagedWrites {
+        any_validate: desired.files.values().any(|f| !f.validate.is_empty()),
+        ..StagedWrites::default()
+    };
     for step in &plan.steps {
         let stages = writes.stages(step, desired);
         let commit_first = if stages {
@@ -311,6 +325,9 @@ struct StagedWrites<'p> {
     backup_dir_made: bool,
     /// The directory of the files staged so far.
     dir: Option<PathBuf>,
+    /// Whether any file has a `validate:` command (a file write without
+    /// one joins the batch without a lookup of its spec).
+    any_validate: bool,
 }
 
 /// A batch is committed at this many files or bytes even without a step
@@ -330,10 +347,11 @@ impl<'p> StagedWrites<'p> {
                 step.action,
                 Some(Action::Node(NodeAction::WriteFile { .. }))
             )
-            && desired
-                .files
-                .get(Path::new(&step.resource.name))
-                .is_some_and(|f| f.validate.is_empty() && f.content.is_some())
+            && (!self.any_validate
+                || desired
+                    .files
+                    .get(Path::new(&step.resource.name))
+                    .is_some_and(|f| f.validate.is_empty() && f.content.is_some()))
     }
 
     /// Keeps the replaced content, then writes the new content (carried by

@@ -15,6 +15,7 @@ pub mod error_class;
 pub mod facts;
 pub mod fleet;
 pub mod health;
+pub mod loader;
 pub mod lock;
 pub mod pipeline;
 pub mod plan;
