@@ -102,7 +102,7 @@ for path in outputs:
 for fn in order:
     print(fn)
 EOF
-# Valgrind cannot run AVX-512 or the SHA extensions, so under callgrind the
+# Valgrind cannot run AVX-512, VPCLMULQDQ or the SHA extensions, so under callgrind the
 # libraries that pick an implementation by CPU feature (CRC-32, hex, SHA-1
 # and SHA-256) run their AVX2 or generic code, and the variants a real run
 # of this machine's CPUs takes never get named: each one left out maps a
@@ -114,7 +114,7 @@ paste <(nm --defined-only "$bin") <(nm -C --defined-only "$bin") |
   awk -F'\t' '$1 ~ / [tT] / {
       split($1, m, " "); d = $2; sub(/^[0-9a-f]+ [tT] /, "", d)
       if (m[3] == "_start" ||
-          (d ~ /^(crc32fast|faster_hex|sha1dc|sha1|sha2|zlib_rs|memchr)::/ && d ~ /(avx512|sha_ni|shani|x86_sha|sha256::x86::)/) ||
+          (d ~ /^(crc32fast|faster_hex|sha1dc|sha1|sha2|zlib_rs|memchr)::/ && d ~ /(avx512|sha_ni|shani|x86_sha|sha256::x86::|pclmul)/) ||
           d ~ /^std::sync::mpmc::.*::(recv|send)::\{\{closure\}\}/)
         print m[3]
     }' | grep -vxF -f "$repo/packaging/symbol-order.txt" >>"$repo/packaging/symbol-order.txt" || true
