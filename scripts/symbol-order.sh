@@ -102,14 +102,14 @@ for path in outputs:
 for fn in order:
     print(fn)
 EOF
-# Valgrind cannot run AVX-512, VPCLMULQDQ or the SHA extensions, so under callgrind the
-# libraries that pick an implementation by CPU feature (CRC-32, hex, SHA-1
-# and SHA-256) run their AVX2 or generic code, and the variants a real run
-# of this machine's CPUs takes never get named: each one left out maps a
-# 128 KiB block of its own. They go after the rest, with the program's
-# entry point (valgrind starts in the loader) and the blocking side of
-# std's channel (an object copy waits on it; under valgrind the threads
-# take turns, so it never blocks).
+# Valgrind cannot run AVX-512, VPCLMULQDQ or the SHA extensions, so under
+# callgrind the libraries that pick an implementation by CPU feature
+# (CRC-32, hex, SHA-1 and SHA-256) run their AVX2 or generic code, and the
+# variants a real run on this machine's CPUs takes never get named: each
+# one left out maps a 128 KiB block of its own. They go after the rest,
+# with the program's entry point (valgrind starts in the loader) and the
+# blocking side of std's channel (an object copy waits on it; under
+# valgrind the threads take turns, so it never blocks).
 paste <(nm --defined-only "$bin") <(nm -C --defined-only "$bin") |
   awk -F'\t' '$1 ~ / [tT] / {
       split($1, m, " "); d = $2; sub(/^[0-9a-f]+ [tT] /, "", d)

@@ -446,6 +446,21 @@ fn generate_assets(out: &std::path::Path) -> anyhow::Result<i32> {
 mod tests {
     use super::*;
 
+    /// The binary's own `pow` (libm's stands aside): exact where the
+    /// answer is exact, within an ulp elsewhere, and IEEE's special cases.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn the_binarys_pow_is_libms() {
+        assert_eq!(pow(2.0, 10.0), 1024.0);
+        assert_eq!(pow(10.0, -2.0), 0.01);
+        assert_eq!(pow(-2.0, 3.0), -8.0);
+        assert_eq!(pow(0.0, 0.0), 1.0);
+        assert!((pow(0.5, 0.5) - std::f64::consts::FRAC_1_SQRT_2).abs() <= f64::EPSILON);
+        assert!((pow(std::f64::consts::E, 2.5) - 12.182_493_960_703_473).abs() <= 1e-14);
+        assert!(pow(-1.0, 0.5).is_nan());
+        assert_eq!(pow(0.0, -1.0), f64::INFINITY);
+    }
+
     #[test]
     fn one_shot_runs_start_libgit2_only_when_they_need_it() {
         let render = Command::Render { dir: ".".into() };
