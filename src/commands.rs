@@ -151,12 +151,6 @@ pub fn print_report(report: &RunReport, format: Format) -> Result<()> {
     Ok(())
 }
 
-fn save(report: &RunReport, state_dir: &Path) {
-    if let Err(e) = report.write_last_run(state_dir) {
-        tracing::warn!(error = %e, state_dir = %state_dir.display(), "could not write last-run.json");
-    }
-}
-
 /// `trueup check`: exit 0 in sync, 2 drift, 1 error.
 pub fn check(common: &Common) -> Result<i32> {
     let report = one_run(common, Mode::Check, false)?;
@@ -243,7 +237,6 @@ fn locked_run_held(
     crate::resource::tool::set_progress(Some(std::sync::Arc::new(move || progress.touch())));
     let report = crate::pipeline::run(&common.settings, &facts, opts, control, &mut state);
     crate::resource::tool::set_progress(None);
-    save(&report, &common.state_dir);
     // Still under the lock: no run is writing a backup meanwhile.
     match crate::backup::prune(
         &common.state_dir,

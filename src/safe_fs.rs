@@ -1073,25 +1073,115 @@ fn replace_own_file_with(
     sync: bool,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".trueup-")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
-        .tempfile_in(dir)?;
-    {
-        let mut out = std::io::BufWriter::new(tmp.as_file_mut());
-        fill(&mut out)?;
-        out.flush()?;
+    let mut fill = Some(fill);
+    let mut files = [OwnFile {
+        path,
+        mode,
+        sync,
+        fill: &mut |out| match fill.take() {
+            Some(f) => f(out),
+            None => Ok(()),
+        },
+    }];
+    let [result] = write_own_files(&mut files);
+    result
+}
+
+/// Starts writing `file`'s dirty pages to disk without waiting for them
+/// (`sync_file_range` with `SYNC_FILE_RANGE_WRITE`); best effort, as only
+/// the fsync after it promises anything.
+fn start_writeback(file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a descriptor `file` keeps open; it reads
+    // and writes no memory of ours.
+    let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+}
+
+/// One of trueup's own files for `write_own_files`.
+pub struct OwnFile<'a> {
+    pub path: &'a Path,
+    pub mode: u32,
+    /// Durable when written (see `write_own_file_from` for when not).
+    pub sync: bool,
+    /// Writes the content, through a buffer; called once.
+    pub fill: &'a mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>,
+}
+
+/// Writes several of trueup's own files, each atomically, for the price of
+/// one: every temporary file is written, those to be durable are fsynced
+/// (the first fsync commits the journal with all of them, so the others
+/// find little left to do), every file is renamed into place, and each
+/// directory is fsynced once. Two durable files cost two journal commits
+/// instead of four. Each file still holds its old content or its new one
+/// after a crash; the files are not replaced as one (a crash between two
+/// renames leaves the first new and the second old). One result per file,
+/// in order.
+pub fn write_own_files<const N: usize>(files: &mut [OwnFile<'_>; N]) -> [std::io::Result<()>; N] {
+    let mut results: [std::io::Result<()>; N] = std::array::from_fn(|_| Ok(()));
+    let mut temps: [Option<tempfile::NamedTempFile>; N] = std::array::from_fn(|_| None);
+    for (i, f) in files.iter_mut().enumerate() {
+        let written = (|| {
+            let dir = f.path.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(dir)?;
+            let mut tmp = tempfile::Builder::new()
+                .prefix(".trueup-")
+                .permissions(std::os::unix::fs::PermissionsExt::from_mode(f.mode))
+                .tempfile_in(dir)?;
+            {
+                let mut out = std::io::BufWriter::new(tmp.as_file_mut());
+                (f.fill)(&mut out)?;
+                out.flush()?;
+            }
+            Ok(tmp)
+        })();
+        match written {
+            Ok(tmp) => temps[i] = Some(tmp),
+            Err(e) => results[i] = Err(e),
+        }
     }
-    if sync {
-        tmp.as_file().sync_all()?;
+    // Writeback of every durable file starts before the first fsync waits:
+    // their blocks are then allocated in the journal transaction that
+    // fsync commits, and the fsyncs after it have no commit of their own.
+    for (f, tmp) in files.iter().zip(&temps) {
+        if let (true, Some(tmp)) = (f.sync, tmp) {
+            start_writeback(tmp.as_file());
+        }
     }
-    tmp.persist(path).map_err(|e| e.error)?;
-    if sync {
-        std::fs::File::open(dir)?.sync_all()?;
+    for (i, f) in files.iter().enumerate() {
+        if let (true, Some(tmp)) = (f.sync, &temps[i])
+            && let Err(e) = tmp.as_file().sync_all()
+        {
+            results[i] = Err(e);
+            temps[i] = None;
+        }
     }
-    Ok(())
+    for (i, f) in files.iter().enumerate() {
+        if let Some(tmp) = temps[i].take()
+            && let Err(e) = tmp.persist(f.path)
+        {
+            results[i] = Err(e.error);
+        }
+    }
+    // Each directory once, after every rename into it.
+    fn parent<'p>(f: &OwnFile<'p>) -> &'p Path {
+        f.path.parent().unwrap_or(Path::new("."))
+    }
+    let mut synced_dirs: Vec<&Path> = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let dir = parent(f);
+        if !f.sync || results[i].is_err() || synced_dirs.contains(&dir) {
+            continue;
+        }
+        synced_dirs.push(dir);
+        if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+            for (j, g) in files.iter().enumerate() {
+                if g.sync && parent(g) == dir && results[j].is_ok() {
+                    results[j] = Err(std::io::Error::new(e.kind(), e.to_string()));
+                }
+            }
+        }
+    }
+    results
 }
 
 #[cfg(test)]
@@ -1390,5 +1480,53 @@ mod tests {
             .unwrap();
         assert_eq!(e.read(100).unwrap(), b"other");
         assert!(Entry::open_cached(&mut cache, root.path(), Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn own_files_written_together_each_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.json"), dir.path().join("sub/b.json"));
+        std::fs::write(&a, "old a").unwrap();
+        let blocked = dir.path().join("file/c.json");
+        std::fs::write(dir.path().join("file"), "not a directory").unwrap();
+        let mut fill_a = |out: &mut dyn Write| out.write_all(b"new a");
+        let mut fill_b = |out: &mut dyn Write| out.write_all(b"new b");
+        let mut fill_c = |out: &mut dyn Write| out.write_all(b"never");
+        let mut failing = |out: &mut dyn Write| {
+            out.write_all(b"half")?;
+            Err(std::io::Error::other("serializer gave up"))
+        };
+        let file = |path, sync, fill| OwnFile {
+            path,
+            mode: 0o640,
+            sync,
+            fill,
+        };
+        let [ra, rb, rc] = write_own_files(&mut [
+            file(&a, true, &mut fill_a),
+            file(&b, false, &mut fill_b),
+            file(&blocked, true, &mut fill_c),
+        ]);
+        ra.unwrap();
+        rb.unwrap();
+        assert!(rc.is_err(), "a parent that is a file fails that file alone");
+        assert_eq!(std::fs::read(&a).unwrap(), b"new a");
+        assert_eq!(std::fs::read(&b).unwrap(), b"new b");
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&a).unwrap().permissions())
+                & 0o777;
+        assert_eq!(mode, 0o640);
+        // A fill that fails leaves the old file, and no temporary file.
+        let [r] = write_own_files(&mut [file(&a, true, &mut failing)]);
+        assert_eq!(r.unwrap_err().to_string(), "serializer gave up");
+        assert_eq!(std::fs::read(&a).unwrap(), b"new a");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.starts_with(".trueup-")),
+            "{names:?}"
+        );
     }
 }

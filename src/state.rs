@@ -104,12 +104,22 @@ impl HostState {
     /// each write costs two fsyncs).
     pub fn save(&self, state_dir: &Path) -> Result<(), StateError> {
         let path = Self::path(state_dir);
+        match self.to_save(state_dir)? {
+            Some(json) => crate::safe_fs::write_own_file(&path, &json, 0o644)
+                .map_err(|e| StateError::Write(path, e)),
+            None => Ok(()),
+        }
+    }
+
+    /// The JSON `save` writes, or `None` when the file already holds it.
+    pub fn to_save(&self, state_dir: &Path) -> Result<Option<Vec<u8>>, StateError> {
+        let path = Self::path(state_dir);
         let json = serde_json::to_vec_pretty(self)
             .map_err(|e| StateError::Write(path.clone(), std::io::Error::other(e)))?;
         if std::fs::read(&path).is_ok_and(|on_disk| on_disk == json) {
-            return Ok(());
+            return Ok(None);
         }
-        crate::safe_fs::write_own_file(&path, &json, 0o644).map_err(|e| StateError::Write(path, e))
+        Ok(Some(json))
     }
 }
 

@@ -10,7 +10,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use super::{CommitChoice, Converged, Run, Stop, TipVerdict, choose_commit};
 use crate::agent::Phase;
@@ -302,7 +302,8 @@ impl Run<'_> {
     }
 
     /// The record stage: the applied commit in `state.json`, a note when
-    /// one is due, any note not yet pushed pushed, `state.json` saved.
+    /// one is due, any note not yet pushed pushed, `state.json` due to be
+    /// saved.
     fn record(
         &self,
         source: &Fetched,
@@ -324,9 +325,8 @@ impl Run<'_> {
         if self.settings.report.notes {
             self.note_and_push(source, report, state, noted_broken);
         }
-        if let Err(e) = state.save(&self.settings.state_dir) {
-            error!(error = %e, "could not save state.json");
-        }
+        // Saved with the report, once the run is over (see `run`).
+        self.save_state.set(true);
     }
 
     /// Writes a note when one is due, and pushes any note not yet pushed.

@@ -43,6 +43,7 @@ use crate::secrets::Secrets;
 use crate::source::DirTree;
 use crate::source::remote::{self, Location};
 use crate::state::HostState;
+use tracing::{error, warn};
 
 /// How this run goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +114,9 @@ pub(crate) struct Run<'a> {
     /// The host key age secrets are decrypted with, loaded once per run;
     /// a key that cannot be read fails only the files made from secrets.
     secrets: Secrets,
+    /// Whether `state.json` is saved with the report (a Git run that got
+    /// as far as its record stage).
+    save_state: std::cell::Cell<bool>,
 }
 
 /// Runs once from `settings.repo` (a directory or a Git URL) for this host.
@@ -133,25 +137,68 @@ pub fn run(
         control,
         started: SystemTime::now(),
         secrets: Secrets::for_host(&settings.secrets_identity),
+        save_state: std::cell::Cell::new(false),
     };
-    let Some(source) = settings.repo.as_deref() else {
-        return run.report(
+    let report = match settings.repo.as_deref().map(remote::locate) {
+        None => run.report(
             SourceInfo::default(),
             Err(Stop::Configuration(
                 "no source: set repo in the configuration or give --source".into(),
             )),
-        );
-    };
-    match remote::locate(source) {
+        ),
         // A URL was checked when the configuration loaded; what is left is
         // a directory that is not there (yet): retried with backoff.
-        Err(message) => run.report(SourceInfo::default(), Err(Stop::Host(message))),
-        Ok(Location::Dir(dir)) => run.directory(&DirTree::new(dir), state),
-        Ok(Location::Git(url)) => run.git(&url, state),
-    }
+        Some(Err(message)) => run.report(SourceInfo::default(), Err(Stop::Host(message))),
+        Some(Ok(Location::Dir(dir))) => run.directory(&DirTree::new(dir), state),
+        Some(Ok(Location::Git(url))) => run.git(&url, state),
+    };
+    run.save(&report, state);
+    report
 }
 
 impl Run<'_> {
+    /// Writes `last-run.json`, and `state.json` when the run updated it,
+    /// together: both are durable for two journal commits, not four.
+    fn save(&self, report: &RunReport, state: &HostState) {
+        let dir = &self.settings.state_dir;
+        let state_json = if self.save_state.get() {
+            state.to_save(dir).unwrap_or_else(|e| {
+                error!(error = %e, "could not save state.json");
+                None
+            })
+        } else {
+            None
+        };
+        let report_path = dir.join("last-run.json");
+        let mut fill_report = |out: &mut dyn std::io::Write| {
+            serde_json::to_writer_pretty(out, report).map_err(std::io::Error::other)
+        };
+        let report_file = report.last_run_file(&report_path, &mut fill_report);
+        let Some(json) = state_json else {
+            if let Err(e) = crate::safe_fs::write_own_files(&mut [report_file])[0].as_ref() {
+                warn!(error = %e, state_dir = %dir.display(), "could not write last-run.json");
+            }
+            return;
+        };
+        let state_path = HostState::path(dir);
+        let mut fill_state = |out: &mut dyn std::io::Write| out.write_all(&json);
+        let state_file = crate::safe_fs::OwnFile {
+            path: &state_path,
+            mode: 0o644,
+            sync: true,
+            fill: &mut fill_state,
+        };
+        // The state first: of a crash between the two renames, a new state
+        // beside the last report is what the next run can stand on.
+        let [saved, written] = crate::safe_fs::write_own_files(&mut [state_file, report_file]);
+        if let Err(e) = saved {
+            error!(error = %e, path = %state_path.display(), "could not save state.json");
+        }
+        if let Err(e) = written {
+            warn!(error = %e, state_dir = %dir.display(), "could not write last-run.json");
+        }
+    }
+
     /// The report stage: every report of a run, of a stop or of converged
     /// resources, is made here.
     pub(crate) fn report(

@@ -402,22 +402,28 @@ impl RunReport {
         self.commit_author = author;
     }
 
-    /// Writes the report as `last-run.json` in the state directory,
-    /// atomically (readers see the old report or the new one). A run that
-    /// found the host in sync does not wait for the disk: it changed
-    /// nothing, and an agent makes one every interval, so its report is not
-    /// worth two flushes each time on every host. A power cut may then cost
-    /// that report (the one before it stays, or on a file system that does
-    /// not order a rename after the data it names, `status` says the file
-    /// is broken until the next run); every other report is synced.
-    pub fn write_last_run(&self, state_dir: &Path) -> std::io::Result<()> {
-        let path = state_dir.join("last-run.json");
-        // Straight into the file: a report of a thousand resources is a
-        // quarter of a megabyte that need never be in memory at once.
-        let sync = self.status != RunStatus::InSync;
-        crate::safe_fs::write_own_file_from(&path, 0o644, sync, |out| {
-            serde_json::to_writer_pretty(out, self).map_err(std::io::Error::other)
-        })
+    /// The report as `last-run.json` at `path`, for
+    /// `safe_fs::write_own_files` (atomic: readers see the old report or
+    /// the new one), written by `fill` straight into the file: a report of
+    /// a thousand resources is a quarter of a megabyte that need never be
+    /// in memory at once. A run that found the host in sync does not wait
+    /// for the disk: it changed nothing, and an agent makes one every
+    /// interval, so its report is not worth two flushes each time on every
+    /// host. A power cut may then cost that report (the one before it
+    /// stays, or on a file system that does not order a rename after the
+    /// data it names, `status` says the file is broken until the next
+    /// run); every other report is synced.
+    pub fn last_run_file<'a>(
+        &self,
+        path: &'a Path,
+        fill: &'a mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> crate::safe_fs::OwnFile<'a> {
+        crate::safe_fs::OwnFile {
+            path,
+            mode: 0o644,
+            sync: self.status != RunStatus::InSync,
+            fill,
+        }
     }
 
     /// Reads `last-run.json`, if there is one.
