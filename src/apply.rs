@@ -393,13 +393,16 @@ impl<'p> StagedWrites<'p> {
         entry
             .stage_file(
                 &mut self.batch,
-                &content.0,
+                &content.bytes()?,
                 *uid,
                 *gid,
                 *mode,
                 previous.is_none(),
             )
             .map_err(|e| e.to_string())?;
+        // On disk (unnamed or beside its destination) until the batch
+        // commits: the bytes are not needed again.
+        content.release();
         Ok(())
     }
 
@@ -596,7 +599,7 @@ fn apply_user(
         backup(&opts.backup_dir, &keys_path, prev)?;
     }
     let write = NodeAction::WriteFile {
-        content: node::NewContent(user::keys_content(keys).into()),
+        content: node::NewContent::new(user::keys_content(keys).into()),
         uid,
         gid,
         mode: user::KEYS_MODE,
@@ -799,7 +802,8 @@ fn apply_node(
         && !spec.validate.is_empty()
     {
         let meta = (*uid, *gid, *mode);
-        return write_validated(opts, path, &spec.validate, &content.0, meta, spec.secret);
+        let bytes = content.bytes()?;
+        return write_validated(opts, path, &spec.validate, &bytes, meta, spec.secret);
     }
     node::execute(opts.root, path, action)
 }
@@ -1029,6 +1033,49 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn staged_content_is_let_go_once_written() {
+        let h = Host::new(FakePackages::default(), FakeUnits::new(&[]));
+        let mut d = DesiredState::default();
+        for n in 0..3 {
+            let body = format!("n={n}\n");
+            d.files.insert(
+                format!("/etc/app/{n}.conf").into(),
+                file(&body, &[], NotifyAction::Restart),
+            );
+        }
+        let p = h.plan(&d);
+        d.release_file_contents();
+        let out = apply(
+            &p,
+            &d,
+            &ApplyOptions {
+                root: h.root.path(),
+                backup_dir: h.backup.path().join("b"),
+                stop: &|| false,
+                backends: h.backends(),
+            },
+        );
+        let files = out.iter().filter(|o| o.kind == Kind::File);
+        assert!(files.clone().count() == 3 && files.clone().all(|o| o.status == Status::Changed));
+        for n in 0..3 {
+            let on_disk = std::fs::read(h.root.path().join(format!("etc/app/{n}.conf"))).unwrap();
+            assert_eq!(on_disk, format!("n={n}\n").as_bytes());
+        }
+        // Neither the desired state nor the steps hold the bytes any more.
+        assert!(
+            d.files
+                .values()
+                .all(|f| f.content.as_ref().unwrap().bytes.is_empty())
+        );
+        for step in &p.steps {
+            if let Some(Action::Node(NodeAction::WriteFile { content, .. })) = &step.action {
+                assert_eq!(content.get(), None, "{}", step.resource);
+                assert!(content.bytes().is_err());
+            }
+        }
     }
 
     #[test]

@@ -30,6 +30,19 @@ pub struct DesiredState {
 }
 
 impl DesiredState {
+    /// Lets go of every file's rendered bytes (each file keeps an empty
+    /// content, its origin and whether it could be decrypted): once a plan
+    /// is made, its steps carry the bytes that are written, and a first
+    /// apply then holds each file's content only until the file is staged.
+    pub fn release_file_contents(&mut self) {
+        let empty: std::sync::Arc<[u8]> = std::sync::Arc::from(&b""[..]);
+        for spec in self.files.values_mut() {
+            if let Some(c) = spec.content.as_mut() {
+                c.bytes = empty.clone();
+            }
+        }
+    }
+
     /// Number of declared resources.
     pub fn len(&self) -> usize {
         self.files.len()

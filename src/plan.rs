@@ -597,9 +597,19 @@ fn service_steps(
     runtime: bool,
     commands: BTreeMap<String, CommandObservation>,
 ) {
+    // What changes, of what is asked about below: packages, unit files,
+    // and files that may notify a service (none without services). A run
+    // of a thousand files and no service copies no id.
+    let notifies = !desired.services.is_empty();
     let changing: HashSet<ResourceId> = steps
         .iter()
         .filter(|s| s.action.is_some() && s.error.is_none())
+        .filter(|s| match s.resource.kind {
+            Kind::Package => true,
+            Kind::File => notifies || is_unit_path(Path::new(&s.resource.name)),
+            Kind::Symlink => is_unit_path(Path::new(&s.resource.name)),
+            _ => false,
+        })
         .map(|s| s.resource.clone())
         .collect();
     let mut reload_triggers: Vec<ResourceId> = steps

@@ -120,13 +120,9 @@ impl Run<'_> {
             commands: command::Runner::for_root(&settings.root),
         };
         let plan = self.plan(&desired, &backends)?;
-        let outcomes = if opts.mode == Mode::Check || opts.dry_run {
-            apply::check(&plan)
-        } else {
-            self.apply(&plan, &desired, backends)
-        };
         // The entry depends on the commit, facts and settings only, not on
-        // how the run went: written once per key.
+        // how the run goes: written once per key, before the contents it
+        // digests are let go.
         if let Some(key) = cache_key {
             match CachedState::of(key, &desired) {
                 Some(entry) => {
@@ -137,6 +133,15 @@ impl Run<'_> {
                 None => render_cache::clear(&settings.state_dir),
             }
         }
+        // The steps carry what is written; the rendered contents the
+        // desired state holds are not read again.
+        let mut desired = desired;
+        desired.release_file_contents();
+        let outcomes = if opts.mode == Mode::Check || opts.dry_run {
+            apply::check(&plan)
+        } else {
+            self.apply(&plan, &desired, backends)
+        };
         Ok(Converged {
             outcomes,
             desired: Some(desired),

@@ -61,7 +61,7 @@ pub fn diff(
         return (drift, Some(NodeAction::Refuse(why.clone())));
     }
     let write = |uid, gid, mode, previous| NodeAction::WriteFile {
-        content: NewContent(content.bytes.clone()),
+        content: NewContent::new(content.bytes.clone()),
         uid,
         gid,
         mode,
@@ -281,7 +281,7 @@ mod tests {
             a,
             Some(NodeAction::WriteFile {
                 // The new content travels with the step.
-                content: NewContent(b"new\n".to_vec().into()),
+                content: NewContent::new(b"new\n".to_vec().into()),
                 uid: Some(0),
                 gid: Some(0),
                 mode: 0o640,

@@ -123,13 +123,54 @@ impl Previous {
 
 /// The bytes a file write puts in place, carried by its step so that
 /// applying it needs nothing but the plan. Shared with the desired state
-/// (no copy). Debug shows the size only: the file may be a secret.
-#[derive(Clone, PartialEq, Eq)]
-pub struct NewContent(pub Arc<[u8]>);
+/// (no copy) until the run lets go of them there, and given up by the step
+/// once the file is staged: a first apply of a thousand files holds each
+/// file's content only until it is written, not all of them to the end.
+/// Debug shows the size only: the file may be a secret.
+pub struct NewContent(std::sync::Mutex<Option<Arc<[u8]>>>);
+
+impl NewContent {
+    pub fn new(bytes: Arc<[u8]>) -> NewContent {
+        NewContent(std::sync::Mutex::new(Some(bytes)))
+    }
+
+    /// The bytes, unless `release` gave them up.
+    pub fn get(&self) -> Option<Arc<[u8]>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Gives up the bytes (they are written).
+    pub fn release(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// The bytes, or why not: a step's content is written once.
+    pub fn bytes(&self) -> Result<Arc<[u8]>, String> {
+        self.get()
+            .ok_or_else(|| "the new content was already written and let go".to_string())
+    }
+}
+
+impl Clone for NewContent {
+    fn clone(&self) -> NewContent {
+        NewContent(std::sync::Mutex::new(self.get()))
+    }
+}
+
+impl PartialEq for NewContent {
+    fn eq(&self, other: &NewContent) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for NewContent {}
 
 impl std::fmt::Debug for NewContent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "NewContent({} bytes)", self.0.len())
+        match self.get() {
+            Some(b) => write!(f, "NewContent({} bytes)", b.len()),
+            None => write!(f, "NewContent(written)"),
+        }
     }
 }
 
@@ -218,7 +259,10 @@ pub fn execute(root: &Path, path: &Path, action: &NodeAction) -> Result<(), Stri
             gid,
             mode,
             ..
-        } => entry.write_atomic(&content.0, *uid, *gid, *mode),
+        } => {
+            let bytes = content.bytes()?;
+            entry.write_atomic(&bytes, *uid, *gid, *mode)
+        }
         NodeAction::SetMetadata { uid, gid, mode } => entry.set_metadata(*uid, *gid, *mode),
         NodeAction::Remove { .. } => entry.remove(),
         NodeAction::CreateDirectory { uid, gid, mode } => entry.mkdir(*mode).and_then(|()| {
