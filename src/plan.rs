@@ -383,7 +383,7 @@ fn resolve_meta(
             };
             later.drift.push(Drift::new(
                 crate::resource::Attribute::Owner,
-                o,
+                o.to_string(),
                 "not present yet",
             ));
             later.requires.extend(by);
@@ -398,7 +398,7 @@ fn resolve_meta(
             };
             later.drift.push(Drift::new(
                 crate::resource::Attribute::Group,
-                g,
+                g.to_string(),
                 "not present yet",
             ));
             later.requires.extend(by);

@@ -5,6 +5,7 @@
 //! that turns (desired, observed) into drift and the action that repairs it,
 //! so the comparison is tested with plain values.
 
+use std::borrow::Cow;
 pub mod accounts;
 pub mod command;
 pub mod directory;
@@ -158,8 +159,10 @@ impl std::fmt::Display for ResourceId {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Drift {
     pub attribute: Attribute,
-    pub expected: String,
-    pub actual: String,
+    /// Borrowed when fixed ("file", "absent"): a first apply of a
+    /// thousand files makes two thousand of these.
+    pub expected: Cow<'static, str>,
+    pub actual: Cow<'static, str>,
     /// Unified diff from the actual to the expected content, for files whose
     /// content is text and not secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -169,8 +172,8 @@ pub struct Drift {
 impl Drift {
     pub fn new(
         attribute: Attribute,
-        expected: impl Into<String>,
-        actual: impl Into<String>,
+        expected: impl Into<Cow<'static, str>>,
+        actual: impl Into<Cow<'static, str>>,
     ) -> Drift {
         Drift {
             attribute,
