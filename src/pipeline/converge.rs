@@ -119,10 +119,10 @@ impl Run<'_> {
             accounts: &account_tools,
             commands: command::Runner::for_root(&settings.root),
         };
-        let plan = self.plan(&desired, &backends)?;
         // The entry depends on the commit, facts and settings only, not on
         // how the run goes: written once per key, before the contents it
-        // digests are let go.
+        // digests are let go, and before the plan (the two are not held at
+        // once). A state that cannot be planned has none.
         if let Some(key) = cache_key {
             match CachedState::of(key, &desired) {
                 Some(entry) => {
@@ -133,6 +133,9 @@ impl Run<'_> {
                 None => render_cache::clear(&settings.state_dir),
             }
         }
+        let plan = self.plan(&desired, &backends).inspect_err(|_| {
+            render_cache::clear(&settings.state_dir);
+        })?;
         // The steps carry what is written; the rendered contents the
         // desired state holds are not read again.
         let mut desired = desired;
