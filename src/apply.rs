@@ -1010,14 +1010,17 @@ mod tests {
         }
 
         fn apply(&self, d: &DesiredState) -> Vec<Outcome> {
-            let p = self.plan(d);
+            self.apply_plan(&self.plan(d), d, &|| false)
+        }
+
+        fn apply_plan(&self, p: &Plan, d: &DesiredState, stop: &dyn Fn() -> bool) -> Vec<Outcome> {
             apply(
-                &p,
+                p,
                 d,
                 &ApplyOptions {
                     root: self.root.path(),
                     backup_dir: self.backup.path().join("b"),
-                    stop: &|| false,
+                    stop,
                     backends: self.backends(),
                 },
             )
@@ -1048,16 +1051,7 @@ mod tests {
         }
         let p = h.plan(&d);
         d.release_file_contents();
-        let out = apply(
-            &p,
-            &d,
-            &ApplyOptions {
-                root: h.root.path(),
-                backup_dir: h.backup.path().join("b"),
-                stop: &|| false,
-                backends: h.backends(),
-            },
-        );
+        let out = h.apply_plan(&p, &d, &|| false);
         let files = out.iter().filter(|o| o.kind == Kind::File);
         assert!(files.clone().count() == 3 && files.clone().all(|o| o.status == Status::Changed));
         for n in 0..3 {
@@ -1435,16 +1429,7 @@ mod tests {
         let h = Host::new(FakePackages::default(), FakeUnits::new(&[]));
         let d = app_state();
         let p = h.plan(&d);
-        let out = apply(
-            &p,
-            &d,
-            &ApplyOptions {
-                root: h.root.path(),
-                backup_dir: h.backup.path().join("b"),
-                stop: &|| true,
-                backends: h.backends(),
-            },
-        );
+        let out = h.apply_plan(&p, &d, &|| true);
         assert!(h.packages.batches.borrow().is_empty());
         assert!(out.iter().all(|o| o.status == Status::Skipped), "{out:?}");
     }
@@ -1503,17 +1488,7 @@ mod tests {
         }
 
         fn apply_accounts(&self, d: &DesiredState) -> Vec<Outcome> {
-            let p = self.plan_accounts(d).unwrap();
-            apply(
-                &p,
-                d,
-                &ApplyOptions {
-                    root: self.root.path(),
-                    backup_dir: self.backup.path().join("b"),
-                    stop: &|| false,
-                    backends: self.backends(),
-                },
-            )
+            self.apply_plan(&self.plan_accounts(d).unwrap(), d, &|| false)
         }
     }
 
