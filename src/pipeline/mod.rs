@@ -158,7 +158,8 @@ pub fn run(
 
 impl Run<'_> {
     /// Writes `last-run.json`, and `state.json` when the run updated it,
-    /// together: both are durable for two journal commits, not four.
+    /// together (`safe_fs::write_own_files`): three journal commits for
+    /// both where one after the other took four.
     fn save(&self, report: &RunReport, state: &HostState) {
         let dir = &self.settings.state_dir;
         let state_json = if self.save_state.get() {
