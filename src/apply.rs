@@ -1050,7 +1050,7 @@ mod tests {
             );
         }
         let p = h.plan(&d);
-        d.release_file_contents();
+        d.release_file_contents(&|_| false);
         let out = h.apply_plan(&p, &d, &|| false);
         let files = out.iter().filter(|o| o.kind == Kind::File);
         assert!(files.clone().count() == 3 && files.clone().all(|o| o.status == Status::Changed));

@@ -30,13 +30,19 @@ pub struct DesiredState {
 }
 
 impl DesiredState {
-    /// Lets go of every file's rendered bytes (each file keeps an empty
-    /// content, its origin and whether it could be decrypted): once a plan
-    /// is made, its steps carry the bytes that are written, and a first
-    /// apply then holds each file's content only until the file is staged.
-    pub fn release_file_contents(&mut self) {
+    /// Lets go of the rendered bytes of every file but those `keep` names
+    /// (each file keeps an empty content, its origin and whether it could
+    /// be decrypted): once a plan is made, its steps carry the bytes that
+    /// are written, and a first apply then holds each file's content only
+    /// until the file is staged. A file the plan defers (its owner comes
+    /// with this run) is compared again from its spec when its turn
+    /// comes: it must be kept.
+    pub fn release_file_contents(&mut self, keep: &dyn Fn(&std::path::Path) -> bool) {
         let empty: std::sync::Arc<[u8]> = std::sync::Arc::from(&b""[..]);
-        for spec in self.files.values_mut() {
+        for (path, spec) in self.files.iter_mut() {
+            if keep(path) {
+                continue;
+            }
             if let Some(c) = spec.content.as_mut() {
                 c.bytes = empty.clone();
             }

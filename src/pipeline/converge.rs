@@ -12,7 +12,7 @@ use tracing::{info, info_span, warn};
 use super::{Run, Stop};
 use crate::apply::{self, ApplyOptions, Outcome};
 use crate::desired::DesiredState;
-use crate::plan::{self, Plan};
+use crate::plan::{self, Action, Plan};
 use crate::render_cache::{self, CacheKey, CachedState};
 use crate::report::Mode;
 use crate::resource::accounts;
@@ -139,7 +139,13 @@ impl Run<'_> {
         // The steps carry what is written; the rendered contents the
         // desired state holds are not read again.
         let mut desired = desired;
-        desired.release_file_contents();
+        let deferred: HashSet<&Path> = plan
+            .steps
+            .iter()
+            .filter(|s| s.resource.kind == Kind::File && matches!(s.action, Some(Action::Deferred)))
+            .map(|s| Path::new(s.resource.name.as_str()))
+            .collect();
+        desired.release_file_contents(&|p| deferred.contains(p));
         let outcomes = if opts.mode == Mode::Check || opts.dry_run {
             apply::check(&plan)
         } else {
