@@ -12,6 +12,7 @@
 //! backup directory; if that copy cannot be written the step fails and the
 //! file is left as it was.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::desired::DesiredState;
 use crate::error_class::ErrorClass;
 use crate::plan::{Action, Plan, Step};
+use crate::prestage::PrestagedFiles;
 use crate::resource::accounts::WantedMeta;
 use crate::resource::command::CommandRun;
 use crate::resource::node::{self, NodeAction, Previous};
@@ -172,6 +174,9 @@ pub struct ApplyOptions<'a> {
     pub stop: &'a dyn Fn() -> bool,
     /// Package manager and systemd.
     pub backends: Backends<'a>,
+    /// Files written while the branch rendered, adopted by the steps that
+    /// write them (`prestage`); taken by the apply.
+    pub prestaged: RefCell<PrestagedFiles>,
 }
 
 /// Executes the plan and returns one outcome per step.
@@ -183,6 +188,7 @@ pub fn apply(plan: &Plan, desired: &DesiredState, opts: &ApplyOptions) -> Vec<Ou
     let mut out = Vec::with_capacity(plan.steps.len());
     let mut writes = StagedWrites {
         any_validate: desired.files.values().any(|f| !f.validate.is_empty()),
+        prestaged: opts.prestaged.take(),
         ..StagedWrites::default()
     };
     for step in &plan.steps {
@@ -328,6 +334,8 @@ struct StagedWrites<'p> {
     /// Whether any file has a `validate:` command (a file write without
     /// one joins the batch without a lookup of its spec).
     any_validate: bool,
+    /// Files written ahead (`prestage`), for the steps that write them.
+    prestaged: PrestagedFiles,
 }
 
 /// A batch is committed at this many files or bytes even without a step
@@ -390,6 +398,18 @@ impl<'p> StagedWrites<'p> {
             }
             Err(e) => return Err(e.to_string()),
         };
+        // A missing file written ahead with exactly this content and mode.
+        if previous.is_none()
+            && uid.is_none()
+            && gid.is_none()
+            && !self.prestaged.is_empty()
+            && let Some(bytes) = content.get()
+            && let Some(file) = self.prestaged.take(path, &bytes, *mode)
+            && self.batch.adopt(&entry, file).is_ok()
+        {
+            content.release();
+            return Ok(());
+        }
         entry
             .stage_file(
                 &mut self.batch,
@@ -1014,6 +1034,16 @@ mod tests {
         }
 
         fn apply_plan(&self, p: &Plan, d: &DesiredState, stop: &dyn Fn() -> bool) -> Vec<Outcome> {
+            self.apply_prestaged(p, d, stop, PrestagedFiles::default())
+        }
+
+        fn apply_prestaged(
+            &self,
+            p: &Plan,
+            d: &DesiredState,
+            stop: &dyn Fn() -> bool,
+            prestaged: PrestagedFiles,
+        ) -> Vec<Outcome> {
             apply(
                 p,
                 d,
@@ -1022,6 +1052,7 @@ mod tests {
                     backup_dir: self.backup.path().join("b"),
                     stop,
                     backends: self.backends(),
+                    prestaged: RefCell::new(prestaged),
                 },
             )
         }
@@ -1070,6 +1101,77 @@ mod tests {
                 assert!(content.bytes().is_err());
             }
         }
+    }
+
+    #[test]
+    fn a_file_written_ahead_is_taken_only_for_the_same_bytes_and_mode() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let h = Host::new(FakePackages::default(), FakeUnits::new(&[]));
+        let mut d = DesiredState::default();
+        for name in ["same", "other-bytes", "other-mode", "plain"] {
+            d.files.insert(
+                format!("/etc/app/{name}.conf").into(),
+                file(&format!("{name}\n"), &[], NotifyAction::Restart),
+            );
+        }
+        let ahead = crate::prestage::Prestager::start(h.root.path(), &[]).unwrap();
+        for (path, spec) in &d.files {
+            let mut offered = spec.clone();
+            match path.to_str().unwrap() {
+                // An equal copy of the bytes is not the rendered content.
+                "/etc/app/other-bytes.conf" => {
+                    offered.content.as_mut().unwrap().bytes = b"stale\n".to_vec().into()
+                }
+                "/etc/app/other-mode.conf" => offered.mode = Some(0o600),
+                _ => {}
+            }
+            ahead.offer(path, &offered);
+        }
+        let prestaged = ahead.finish();
+        assert_eq!(prestaged.len(), 4);
+        let same_inode = prestaged.inode_of(Path::new("/etc/app/same.conf")).unwrap();
+        let out = h.apply_prestaged(&h.plan(&d), &d, &|| false, prestaged);
+        assert!(
+            out.iter()
+                .filter(|o| o.kind == Kind::File)
+                .all(|o| o.status == Status::Changed),
+            "{out:?}"
+        );
+        for name in ["same", "other-bytes", "other-mode", "plain"] {
+            let path = h.root.path().join(format!("etc/app/{name}.conf"));
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{name}\n"));
+            let meta = std::fs::metadata(&path).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o7777, 0o644, "{name}");
+        }
+        // The file written ahead is the one in place.
+        let in_place = std::fs::metadata(h.root.path().join("etc/app/same.conf")).unwrap();
+        assert_eq!(in_place.ino(), same_inode);
+        assert_eq!(
+            std::fs::read_dir(h.root.path().join("etc/app"))
+                .unwrap()
+                .count(),
+            4
+        );
+    }
+
+    #[test]
+    fn a_stopped_apply_names_no_file_written_ahead() {
+        let h = Host::new(FakePackages::default(), FakeUnits::new(&[]));
+        let mut d = DesiredState::default();
+        d.files.insert(
+            "/etc/app/a.conf".into(),
+            file("a\n", &[], NotifyAction::Restart),
+        );
+        let ahead = crate::prestage::Prestager::start(h.root.path(), &[]).unwrap();
+        for (path, spec) in &d.files {
+            ahead.offer(path, spec);
+        }
+        let prestaged = ahead.finish();
+        assert_eq!(prestaged.len(), 1);
+        let out = h.apply_prestaged(&h.plan(&d), &d, &|| true, prestaged);
+        assert_eq!(out[0].status, Status::Skipped, "{out:?}");
+        assert!(!h.root.path().join("etc/app").exists());
+        assert_eq!(std::fs::read_dir(h.root.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod loader;
 pub mod lock;
 pub mod pipeline;
 pub mod plan;
+pub mod prestage;
 pub mod render_cache;
 pub mod report;
 pub mod resource;

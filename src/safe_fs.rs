@@ -493,10 +493,13 @@ impl Entry {
             }
             Ok(OwnedFd::from(file))
         };
-        let unnamed = self.open_unnamed(batch, mode, absent);
+        let unnamed = self.open_unnamed(mode, absent);
         let temp = match unnamed {
             // Dropped on error: an unnamed file leaves nothing behind.
-            Some(fd) => Temp::Unnamed(fill(fd, true)?),
+            Some(UnnamedFd { fd, open }) => Temp::Unnamed(UnnamedFd {
+                fd: fill(fd, true)?,
+                open,
+            }),
             None => {
                 let tmp = self.temp_name();
                 let fd = nix::fcntl::openat(
@@ -521,9 +524,6 @@ impl Entry {
                 Temp::Named(tmp)
             }
         };
-        if matches!(temp, Temp::Unnamed(_)) {
-            batch.unnamed += 1;
-        }
         batch.staged.push(Staged {
             dir: self.dir.clone(),
             temp,
@@ -541,14 +541,8 @@ impl Entry {
     /// `None` (a named temporary file is used) when the entry exists (asked
     /// unless the caller saw it `absent`), the file system has no
     /// `O_TMPFILE`, `/proc/self/fd` is not there to link through, or the
-    /// batch holds as many open files as it may.
-    fn open_unnamed(&self, batch: &WriteBatch, mode: u32, absent: bool) -> Option<OwnedFd> {
-        static PROC_FD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        if batch.unnamed >= unnamed_budget()
-            || !*PROC_FD.get_or_init(|| Path::new("/proc/self/fd").is_dir())
-        {
-            return None;
-        }
+    /// process holds as many unnamed files open as it may.
+    fn open_unnamed(&self, mode: u32, absent: bool) -> Option<UnnamedFd> {
         if !absent {
             match nix::sys::stat::fstatat(
                 &self.dir,
@@ -559,15 +553,159 @@ impl Entry {
                 _ => return None,
             }
         }
-        // Nobody can open an unnamed file by name, so it may carry its
-        // final permission bits from the start (less the umask).
-        nix::fcntl::openat(
-            &self.dir,
-            ".",
-            OFlag::O_WRONLY | OFlag::O_TMPFILE | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(mode & 0o777),
-        )
-        .ok()
+        unnamed_in(&self.dir, mode)
+    }
+}
+
+/// An unnamed file in `dir`, within the process's budget (see
+/// `Entry::open_unnamed`). Nobody can open it by name, so it may carry its
+/// final permission bits from the start (less the umask).
+fn unnamed_in(dir: &OwnedFd, mode: u32) -> Option<UnnamedFd> {
+    static PROC_FD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if UNNAMED_OPEN.load(Ordering::Relaxed) >= unnamed_budget()
+        || !*PROC_FD.get_or_init(|| Path::new("/proc/self/fd").is_dir())
+    {
+        return None;
+    }
+    nix::fcntl::openat(
+        dir,
+        ".",
+        OFlag::O_WRONLY | OFlag::O_TMPFILE | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(mode & 0o777),
+    )
+    .ok()
+    .map(UnnamedFd::counted)
+}
+
+/// Writes `content` for `path` under `root` ahead of a plan, to an unnamed
+/// file with `mode` and the process's owner, for a `WriteBatch::adopt`
+/// once a plan says to write exactly that to the missing file. The walk
+/// goes through `cache`.
+///
+/// The unnamed file is made in `path`'s directory; when that is missing
+/// too (the apply makes it, and any missing parent above it), in the
+/// nearest directory above it that exists: the apply links it into the
+/// new one, on the same file system, and the file has what a directory
+/// made there would have passed on (the group of a setgid directory, its
+/// default ACL). `None` when the file exists, a parent is not a directory,
+/// no unnamed file can be had (`Entry::open_unnamed`) or writing fails:
+/// the file is then written as usual. Nothing is visible before a batch
+/// commits it; dropped, it is gone.
+pub fn prestage(
+    cache: &mut WalkCache,
+    root: &Path,
+    path: &Path,
+    content: &[u8],
+    mode: u32,
+) -> Option<Prestaged> {
+    let UnnamedFd { fd, open } = match Entry::open_cached(cache, root, path) {
+        Ok(Some(entry)) => entry.open_unnamed(mode, false)?,
+        // The walk stopped at the first missing directory: the last one
+        // it opened is the nearest that exists.
+        Ok(None) => {
+            let dir = cache
+                .chain
+                .last()
+                .map(|(_, fd)| fd)
+                .or(cache.root.as_ref().map(|(_, fd)| fd))?;
+            unnamed_in(dir, mode)?
+        }
+        Err(_) => return None,
+    };
+    let mut file = std::fs::File::from(fd);
+    file.write_all(content).ok()?;
+    if !created_with(mode, None, None, true) {
+        nix::sys::stat::fchmod(file.as_fd(), Mode::from_bits_truncate(mode)).ok()?;
+    }
+    let dev = nix::sys::stat::fstat(file.as_fd()).ok()?.st_dev;
+    Some(Prestaged {
+        fd: UnnamedFd {
+            fd: OwnedFd::from(file),
+            open,
+        },
+        dev,
+        mode,
+        len: content.len() as u64,
+    })
+}
+
+/// Grows the process's descriptor table to hold as many unnamed files as
+/// it may (`unnamed_budget`, at most `cap`), best effort. Called while the
+/// process has one thread: a table shared by several threads waits for an
+/// RCU grace period each time it doubles (`expand_fdtable`), which made a
+/// second thread writing 1,000 unnamed files three times slower than the
+/// main thread. A table never shrinks; the kernel memory is a few bytes
+/// per descriptor.
+pub fn reserve_descriptors(cap: usize) {
+    let Ok(high) = i32::try_from(unnamed_budget().min(cap)) else {
+        return;
+    };
+    let Ok(dir) = nix::fcntl::open(
+        "/",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return;
+    };
+    if let Ok(fd) = nix::fcntl::fcntl(&dir, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(high)) {
+        // SAFETY: `fd` was just made by F_DUPFD and is owned by nobody else.
+        drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    }
+}
+
+/// Unnamed files held open by the process (`UnnamedFd`), against
+/// `unnamed_budget`.
+static UNNAMED_OPEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// An open unnamed file, counted in `UNNAMED_OPEN` while its `open`
+/// token lives (the descriptor may be taken out to be written and put
+/// back with the same token).
+#[derive(Debug)]
+struct UnnamedFd {
+    fd: OwnedFd,
+    open: OpenUnnamed,
+}
+
+impl UnnamedFd {
+    fn counted(fd: OwnedFd) -> UnnamedFd {
+        UNNAMED_OPEN.fetch_add(1, Ordering::Relaxed);
+        UnnamedFd {
+            fd,
+            open: OpenUnnamed(()),
+        }
+    }
+}
+
+/// One count in `UNNAMED_OPEN`, given back when dropped.
+#[derive(Debug)]
+struct OpenUnnamed(());
+
+impl Drop for OpenUnnamed {
+    fn drop(&mut self) {
+        UNNAMED_OPEN.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A file written by `prestage`: an unnamed file with its content and
+/// mode, not yet part of a batch.
+#[derive(Debug)]
+pub struct Prestaged {
+    fd: UnnamedFd,
+    /// The file system it is on.
+    dev: u64,
+    mode: u32,
+    len: u64,
+}
+
+impl Prestaged {
+    /// The mode it was written with.
+    pub fn mode(&self) -> u32 {
+        self.mode
+    }
+
+    #[cfg(test)]
+    pub fn inode(&self) -> u64 {
+        nix::sys::stat::fstat(&self.fd.fd).unwrap().st_ino
     }
 }
 
@@ -611,7 +749,7 @@ enum Temp {
     /// A temporary file beside the destination, renamed over it.
     Named(OsString),
     /// An unnamed file in the destination's directory, linked to its name.
-    Unnamed(OwnedFd),
+    Unnamed(UnnamedFd),
 }
 
 /// Files written by `Entry::stage_file` and not yet in place.
@@ -640,8 +778,8 @@ pub struct WriteBatch {
     /// rename (the backup directory).
     also: Vec<PathBuf>,
     bytes: u64,
-    /// How many staged files are unnamed (each holds a file open).
-    unnamed: usize,
+    /// The directory a file was last adopted into, and its file system.
+    adopt_dev: Option<(Arc<OwnedFd>, u64)>,
 }
 
 #[derive(Debug)]
@@ -665,6 +803,34 @@ impl WriteBatch {
     /// Bytes of content staged.
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Takes a file written ahead (`prestage`) into the batch as the new
+    /// content of `entry`, which the caller saw missing, as `stage_file`
+    /// would have staged it. Gives the file back when it is not on the
+    /// entry's file system (it cannot be linked there).
+    pub fn adopt(&mut self, entry: &Entry, file: Prestaged) -> std::result::Result<(), Prestaged> {
+        let dev = match &self.adopt_dev {
+            Some((dir, dev)) if Arc::ptr_eq(dir, &entry.dir) => *dev,
+            _ => match nix::sys::stat::fstat(&*entry.dir) {
+                Ok(st) => {
+                    self.adopt_dev = Some((entry.dir.clone(), st.st_dev));
+                    st.st_dev
+                }
+                Err(_) => return Err(file),
+            },
+        };
+        if dev != file.dev {
+            return Err(file);
+        }
+        self.bytes = self.bytes.saturating_add(file.len);
+        self.staged.push(Staged {
+            dir: entry.dir.clone(),
+            temp: Temp::Unnamed(file.fd),
+            name: entry.name.clone(),
+            shown: entry.shown.clone(),
+        });
+        Ok(())
     }
 
     /// Syncs the file system holding `dir` too before any rename: files
@@ -739,7 +905,7 @@ impl WriteBatch {
             } else {
                 match &s.temp {
                     Temp::Named(tmp) => fsync_at(&s.dir, tmp),
-                    Temp::Unnamed(fd) => nix::unistd::fsync(fd),
+                    Temp::Unnamed(u) => nix::unistd::fsync(&u.fd),
                 }
                 .map_err(io(&s.shown, "syncing a temporary file"))
             };
@@ -748,9 +914,8 @@ impl WriteBatch {
                     nix::fcntl::renameat(&s.dir, tmp.as_os_str(), &s.dir, s.name.as_os_str())
                         .map_err(io(&s.shown, "renaming into place"))
                 }
-                Temp::Unnamed(fd) => {
-                    link_unnamed(&s.dir, fd, &s.name).map_err(io(&s.shown, "linking into place"))
-                }
+                Temp::Unnamed(fd) => link_unnamed(&s.dir, &fd.fd, &s.name)
+                    .map_err(io(&s.shown, "linking into place")),
             });
             // Not in place: a named temporary file goes (an unnamed one
             // goes when the batch is dropped).
@@ -1306,6 +1471,96 @@ mod tests {
             .unwrap();
         assert_eq!(st.mode, 0o640);
         assert_eq!(std::fs::read_dir(&etc).unwrap().count(), 2, "no temp left");
+    }
+
+    #[test]
+    fn files_written_ahead_have_no_name_until_adopted_and_committed() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("etc")).unwrap();
+        std::fs::write(root.path().join("etc/old.conf"), "old").unwrap();
+        let listing = |dir: &Path| {
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let mut cache = WalkCache::default();
+        let mut ahead = |p: &str, text: &str| {
+            prestage(
+                &mut cache,
+                root.path(),
+                Path::new(p),
+                text.as_bytes(),
+                0o640,
+            )
+        };
+        // In its directory; under a directory still to be made (in the
+        // nearest one there, /etc); and one that goes unused.
+        let beside = ahead("/etc/new.conf", "new").unwrap();
+        let deep = ahead("/etc/app/conf.d/deep.conf", "deep").unwrap();
+        let unused = ahead("/etc/unused.conf", "unused").unwrap();
+        // Only a missing file is written ahead.
+        assert!(ahead("/etc/old.conf", "replaced").is_none());
+        assert_eq!(beside.mode(), 0o640);
+        assert_eq!(listing(root.path()), ["etc"]);
+        assert_eq!(listing(&root.path().join("etc")), ["old.conf"]);
+        drop(unused);
+
+        // The apply makes the missing parents, then takes the files in.
+        let mut batch = WriteBatch::default();
+        for (p, file) in [
+            ("/etc/new.conf", beside),
+            ("/etc/app/conf.d/deep.conf", deep),
+        ] {
+            let e = Entry::open(root.path(), Path::new(p), true)
+                .unwrap()
+                .unwrap();
+            batch.adopt(&e, file).unwrap();
+        }
+        assert_eq!(listing(&root.path().join("etc")), ["app", "old.conf"]);
+        assert!(listing(&root.path().join("etc/app/conf.d")).is_empty());
+        let results = batch.commit();
+        assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+        assert_eq!(
+            listing(&root.path().join("etc")),
+            ["app", "new.conf", "old.conf"]
+        );
+        for (p, text) in [
+            ("etc/new.conf", "new"),
+            ("etc/app/conf.d/deep.conf", "deep"),
+        ] {
+            let path = root.path().join(p);
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), text, "{p}");
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o640, "{p}");
+        }
+        assert_eq!(listing(&root.path().join("etc/app/conf.d")), ["deep.conf"]);
+    }
+
+    #[test]
+    fn a_file_written_ahead_on_another_file_system_is_given_back() {
+        use std::os::unix::fs::MetadataExt;
+        // Needs a second file system: /dev/shm (tmpfs) beside the
+        // temporary directory's.
+        let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
+            return;
+        };
+        let disk = tempfile::tempdir().unwrap();
+        let dev = |p: &Path| std::fs::metadata(p).unwrap().dev();
+        if dev(shm.path()) == dev(disk.path()) {
+            return;
+        }
+        let mut cache = WalkCache::default();
+        let file = prestage(&mut cache, shm.path(), Path::new("/a.conf"), b"a", 0o644).unwrap();
+        let e = Entry::open(disk.path(), Path::new("/a.conf"), true)
+            .unwrap()
+            .unwrap();
+        let mut batch = WriteBatch::default();
+        assert!(batch.adopt(&e, file).is_err());
+        assert!(batch.is_empty());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! fails stops the commit with a [`Stop`] and leaves the host untouched
 //! (nothing is changed before the plan is whole).
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -13,6 +14,7 @@ use super::{Run, Stop};
 use crate::apply::{self, ApplyOptions, Outcome};
 use crate::desired::DesiredState;
 use crate::plan::{self, Action, Plan};
+use crate::prestage::{PrestagedFiles, Prestager};
 use crate::render_cache::{self, CacheKey, CachedState};
 use crate::report::Mode;
 use crate::resource::accounts;
@@ -39,8 +41,9 @@ enum Rendered {
     /// The same commit as a run before, and the host still matches its
     /// cached digests: nothing to parse, render, observe or plan.
     InSync(CachedState),
-    /// The desired state, and the cache entry to write once it is planned.
-    State(DesiredState, Option<CacheKey>),
+    /// The desired state, the cache entry to write once it is planned, and
+    /// the files written ahead while it rendered.
+    State(DesiredState, Option<CacheKey>, Option<Prestager>),
     /// The same commit as a run before, but some files differ from its
     /// cached digests: the state of those files alone, and the files the
     /// cache found as they must be.
@@ -57,7 +60,7 @@ impl Run<'_> {
     ) -> Result<Converged, Stop> {
         let span = info_span!("converge", commit = commit.unwrap_or(""));
         let _guard = span.enter();
-        let (desired, cache_key) = match self.render(tree, commit)? {
+        let (desired, cache_key, prestager) = match self.render(tree, commit)? {
             Rendered::InSync(hit) => {
                 let outcomes = hit
                     .files
@@ -69,9 +72,9 @@ impl Run<'_> {
                     desired: None,
                 });
             }
-            Rendered::State(desired, key) => (desired, key),
+            Rendered::State(desired, key, prestager) => (desired, key, prestager),
             Rendered::Drifted(desired, in_sync) => {
-                let mut converged = self.converge_state(desired, None)?;
+                let mut converged = self.converge_state(desired, None, None)?;
                 converged.outcomes.extend(
                     in_sync
                         .iter()
@@ -83,15 +86,17 @@ impl Run<'_> {
                 return Ok(converged);
             }
         };
-        self.converge_state(desired, cache_key)
+        self.converge_state(desired, cache_key, prestager)
     }
 
     /// Observes, plans and checks or applies `desired`; stores the render
-    /// cache entry of `cache_key` afterwards.
+    /// cache entry of `cache_key` afterwards. What `prestager` wrote is
+    /// adopted where the plan writes the same; the rest goes.
     fn converge_state(
         &self,
         desired: DesiredState,
         cache_key: Option<CacheKey>,
+        prestager: Option<Prestager>,
     ) -> Result<Converged, Stop> {
         let opts = self.opts;
         let settings = self.settings;
@@ -146,10 +151,11 @@ impl Run<'_> {
             .map(|s| Path::new(s.resource.name.as_str()))
             .collect();
         desired.release_file_contents(&|p| deferred.contains(p));
+        let prestaged = prestager.map(Prestager::finish).unwrap_or_default();
         let outcomes = if opts.mode == Mode::Check || opts.dry_run {
             apply::check(&plan)
         } else {
-            self.apply(&plan, &desired, backends)
+            self.apply(&plan, &desired, backends, prestaged)
         };
         Ok(Converged {
             outcomes,
@@ -188,7 +194,18 @@ impl Run<'_> {
                 }
             }
         }
-        let desired = spec::load_with_secrets(tree, self.facts, &self.secrets).map_err(|errs| {
+        // Only a run that applies writes ahead (a check or a dry run
+        // creates nothing, not even an unnamed file).
+        let prestager = (self.opts.mode == Mode::Apply && !self.opts.dry_run)
+            .then(|| Prestager::start(&settings.root, &settings.allowed_paths))
+            .flatten();
+        let loaded = match &prestager {
+            Some(p) => spec::load_streaming(tree, self.facts, &self.secrets, &|path, file| {
+                p.offer(path, file)
+            }),
+            None => spec::load_with_secrets(tree, self.facts, &self.secrets),
+        };
+        let desired = loaded.map_err(|errs| {
             for e in &errs.0 {
                 warn!(file = %e.file, line = e.line, column = e.column, error = %e.message, "branch does not render");
             }
@@ -203,7 +220,7 @@ impl Run<'_> {
                 outside.iter().map(ToString::to_string).collect(),
             ));
         }
-        Ok(Rendered::State(desired, store))
+        Ok(Rendered::State(desired, store, prestager))
     }
 
     /// The files of a cached commit that differ from its digests, rendered
@@ -250,7 +267,13 @@ impl Run<'_> {
 
     /// Apply: every step of the plan, parents first; `stop` is polled
     /// between changes (the change in hand is finished, the rest skipped).
-    fn apply(&self, plan: &Plan, desired: &DesiredState, backends: Backends) -> Vec<Outcome> {
+    fn apply(
+        &self,
+        plan: &Plan,
+        desired: &DesiredState,
+        backends: Backends,
+        prestaged: PrestagedFiles,
+    ) -> Vec<Outcome> {
         let backup_dir = self
             .settings
             .state_dir
@@ -265,6 +288,7 @@ impl Run<'_> {
                 backup_dir,
                 stop: &stop,
                 backends,
+                prestaged: RefCell::new(prestaged),
             },
         );
         for o in outcomes

@@ -426,7 +426,22 @@ pub fn load_with_secrets(
     facts: &Facts,
     secrets: &Secrets,
 ) -> Result<DesiredState, SpecErrors> {
-    load_files(tree, facts, secrets, None)
+    load_files(tree, facts, secrets, None, None)
+}
+
+/// What `load_streaming` hands each file to.
+pub type OnFile<'a> = &'a dyn Fn(&Path, &FileSpec);
+
+/// `load_with_secrets` that hands each file to `on_file` as soon as it is
+/// rendered (while no error has been found), for work that can start
+/// before the whole branch is rendered (`prestage`).
+pub fn load_streaming(
+    tree: &dyn Tree,
+    facts: &Facts,
+    secrets: &Secrets,
+    on_file: OnFile<'_>,
+) -> Result<DesiredState, SpecErrors> {
+    load_files(tree, facts, secrets, None, Some(on_file))
 }
 
 /// `load_with_secrets` of the files at `only` (host paths): every state
@@ -440,7 +455,7 @@ pub fn load_only(
     secrets: &Secrets,
     only: &HashSet<PathBuf>,
 ) -> Result<DesiredState, SpecErrors> {
-    load_files(tree, facts, secrets, Some(only))
+    load_files(tree, facts, secrets, Some(only), None)
 }
 
 fn load_files(
@@ -448,6 +463,7 @@ fn load_files(
     facts: &Facts,
     secrets: &Secrets,
     only: Option<&HashSet<PathBuf>>,
+    on_file: Option<OnFile<'_>>,
 ) -> Result<DesiredState, SpecErrors> {
     let mut merged = Merged::default();
     let entry = RepoPath::parse(ENTRY_FILE).map_err(|m| {
@@ -478,6 +494,7 @@ fn load_files(
         secrets: secrets.clone(),
         content_secret: false,
         only,
+        on_file,
     };
     let state = b.build(merged);
     if b.errors.is_empty() {
@@ -500,6 +517,8 @@ struct Builder<'t> {
     content_secret: bool,
     /// When set, the only files rendered and kept (`load_only`).
     only: Option<&'t HashSet<PathBuf>>,
+    /// Given each file once rendered (`load_streaming`).
+    on_file: Option<OnFile<'t>>,
 }
 
 impl Builder<'_> {
@@ -517,6 +536,11 @@ impl Builder<'_> {
                 && self.only.is_none_or(|only| only.contains(&p))
                 && let Some(spec) = self.file_with_secrets(&loc, &id)
             {
+                if let Some(on_file) = self.on_file
+                    && self.errors.is_empty()
+                {
+                    on_file(&p, &spec);
+                }
                 files.push((p, spec));
             }
         }
