@@ -268,18 +268,17 @@ pub extern "C" fn pow(x: f64, y: f64) -> f64 {
 }
 
 fn main() -> ExitCode {
-    // Two malloc arenas for the whole process: the main thread's, and one
-    // its few short helper threads share (an object copy, the prestager,
-    // blocking work of the agent). An arena per thread kept each one's
-    // freed memory resident beside the main heap; one arena for all made
-    // the prestager and the rendering main thread wait for each other's
-    // allocations (futex sleeps on the arena lock), which cost more than
-    // writing ahead saved.
+    // One malloc arena for the whole process: trueup's threads are few and
+    // short (an object copy, the prestager, blocking work of the agent),
+    // and an arena per thread kept each one's freed memory resident beside
+    // the main heap (a second arena held 450 KiB at the end of a first
+    // apply). The threads that run beside the main thread allocate little
+    // (see prestage.rs).
     // SAFETY: mallopt only sets an allocator parameter; it runs before any
     // other thread exists.
     #[cfg(target_env = "gnu")]
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
     // Everything is bound by now: the loader's tables are not read again
     // (see loader.rs), about 1.3 MiB of resident pages.

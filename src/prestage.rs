@@ -62,12 +62,25 @@ impl Prestager {
         let thread = std::thread::Builder::new()
             .name("prestage".into())
             .spawn(move || {
+                // One walk per directory; a file allocates nothing here
+                // (the thread shares the main thread's malloc arena, and
+                // each wait for its lock costs both threads).
                 let mut walk = safe_fs::WalkCache::default();
+                let mut dir: Option<(PathBuf, Option<safe_fs::PrestageDir>)> = None;
                 let mut files = HashMap::new();
                 for job in receive.iter().flatten() {
-                    if let Some(file) =
-                        safe_fs::prestage(&mut walk, &root, &job.path, &job.bytes, job.mode)
-                    {
+                    let (Some(parent), Some(name)) = (job.path.parent(), job.path.file_name())
+                    else {
+                        continue;
+                    };
+                    if dir.as_ref().is_none_or(|(p, _)| p != parent) {
+                        let found = safe_fs::prestage_dir(&mut walk, &root, &job.path);
+                        dir = Some((parent.to_path_buf(), found));
+                    }
+                    let Some((_, Some(d))) = &dir else {
+                        continue;
+                    };
+                    if let Some(file) = d.prestage(name, &job.bytes, job.mode) {
                         files.insert(job.path, (file, job.bytes));
                     }
                 }

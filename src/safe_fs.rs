@@ -577,20 +577,80 @@ fn unnamed_in(dir: &OwnedFd, mode: u32) -> Option<UnnamedFd> {
     .map(UnnamedFd::counted)
 }
 
-/// Writes `content` for `path` under `root` ahead of a plan, to an unnamed
-/// file with `mode` and the process's owner, for a `WriteBatch::adopt`
-/// once a plan says to write exactly that to the missing file. The walk
-/// goes through `cache`.
+/// Where the files of one directory are written ahead of a plan
+/// (`prestage`), found by one walk for all of them.
 ///
-/// The unnamed file is made in `path`'s directory; when that is missing
-/// too (the apply makes it, and any missing parent above it), in the
-/// nearest directory above it that exists: the apply links it into the
-/// new one, on the same file system, and the file has what a directory
-/// made there would have passed on (the group of a setgid directory, its
-/// default ACL). `None` when the file exists, a parent is not a directory,
-/// no unnamed file can be had (`Entry::open_unnamed`) or writing fails:
-/// the file is then written as usual. Nothing is visible before a batch
-/// commits it; dropped, it is gone.
+/// Unnamed files are made in the directory itself; when it is missing
+/// (the apply makes it, and any missing parent above it), in the nearest
+/// directory above it that exists: the apply links them into the new one,
+/// on the same file system, and each has what a directory made there
+/// would have passed on (the group of a setgid directory, its default
+/// ACL).
+#[derive(Debug)]
+pub struct PrestageDir {
+    dir: Arc<OwnedFd>,
+    /// Whether `dir` is the files' own directory (else they cannot exist).
+    own: bool,
+}
+
+/// The `PrestageDir` of `path`'s directory under `root`, walked through
+/// `cache`; `None` when a parent is not a directory or cannot be opened.
+pub fn prestage_dir(cache: &mut WalkCache, root: &Path, path: &Path) -> Option<PrestageDir> {
+    match Entry::open_cached(cache, root, path) {
+        Ok(Some(entry)) => Some(PrestageDir {
+            dir: entry.dir,
+            own: true,
+        }),
+        // The walk stopped at the first missing directory: the last one
+        // it opened is the nearest that exists.
+        Ok(None) => cache
+            .chain
+            .last()
+            .map(|(_, fd)| fd)
+            .or(cache.root.as_ref().map(|(_, fd)| fd))
+            .map(|dir| PrestageDir {
+                dir: dir.clone(),
+                own: false,
+            }),
+        Err(_) => None,
+    }
+}
+
+impl PrestageDir {
+    /// Writes `content` for the file `name` of this directory ahead of a
+    /// plan, to an unnamed file with `mode` and the process's owner, for a
+    /// `WriteBatch::adopt` once a plan says to write exactly that to the
+    /// missing file. Allocates nothing. `None` when the file exists, no
+    /// unnamed file can be had (`Entry::open_unnamed`) or writing fails:
+    /// the file is then written as usual. Nothing is visible before a
+    /// batch commits it; dropped, it is gone.
+    pub fn prestage(&self, name: &OsStr, content: &[u8], mode: u32) -> Option<Prestaged> {
+        if self.own {
+            match nix::sys::stat::fstatat(&*self.dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Err(Errno::ENOENT) => {}
+                _ => return None,
+            }
+        }
+        let UnnamedFd { fd, open } = unnamed_in(&self.dir, mode)?;
+        let mut file = std::fs::File::from(fd);
+        file.write_all(content).ok()?;
+        if !created_with(mode, None, None, true) {
+            nix::sys::stat::fchmod(file.as_fd(), Mode::from_bits_truncate(mode)).ok()?;
+        }
+        let dev = nix::sys::stat::fstat(file.as_fd()).ok()?.st_dev;
+        Some(Prestaged {
+            fd: UnnamedFd {
+                fd: OwnedFd::from(file),
+                open,
+            },
+            dev,
+            mode,
+            len: content.len() as u64,
+        })
+    }
+}
+
+/// `prestage_dir`, then `PrestageDir::prestage`, for one file.
 pub fn prestage(
     cache: &mut WalkCache,
     root: &Path,
@@ -598,35 +658,7 @@ pub fn prestage(
     content: &[u8],
     mode: u32,
 ) -> Option<Prestaged> {
-    let UnnamedFd { fd, open } = match Entry::open_cached(cache, root, path) {
-        Ok(Some(entry)) => entry.open_unnamed(mode, false)?,
-        // The walk stopped at the first missing directory: the last one
-        // it opened is the nearest that exists.
-        Ok(None) => {
-            let dir = cache
-                .chain
-                .last()
-                .map(|(_, fd)| fd)
-                .or(cache.root.as_ref().map(|(_, fd)| fd))?;
-            unnamed_in(dir, mode)?
-        }
-        Err(_) => return None,
-    };
-    let mut file = std::fs::File::from(fd);
-    file.write_all(content).ok()?;
-    if !created_with(mode, None, None, true) {
-        nix::sys::stat::fchmod(file.as_fd(), Mode::from_bits_truncate(mode)).ok()?;
-    }
-    let dev = nix::sys::stat::fstat(file.as_fd()).ok()?.st_dev;
-    Some(Prestaged {
-        fd: UnnamedFd {
-            fd: OwnedFd::from(file),
-            open,
-        },
-        dev,
-        mode,
-        len: content.len() as u64,
-    })
+    prestage_dir(cache, root, path)?.prestage(path.file_name()?, content, mode)
 }
 
 /// Grows the process's descriptor table to hold as many unnamed files as

@@ -1,7 +1,9 @@
 //! The stages that turn one tree into changes on the machine: render →
 //! observe → plan → apply. Each returns a typed result; the first that
 //! fails stops the commit with a [`Stop`] and leaves the host untouched
-//! (nothing is changed before the plan is whole).
+//! (nothing is changed before the plan is whole: the new files a run that
+//! applies writes while it renders, `prestage`, have no name until the
+//! apply commits them).
 
 use std::cell::RefCell;
 use std::collections::HashSet;
