@@ -18,7 +18,6 @@
 //! files open (`safe_fs`' budget, shared with the batches).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -67,7 +66,7 @@ impl Prestager {
                 // each wait for its lock costs both threads).
                 let mut walk = safe_fs::WalkCache::default();
                 let mut dir: Option<(PathBuf, Option<safe_fs::PrestageDir>)> = None;
-                let mut files = HashMap::new();
+                let mut files = Vec::new();
                 for job in receive.iter().flatten() {
                     let (Some(parent), Some(name)) = (job.path.parent(), job.path.file_name())
                     else {
@@ -81,10 +80,10 @@ impl Prestager {
                         continue;
                     };
                     if let Some(file) = d.prestage(name, &job.bytes, job.mode) {
-                        files.insert(job.path, (file, job.bytes));
+                        files.push((job.path, Some((file, job.bytes))));
                     }
                 }
-                PrestagedFiles(files)
+                PrestagedFiles::new(files)
             })
             .ok()?;
         Some(Prestager {
@@ -155,31 +154,61 @@ impl Drop for Prestager {
     }
 }
 
-/// Files written ahead, by host path, with the content each was written
-/// from.
+/// A file written ahead (until taken), with the content it was written
+/// from, by host path.
+type Written = (PathBuf, Option<(Prestaged, Arc<[u8]>)>);
+
+/// Files written ahead, sorted by host path: a list searched in halves
+/// holds a thousand of them in half the memory of a hash table (and the
+/// table's growth beside it), at a time when every rendered file is still
+/// in memory.
 #[derive(Debug, Default)]
-pub struct PrestagedFiles(HashMap<PathBuf, (Prestaged, Arc<[u8]>)>);
+pub struct PrestagedFiles {
+    files: Vec<Written>,
+    /// How many are not taken yet.
+    left: usize,
+}
 
 impl PrestagedFiles {
+    fn new(mut files: Vec<Written>) -> PrestagedFiles {
+        files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let left = files.len();
+        PrestagedFiles { files, left }
+    }
+
+    fn find(&self, path: &Path) -> Option<usize> {
+        self.files
+            .binary_search_by(|(p, _)| p.as_path().cmp(path))
+            .ok()
+    }
+
     /// The file written ahead for `path`, when it holds exactly `content`
     /// (the same rendered bytes, not an equal copy) with `mode`. A file
-    /// written for `path` from anything else is dropped.
+    /// written for `path` from anything else is dropped. The list goes
+    /// once every file is taken.
     pub fn take(&mut self, path: &Path, content: &Arc<[u8]>, mode: u32) -> Option<Prestaged> {
-        let (file, bytes) = self.0.remove(path)?;
+        let i = self.find(path)?;
+        let (file, bytes) = self.files[i].1.take()?;
+        self.left -= 1;
+        if self.left == 0 {
+            self.files = Vec::new();
+        }
         (Arc::ptr_eq(&bytes, content) && file.mode() == mode).then_some(file)
     }
 
     /// The inode of the file written ahead for `path`.
     #[cfg(test)]
     pub fn inode_of(&self, path: &Path) -> Option<u64> {
-        self.0.get(path).map(|(file, _)| file.inode())
+        let (_, written) = &self.files[self.find(path)?];
+        written.as_ref().map(|(file, _)| file.inode())
     }
 
+    /// How many files are written ahead and not taken.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.left
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.left == 0
     }
 }
