@@ -1764,11 +1764,22 @@ mod tests {
                 .count(),
             4
         );
-        let out = h.apply_accounts(&d);
+        // As the pipeline does: the desired state lets go of the contents
+        // the steps carry, but keeps a deferred file's.
+        let deferred: HashSet<PathBuf> = p.deferred_files().into_iter().map(Into::into).collect();
+        assert_eq!(deferred.len(), 1);
+        let mut released = accounts_state();
+        released.files = d.files.clone();
+        released.release_file_contents(&|path| deferred.contains(path));
+        let out = h.apply_plan(&p, &released, &|| false);
         assert_eq!(
             by_resource(&out)["file /etc/app.conf"].0,
             Status::Changed,
             "{out:?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(h.root.path().join("etc/app.conf")).unwrap(),
+            "x=1\n"
         );
         assert!(h.plan_accounts(&d).unwrap().steps.iter().all(Step::in_sync));
     }

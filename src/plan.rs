@@ -143,6 +143,17 @@ impl Plan {
     pub fn has_changes(&self) -> bool {
         self.steps.iter().any(|s| s.action.is_some())
     }
+
+    /// The files whose step waits for an owner the same run creates: the
+    /// deferred step compares them again from the desired state, which
+    /// must keep their rendered content.
+    pub fn deferred_files(&self) -> std::collections::HashSet<&std::path::Path> {
+        self.steps
+            .iter()
+            .filter(|s| s.resource.kind == Kind::File && matches!(s.action, Some(Action::Deferred)))
+            .map(|s| std::path::Path::new(s.resource.name.as_str()))
+            .collect()
+    }
 }
 
 pub use crate::resource::observe::Observations;

@@ -15,7 +15,7 @@ use tracing::{info, info_span, warn};
 use super::{Run, Stop};
 use crate::apply::{self, ApplyOptions, Outcome};
 use crate::desired::DesiredState;
-use crate::plan::{self, Action, Plan};
+use crate::plan::{self, Plan};
 use crate::prestage::{PrestagedFiles, Prestager};
 use crate::render_cache::{self, CacheKey, CachedState};
 use crate::report::Mode;
@@ -146,12 +146,7 @@ impl Run<'_> {
         // The steps carry what is written; the rendered contents the
         // desired state holds are not read again.
         let mut desired = desired;
-        let deferred: HashSet<&Path> = plan
-            .steps
-            .iter()
-            .filter(|s| s.resource.kind == Kind::File && matches!(s.action, Some(Action::Deferred)))
-            .map(|s| Path::new(s.resource.name.as_str()))
-            .collect();
+        let deferred = plan.deferred_files();
         desired.release_file_contents(&|p| deferred.contains(p));
         let prestaged = prestager.map(Prestager::finish).unwrap_or_default();
         let outcomes = if opts.mode == Mode::Check || opts.dry_run {
