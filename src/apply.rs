@@ -1118,7 +1118,7 @@ mod tests {
         for (path, spec) in &d.files {
             let mut offered = spec.clone();
             match path.to_str().unwrap() {
-                // An equal copy of the bytes is not the rendered content.
+                // Other bytes than the plan writes (a render of before).
                 "/etc/app/other-bytes.conf" => {
                     offered.content.as_mut().unwrap().bytes = b"stale\n".to_vec().into()
                 }
