@@ -637,13 +637,14 @@ impl PrestageDir {
         if !created_with(mode, None, None, true) {
             nix::sys::stat::fchmod(file.as_fd(), Mode::from_bits_truncate(mode)).ok()?;
         }
-        let dev = nix::sys::stat::fstat(file.as_fd()).ok()?.st_dev;
+        let st = nix::sys::stat::fstat(file.as_fd()).ok()?;
         Some(Prestaged {
             fd: UnnamedFd {
                 fd: OwnedFd::from(file),
                 open,
             },
-            dev,
+            dev: st.st_dev,
+            gid: st.st_gid,
             mode,
             len: content.len() as u64,
         })
@@ -651,6 +652,7 @@ impl PrestageDir {
 }
 
 /// `prestage_dir`, then `PrestageDir::prestage`, for one file.
+#[cfg(test)]
 pub fn prestage(
     cache: &mut WalkCache,
     root: &Path,
@@ -725,6 +727,8 @@ pub struct Prestaged {
     fd: UnnamedFd,
     /// The file system it is on.
     dev: u64,
+    /// Its group, as creating it gave it.
+    gid: u32,
     mode: u32,
     len: u64,
 }
@@ -810,8 +814,9 @@ pub struct WriteBatch {
     /// rename (the backup directory).
     also: Vec<PathBuf>,
     bytes: u64,
-    /// The directory a file was last adopted into, and its file system.
-    adopt_dev: Option<(Arc<OwnedFd>, u64)>,
+    /// The directory a file was last adopted into, its file system, and
+    /// the group a file created in it gets.
+    adopt_dev: Option<(Arc<OwnedFd>, u64, u32)>,
 }
 
 #[derive(Debug)]
@@ -840,19 +845,27 @@ impl WriteBatch {
     /// Takes a file written ahead (`prestage`) into the batch as the new
     /// content of `entry`, which the caller saw missing, as `stage_file`
     /// would have staged it. Gives the file back when it is not on the
-    /// entry's file system (it cannot be linked there).
+    /// entry's file system (it cannot be linked there), or when creating
+    /// it in the entry's directory now would give it another group (the
+    /// directory was made setgid, or given another group, after the file
+    /// was written ahead elsewhere).
     pub fn adopt(&mut self, entry: &Entry, file: Prestaged) -> std::result::Result<(), Prestaged> {
-        let dev = match &self.adopt_dev {
-            Some((dir, dev)) if Arc::ptr_eq(dir, &entry.dir) => *dev,
+        let (dev, gid) = match &self.adopt_dev {
+            Some((dir, dev, gid)) if Arc::ptr_eq(dir, &entry.dir) => (*dev, *gid),
             _ => match nix::sys::stat::fstat(&*entry.dir) {
                 Ok(st) => {
-                    self.adopt_dev = Some((entry.dir.clone(), st.st_dev));
-                    st.st_dev
+                    let gid = if st.st_mode & libc::S_ISGID != 0 {
+                        st.st_gid
+                    } else {
+                        nix::unistd::getegid().as_raw()
+                    };
+                    self.adopt_dev = Some((entry.dir.clone(), st.st_dev, gid));
+                    (st.st_dev, gid)
                 }
                 Err(_) => return Err(file),
             },
         };
-        if dev != file.dev {
+        if dev != file.dev || gid != file.gid {
             return Err(file);
         }
         self.bytes = self.bytes.saturating_add(file.len);
@@ -1570,6 +1583,38 @@ mod tests {
             assert_eq!(mode, 0o640, "{p}");
         }
         assert_eq!(listing(&root.path().join("etc/app/conf.d")), ["deep.conf"]);
+    }
+
+    #[test]
+    fn a_file_written_ahead_is_given_back_when_its_new_directory_gives_another_group() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        // chown to a group of our choosing needs root.
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let mut cache = WalkCache::default();
+        let path = Path::new("/srv/shared/a.conf");
+        // Written ahead in the nearest directory there (the root).
+        let file = prestage(&mut cache, root.path(), path, b"a", 0o644).unwrap();
+        // The apply makes /srv/shared, and a step makes it setgid to
+        // another group: a file created there now would get that group.
+        let e = Entry::open(root.path(), path, true).unwrap().unwrap();
+        let shared = root.path().join("srv/shared");
+        nix::unistd::chown(&shared, None, Some(Gid::from_raw(4242))).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o2775)).unwrap();
+        let mut batch = WriteBatch::default();
+        let file = batch.adopt(&e, file).unwrap_err();
+        assert!(batch.is_empty());
+        drop(file);
+        // Staged as usual instead, it gets the directory's group.
+        e.stage_file(&mut batch, b"a", None, None, 0o644, true)
+            .unwrap();
+        assert!(batch.commit().iter().all(|r| r.is_ok()));
+        assert_eq!(
+            std::fs::metadata(shared.join("a.conf")).unwrap().gid(),
+            4242
+        );
     }
 
     #[test]
