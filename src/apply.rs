@@ -12,7 +12,6 @@
 //! backup directory; if that copy cannot be written the step fails and the
 //! file is left as it was.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -21,7 +20,6 @@ use serde::{Deserialize, Serialize};
 use crate::desired::DesiredState;
 use crate::error_class::ErrorClass;
 use crate::plan::{Action, Plan, Step};
-use crate::prestage::PrestagedFiles;
 use crate::resource::accounts::WantedMeta;
 use crate::resource::command::CommandRun;
 use crate::resource::node::{self, NodeAction, Previous};
@@ -174,9 +172,6 @@ pub struct ApplyOptions<'a> {
     pub stop: &'a dyn Fn() -> bool,
     /// Package manager and systemd.
     pub backends: Backends<'a>,
-    /// Files written while the branch rendered, adopted by the steps that
-    /// write them (`prestage`); taken by the apply.
-    pub prestaged: RefCell<PrestagedFiles>,
 }
 
 /// Executes the plan and returns one outcome per step.
@@ -188,7 +183,6 @@ pub fn apply(plan: &Plan, desired: &DesiredState, opts: &ApplyOptions) -> Vec<Ou
     let mut out = Vec::with_capacity(plan.steps.len());
     let mut writes = StagedWrites {
         any_validate: desired.files.values().any(|f| !f.validate.is_empty()),
-        prestaged: opts.prestaged.take(),
         ..StagedWrites::default()
     };
     for step in &plan.steps {
@@ -334,8 +328,6 @@ struct StagedWrites<'p> {
     /// Whether any file has a `validate:` command (a file write without
     /// one joins the batch without a lookup of its spec).
     any_validate: bool,
-    /// Files written ahead (`prestage`), for the steps that write them.
-    prestaged: PrestagedFiles,
 }
 
 /// A batch is committed at this many files or bytes even without a step
@@ -398,17 +390,20 @@ impl<'p> StagedWrites<'p> {
             }
             Err(e) => return Err(e.to_string()),
         };
-        // A missing file written ahead with exactly this content and mode.
+        // A missing file written ahead (`prestage`) with this mode; given
+        // back (and its bytes read back below) when the batch cannot take it.
         if previous.is_none()
             && uid.is_none()
             && gid.is_none()
-            && !self.prestaged.is_empty()
-            && let Some(bytes) = content.get()
-            && let Some(file) = self.prestaged.take(path, &bytes, *mode)
-            && self.batch.adopt(&entry, file).is_ok()
+            && let Some(file) = content.take_ahead(*mode)
         {
-            content.release();
-            return Ok(());
+            match self.batch.adopt(&entry, file) {
+                Ok(()) => {
+                    content.release();
+                    return Ok(());
+                }
+                Err(file) => content.give_back(file),
+            }
         }
         entry
             .stage_file(
@@ -946,11 +941,10 @@ mod tests {
 
     fn file(content: &str, notify: &[&str], action: NotifyAction) -> FileSpec {
         FileSpec {
-            content: Some(FileContent {
-                bytes: content.as_bytes().to_vec().into(),
-                origin: "content".into(),
-                undecryptable: None,
-            }),
+            content: Some(FileContent::new(
+                content.as_bytes().to_vec().into(),
+                "content".into(),
+            )),
             owner: None,
             group: None,
             mode: None,
@@ -1034,16 +1028,6 @@ mod tests {
         }
 
         fn apply_plan(&self, p: &Plan, d: &DesiredState, stop: &dyn Fn() -> bool) -> Vec<Outcome> {
-            self.apply_prestaged(p, d, stop, PrestagedFiles::default())
-        }
-
-        fn apply_prestaged(
-            &self,
-            p: &Plan,
-            d: &DesiredState,
-            stop: &dyn Fn() -> bool,
-            prestaged: PrestagedFiles,
-        ) -> Vec<Outcome> {
             apply(
                 p,
                 d,
@@ -1052,7 +1036,6 @@ mod tests {
                     backup_dir: self.backup.path().join("b"),
                     stop,
                     backends: self.backends(),
-                    prestaged: RefCell::new(prestaged),
                 },
             )
         }
@@ -1097,61 +1080,130 @@ mod tests {
         );
         for step in &p.steps {
             if let Some(Action::Node(NodeAction::WriteFile { content, .. })) = &step.action {
-                assert_eq!(content.get(), None, "{}", step.resource);
+                assert!(content.is_released(), "{}", step.resource);
                 assert!(content.bytes().is_err());
             }
         }
     }
 
+    /// Offers every file of `d` but those named in `keep`, as the render
+    /// stage does, and waits for the thread.
+    fn write_ahead(h: &Host, d: &mut DesiredState, keep: &[&str]) {
+        let ahead = crate::prestage::Prestager::start(h.root.path(), &[]).unwrap();
+        for (path, spec) in d.files.iter_mut() {
+            if !keep.iter().any(|k| path == Path::new(k)) {
+                ahead.offer(path, spec);
+            }
+        }
+        ahead.finish();
+    }
+
     #[test]
-    fn a_file_written_ahead_is_taken_only_for_the_same_bytes_and_mode() {
+    fn a_file_written_ahead_is_taken_when_the_plan_writes_it_to_a_missing_path() {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let h = Host::new(FakePackages::default(), FakeUnits::new(&[]));
         let mut d = DesiredState::default();
-        for name in ["same", "other-bytes", "other-mode", "plain"] {
+        let names = ["taken", "other-mode", "appeared", "plain"];
+        for name in names {
             d.files.insert(
                 format!("/etc/app/{name}.conf").into(),
                 file(&format!("{name}\n"), &[], NotifyAction::Restart),
             );
         }
-        let ahead = crate::prestage::Prestager::start(h.root.path(), &[]).unwrap();
+        write_ahead(&h, &mut d, &["/etc/app/plain.conf"]);
+        // Written ahead: the spec holds the file, not the bytes.
         for (path, spec) in &d.files {
-            let mut offered = spec.clone();
-            match path.to_str().unwrap() {
-                // Other bytes than the plan writes (a render of before).
-                "/etc/app/other-bytes.conf" => {
-                    offered.content.as_mut().unwrap().bytes = b"stale\n".to_vec().into()
-                }
-                "/etc/app/other-mode.conf" => offered.mode = Some(0o600),
-                _ => {}
-            }
-            ahead.offer(path, &offered);
+            let content = spec.content.as_ref().unwrap();
+            let offered = path != Path::new("/etc/app/plain.conf");
+            assert_eq!(content.bytes.is_empty(), offered, "{}", path.display());
+            assert_eq!(
+                content.ahead.as_ref().is_some_and(|a| a.is_written()),
+                offered,
+                "{}",
+                path.display()
+            );
         }
-        let prestaged = ahead.finish();
-        assert_eq!(prestaged.len(), 4);
-        let same_inode = prestaged.inode_of(Path::new("/etc/app/same.conf")).unwrap();
-        let out = h.apply_prestaged(&h.plan(&d), &d, &|| false, prestaged);
+        let ahead_of = |d: &DesiredState, name: &str| {
+            let path = PathBuf::from(format!("/etc/app/{name}.conf"));
+            d.files[&path]
+                .content
+                .as_ref()
+                .unwrap()
+                .ahead
+                .clone()
+                .unwrap()
+        };
+        let taken_inode = ahead_of(&d, "taken").inode().unwrap();
+        // The plan writes another mode than the file was written with.
+        d.files
+            .get_mut(Path::new("/etc/app/other-mode.conf"))
+            .unwrap()
+            .mode = Some(0o600);
+        // A file appears before the plan: it is replaced, and kept.
+        std::fs::create_dir_all(h.root.path().join("etc/app")).unwrap();
+        std::fs::write(h.root.path().join("etc/app/appeared.conf"), "old\n").unwrap();
+        let p = h.plan(&d);
+        d.release_file_contents(&|_| false);
+        let out = h.apply_plan(&p, &d, &|| false);
         assert!(
             out.iter()
                 .filter(|o| o.kind == Kind::File)
                 .all(|o| o.status == Status::Changed),
             "{out:?}"
         );
-        for name in ["same", "other-bytes", "other-mode", "plain"] {
+        for name in names {
             let path = h.root.path().join(format!("etc/app/{name}.conf"));
             assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{name}\n"));
-            let meta = std::fs::metadata(&path).unwrap();
-            assert_eq!(meta.permissions().mode() & 0o7777, 0o644, "{name}");
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+            let want = if name == "other-mode" { 0o600 } else { 0o644 };
+            assert_eq!(mode, want, "{name}");
         }
         // The file written ahead is the one in place.
-        let in_place = std::fs::metadata(h.root.path().join("etc/app/same.conf")).unwrap();
-        assert_eq!(in_place.ino(), same_inode);
+        let in_place = std::fs::metadata(h.root.path().join("etc/app/taken.conf")).unwrap();
+        assert_eq!(in_place.ino(), taken_inode);
+        assert_eq!(
+            std::fs::read_to_string(h.backup.path().join("b/etc/app/appeared.conf")).unwrap(),
+            "old\n"
+        );
         assert_eq!(
             std::fs::read_dir(h.root.path().join("etc/app"))
                 .unwrap()
                 .count(),
             4
         );
+        for step in &p.steps {
+            if let Some(Action::Node(NodeAction::WriteFile { content, .. })) = &step.action {
+                assert!(content.is_released(), "{}", step.resource);
+            }
+        }
+    }
+
+    #[test]
+    fn the_bytes_of_a_file_written_ahead_are_read_back_as_written() {
+        let h = Host::new(FakePackages::default(), FakeUnits::new(&[]));
+        let mut d = DesiredState::default();
+        let body: String = (0..5000).map(|i| format!("line {i}\n")).collect();
+        d.files.insert(
+            "/etc/app/big.conf".into(),
+            file(&body, &[], NotifyAction::Restart),
+        );
+        write_ahead(&h, &mut d, &[]);
+        let content = d.files[Path::new("/etc/app/big.conf")]
+            .content
+            .as_ref()
+            .unwrap();
+        assert!(content.bytes.is_empty());
+        assert_eq!(&content.current().unwrap()[..], body.as_bytes());
+        let (len, sha256) = content.digest().unwrap();
+        assert_eq!(len, body.len() as u64);
+        use sha2::Digest;
+        assert_eq!(sha256[..], sha2::Sha256::digest(body.as_bytes())[..]);
+        // Taken by an apply, it is gone: nothing reads it again.
+        let ahead = content.ahead.clone().unwrap();
+        let file = ahead.take(0o644).unwrap();
+        assert!(ahead.bytes().is_err());
+        ahead.give_back(file);
+        assert_eq!(&ahead.bytes().unwrap()[..], body.as_bytes());
     }
 
     #[test]
@@ -1162,13 +1214,18 @@ mod tests {
             "/etc/app/a.conf".into(),
             file("a\n", &[], NotifyAction::Restart),
         );
-        let ahead = crate::prestage::Prestager::start(h.root.path(), &[]).unwrap();
-        for (path, spec) in &d.files {
-            ahead.offer(path, spec);
-        }
-        let prestaged = ahead.finish();
-        assert_eq!(prestaged.len(), 1);
-        let out = h.apply_prestaged(&h.plan(&d), &d, &|| true, prestaged);
+        write_ahead(&h, &mut d, &[]);
+        let written = |d: &DesiredState| {
+            d.files[Path::new("/etc/app/a.conf")]
+                .content
+                .as_ref()
+                .unwrap()
+                .ahead
+                .as_ref()
+                .is_some_and(|a| a.is_written())
+        };
+        assert!(written(&d));
+        let out = h.apply_plan(&h.plan(&d), &d, &|| true);
         assert_eq!(out[0].status, Status::Skipped, "{out:?}");
         assert!(!h.root.path().join("etc/app").exists());
         assert_eq!(std::fs::read_dir(h.root.path()).unwrap().count(), 0);

@@ -45,6 +45,7 @@ impl DesiredState {
             }
             if let Some(c) = spec.content.as_mut() {
                 c.bytes = empty.clone();
+                c.ahead = None;
             }
         }
     }
@@ -116,6 +117,51 @@ pub struct FileContent {
     /// and `bytes` is empty.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub undecryptable: Option<String>,
+    /// Set when the file is written ahead of the plan (`prestage`): then
+    /// this holds the content, and `bytes` is empty.
+    #[serde(skip)]
+    pub ahead: Option<Arc<crate::prestage::Ahead>>,
+}
+
+impl FileContent {
+    /// Content held in memory.
+    pub fn new(bytes: Arc<[u8]>, origin: String) -> FileContent {
+        FileContent {
+            bytes,
+            origin,
+            undecryptable: None,
+            ahead: None,
+        }
+    }
+
+    /// The rendered bytes (read back when the file was written ahead).
+    pub fn current(&self) -> Result<Arc<[u8]>, String> {
+        match &self.ahead {
+            Some(a) => a.bytes(),
+            None => Ok(self.bytes.clone()),
+        }
+    }
+
+    /// Size and SHA-256 of the rendered bytes.
+    pub fn digest(&self) -> Result<(u64, [u8; 32]), String> {
+        use sha2::Digest;
+        match &self.ahead {
+            Some(a) => a.digest(),
+            None => Ok((
+                self.bytes.len() as u64,
+                sha2::Sha256::digest(&self.bytes[..]).into(),
+            )),
+        }
+    }
+
+    /// What a step that writes the file carries.
+    pub fn to_write(&self) -> crate::resource::node::NewContent {
+        use crate::resource::node::NewContent;
+        match &self.ahead {
+            Some(a) => NewContent::ahead(a.clone()),
+            None => NewContent::new(self.bytes.clone()),
+        }
+    }
 }
 
 /// What a change to a file does to the services it notifies.

@@ -793,11 +793,10 @@ mod tests {
 
     fn file_spec(content: &str) -> FileSpec {
         FileSpec {
-            content: Some(FileContent {
-                bytes: content.as_bytes().to_vec().into(),
-                origin: "content".into(),
-                undecryptable: None,
-            }),
+            content: Some(FileContent::new(
+                content.as_bytes().to_vec().into(),
+                "content".into(),
+            )),
             owner: None,
             group: None,
             mode: None,

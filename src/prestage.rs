@@ -4,33 +4,44 @@
 //! its files as it spends rendering them, one after the other on one core.
 //! A [`Prestager`] takes each file as soon as it is rendered and, on a
 //! thread of its own, writes it to an unnamed file (`O_TMPFILE`) in its
-//! directory (`safe_fs::Entry::prestage`): invisible, and gone when
-//! dropped. Once the plan is whole, the apply stage adopts such a file
-//! into its write batch instead of writing it again, when the plan says to
-//! write exactly those bytes with that mode to a path that was missing;
-//! anything else about it (owner, backup, `validate:`) sends the file the
-//! usual way. Nothing is named before the batch commits, so a branch that
-//! fails to render or plan leaves the host as it was, as without it.
+//! directory (`safe_fs::PrestageDir::prestage`): invisible, and gone when
+//! dropped. From then on the file's rendered bytes are not held in memory:
+//! the unnamed file holds them ([`Ahead`]), so a first apply never holds
+//! every rendered file at once. Once the plan is whole, the apply stage
+//! adopts such a file into its write batch instead of writing it again,
+//! when the plan writes it with that mode to a path that was missing;
+//! anything else (an owner, a backup, another mode, a file system that
+//! will not take it) reads the bytes back and sends the file the usual
+//! way. Nothing is named before the batch commits, so a branch that fails
+//! to render or plan leaves the host as it was, as without it.
 //!
 //! Only for runs that apply (never a check or a dry run), files that are
-//! missing when offered, without owner, group or `validate:`, inside the
-//! host's `allowed_paths`, and while the process may hold more unnamed
-//! files open (`safe_fs`' budget, shared with the batches).
+//! missing when the thread comes to them, without owner, group or
+//! `validate:`, inside the host's `allowed_paths`, and while the process
+//! may hold more unnamed files open (`safe_fs`' budget, shared with the
+//! batches).
 
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use sha2::{Digest, Sha256};
 
 use crate::desired::FileSpec;
 use crate::resource::file::DEFAULT_MODE;
 use crate::safe_fs::{self, Prestaged};
 
-/// A file for the thread to write.
+/// A file for the thread to write. Comes back to the main thread once
+/// written, with the bytes the thread held, so that they are freed there:
+/// the thread shares the main thread's malloc arena, and every free of a
+/// rendered file on it waited for the arena's lock while the main thread
+/// rendered.
 struct Job {
     path: PathBuf,
-    bytes: Arc<[u8]>,
+    ahead: Arc<Ahead>,
     mode: u32,
+    /// Set by the thread to the bytes it wrote.
+    written: Option<Arc<[u8]>>,
 }
 
 /// Files are handed to the thread this many at a time: waking it for each
@@ -41,13 +52,151 @@ const HANDOFF: usize = 32;
 /// branch grows the table as it goes, a little slower).
 const MAX_RESERVED: usize = 4096;
 
+/// The content of a file offered to be written ahead: its rendered bytes
+/// until the thread has written them, then the unnamed file holding them.
+/// Held by the file's spec and by the plan's step that writes it.
+pub struct Ahead(Mutex<Held>);
+
+enum Held {
+    /// Not written ahead (yet, or it could not be).
+    Bytes(Arc<[u8]>),
+    /// Written ahead; `file` is `None` once the apply took it.
+    Written {
+        file: Option<Prestaged>,
+        len: u64,
+        sha256: [u8; 32],
+    },
+}
+
+impl Ahead {
+    /// Content not written ahead (yet).
+    pub fn new(bytes: Arc<[u8]>) -> Ahead {
+        Ahead(Mutex::new(Held::Bytes(bytes)))
+    }
+
+    fn held(&self) -> MutexGuard<'_, Held> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The bytes: in memory, or read back from the file written ahead
+    /// (and checked against the digest taken when it was written).
+    pub fn bytes(&self) -> Result<Arc<[u8]>, String> {
+        match &*self.held() {
+            Held::Bytes(b) => Ok(b.clone()),
+            Held::Written {
+                file: Some(file),
+                len,
+                sha256,
+            } => {
+                let bytes = file
+                    .read_back(*len)
+                    .map_err(|e| format!("reading back the file written ahead: {e}"))?;
+                if Sha256::digest(&bytes)[..] != sha256[..] {
+                    return Err("the file written ahead no longer holds what was written".into());
+                }
+                Ok(bytes.into())
+            }
+            Held::Written { file: None, .. } => {
+                Err("the new content was already written and let go".into())
+            }
+        }
+    }
+
+    /// Size and SHA-256 of the bytes.
+    pub fn digest(&self) -> Result<(u64, [u8; 32]), String> {
+        if let Held::Written { len, sha256, .. } = &*self.held() {
+            return Ok((*len, *sha256));
+        }
+        let bytes = self.bytes()?;
+        Ok((bytes.len() as u64, Sha256::digest(&bytes[..]).into()))
+    }
+
+    /// The file written ahead, when there is one with `mode`; the bytes
+    /// are read back from it should it be given back (`give_back`).
+    pub fn take(&self, mode: u32) -> Option<Prestaged> {
+        match &mut *self.held() {
+            Held::Written { file, .. } if file.as_ref().is_some_and(|f| f.mode() == mode) => {
+                file.take()
+            }
+            _ => None,
+        }
+    }
+
+    /// A file `take` gave that could not be used.
+    pub fn give_back(&self, given: Prestaged) {
+        if let Held::Written { file, .. } = &mut *self.held() {
+            *file = Some(given);
+        }
+    }
+
+    /// Whether the thread wrote this file ahead (taken or not).
+    pub fn is_written(&self) -> bool {
+        matches!(&*self.held(), Held::Written { .. })
+    }
+
+    /// The thread's side: the bytes to write, unless already written.
+    fn to_write(&self) -> Option<Arc<[u8]>> {
+        match &*self.held() {
+            Held::Bytes(b) => Some(b.clone()),
+            Held::Written { .. } => None,
+        }
+    }
+
+    /// The thread's side: `file` now holds the bytes. The bytes the state
+    /// held are let go (the caller still holds them, to be freed on the
+    /// main thread).
+    fn written(&self, file: Prestaged, bytes: &[u8]) {
+        *self.held() = Held::Written {
+            file: Some(file),
+            len: bytes.len() as u64,
+            sha256: Sha256::digest(bytes).into(),
+        };
+    }
+
+    /// The inode of the file written ahead.
+    #[cfg(test)]
+    pub fn inode(&self) -> Option<u64> {
+        match &*self.held() {
+            Held::Written { file: Some(f), .. } => Some(f.inode()),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Ahead {
+    /// The size only: the file may be a secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &*self.held() {
+            Held::Bytes(b) => write!(f, "Ahead({} bytes, in memory)", b.len()),
+            Held::Written { file, len, .. } => write!(
+                f,
+                "Ahead({len} bytes, written ahead{})",
+                if file.is_some() { "" } else { ", taken" }
+            ),
+        }
+    }
+}
+
+/// One content is itself: two files' contents are never the same `Ahead`.
+impl PartialEq for Ahead {
+    fn eq(&self, other: &Ahead) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Eq for Ahead {}
+
 /// The thread writing rendered files ahead of the plan.
 pub struct Prestager {
     send: Option<mpsc::Sender<Vec<Job>>>,
+    /// Jobs the thread is done with, to be dropped here.
+    done: mpsc::Receiver<Vec<Job>>,
     /// Offered, not yet handed over.
-    pending: RefCell<Vec<Job>>,
-    thread: Option<std::thread::JoinHandle<PrestagedFiles>>,
+    pending: std::cell::RefCell<Vec<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     allowed: Vec<PathBuf>,
+    /// What an offered file's spec holds in place of its bytes.
+    empty: Arc<[u8]>,
 }
 
 impl Prestager {
@@ -57,65 +206,86 @@ impl Prestager {
         // Before the thread exists: see `reserve_descriptors`.
         safe_fs::reserve_descriptors(MAX_RESERVED);
         let (send, receive) = mpsc::channel::<Vec<Job>>();
+        let (give_back, done) = mpsc::channel::<Vec<Job>>();
         let root = root.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("prestage".into())
             .spawn(move || {
-                // One walk per directory; a file allocates nothing here
-                // (the thread shares the main thread's malloc arena, and
-                // each wait for its lock costs both threads).
+                // One walk per directory; a file allocates nothing here.
                 let mut walk = safe_fs::WalkCache::default();
                 let mut dir: Option<(PathBuf, Option<safe_fs::PrestageDir>)> = None;
-                let mut files = Vec::new();
-                for job in receive.iter().flatten() {
-                    let (Some(parent), Some(name)) = (job.path.parent(), job.path.file_name())
-                    else {
-                        continue;
-                    };
-                    if dir.as_ref().is_none_or(|(p, _)| p != parent) {
-                        let found = safe_fs::prestage_dir(&mut walk, &root, &job.path);
-                        dir = Some((parent.to_path_buf(), found));
+                for mut jobs in receive.iter() {
+                    for job in &mut jobs {
+                        let (Some(parent), Some(name)) = (job.path.parent(), job.path.file_name())
+                        else {
+                            continue;
+                        };
+                        let Some(bytes) = job.ahead.to_write() else {
+                            continue;
+                        };
+                        if dir.as_ref().is_none_or(|(p, _)| p != parent) {
+                            let found = safe_fs::prestage_dir(&mut walk, &root, &job.path);
+                            dir = Some((parent.to_path_buf(), found));
+                        }
+                        let Some((_, Some(d))) = &dir else {
+                            continue;
+                        };
+                        if let Some(file) = d.prestage(name, &bytes, job.mode) {
+                            job.ahead.written(file, &bytes);
+                            job.written = Some(bytes);
+                        }
                     }
-                    let Some((_, Some(d))) = &dir else {
-                        continue;
-                    };
-                    if let Some(file) = d.prestage(name, &job.bytes, job.mode) {
-                        files.push((job.path, Some((file, job.bytes))));
-                    }
+                    // Gone with the main thread: freed here, then.
+                    let _ = give_back.send(jobs);
                 }
-                PrestagedFiles::new(files)
             })
             .ok()?;
         Some(Prestager {
             send: Some(send),
-            pending: RefCell::new(Vec::with_capacity(HANDOFF)),
+            done,
+            pending: std::cell::RefCell::new(Vec::with_capacity(HANDOFF)),
             thread: Some(thread),
             allowed: allowed.to_vec(),
+            empty: Arc::from(&b""[..]),
         })
     }
 
     /// Offers a rendered file; the thread writes it when it qualifies (see
-    /// the module's docs). Never blocks.
-    pub fn offer(&self, path: &Path, spec: &FileSpec) {
-        let Some(content) = &spec.content else {
+    /// the module's docs), and from then on the file's content is held by
+    /// the file written ahead. Never blocks.
+    pub fn offer(&self, path: &Path, spec: &mut FileSpec) {
+        let mode = spec.mode.unwrap_or(DEFAULT_MODE);
+        let qualifies = spec.owner.is_none()
+            && spec.group.is_none()
+            && spec.validate.is_empty()
+            && (self.allowed.is_empty() || self.allowed.iter().any(|a| path.starts_with(a)));
+        let Some(content) = spec.content.as_mut() else {
             return;
         };
-        if content.undecryptable.is_some()
-            || spec.owner.is_some()
-            || spec.group.is_some()
-            || !spec.validate.is_empty()
-            || !(self.allowed.is_empty() || self.allowed.iter().any(|a| path.starts_with(a)))
-        {
+        if !qualifies || content.undecryptable.is_some() || content.ahead.is_some() {
             return;
         }
+        let bytes = std::mem::replace(&mut content.bytes, self.empty.clone());
+        let ahead = Arc::new(Ahead::new(bytes));
+        content.ahead = Some(ahead.clone());
         let mut pending = self.pending.borrow_mut();
         pending.push(Job {
             path: path.to_path_buf(),
-            bytes: content.bytes.clone(),
-            mode: spec.mode.unwrap_or(DEFAULT_MODE),
+            ahead,
+            mode,
+            written: None,
         });
         if pending.len() >= HANDOFF {
-            let jobs = std::mem::replace(&mut *pending, Vec::with_capacity(HANDOFF));
+            // The next batch reuses one the thread is done with (its
+            // files' bytes are freed here, by the clear).
+            let next = match self.done.try_recv() {
+                Ok(mut used) => {
+                    used.clear();
+                    used
+                }
+                Err(_) => Vec::with_capacity(HANDOFF),
+            };
+            let jobs = std::mem::replace(&mut *pending, next);
             self.hand_over(jobs);
         }
     }
@@ -123,92 +293,33 @@ impl Prestager {
     fn hand_over(&self, jobs: Vec<Job>) {
         if let Some(send) = &self.send {
             // The thread stops only when dropped: a failed send loses a
-            // head start, nothing else.
+            // head start, nothing else (the bytes stay with the spec).
             let _ = send.send(jobs);
         }
     }
 
-    /// Waits for the thread to write what it was offered, and returns it.
-    pub fn finish(mut self) -> PrestagedFiles {
-        self.join()
+    /// Waits for the thread to write what it was offered.
+    pub fn finish(mut self) {
+        self.join();
     }
 
-    fn join(&mut self) -> PrestagedFiles {
+    fn join(&mut self) {
         let jobs = std::mem::take(&mut *self.pending.borrow_mut());
         if !jobs.is_empty() {
             self.hand_over(jobs);
         }
         drop(self.send.take());
-        self.thread
-            .take()
-            .and_then(|t| t.join().ok())
-            .unwrap_or_default()
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        while self.done.try_recv().is_ok() {}
     }
 }
 
 impl Drop for Prestager {
-    /// Not finished (the branch did not render or plan): the thread ends
-    /// and what it wrote goes, never having had a name.
+    /// Not finished (the branch did not render or plan): the thread ends;
+    /// what it wrote goes with the specs, never having had a name.
     fn drop(&mut self) {
-        drop(self.join());
-    }
-}
-
-/// A file written ahead (until taken), with the content it was written
-/// from, by host path.
-type Written = (PathBuf, Option<(Prestaged, Arc<[u8]>)>);
-
-/// Files written ahead, sorted by host path: a list searched in halves
-/// holds a thousand of them in half the memory of a hash table (and the
-/// table's growth beside it), at a time when every rendered file is still
-/// in memory.
-#[derive(Debug, Default)]
-pub struct PrestagedFiles {
-    files: Vec<Written>,
-    /// How many are not taken yet.
-    left: usize,
-}
-
-impl PrestagedFiles {
-    fn new(mut files: Vec<Written>) -> PrestagedFiles {
-        files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let left = files.len();
-        PrestagedFiles { files, left }
-    }
-
-    fn find(&self, path: &Path) -> Option<usize> {
-        self.files
-            .binary_search_by(|(p, _)| p.as_path().cmp(path))
-            .ok()
-    }
-
-    /// The file written ahead for `path`, when it holds exactly `content`
-    /// (the same rendered bytes, not an equal copy) with `mode`. A file
-    /// written for `path` from anything else is dropped. The list goes
-    /// once every file is taken.
-    pub fn take(&mut self, path: &Path, content: &Arc<[u8]>, mode: u32) -> Option<Prestaged> {
-        let i = self.find(path)?;
-        let (file, bytes) = self.files[i].1.take()?;
-        self.left -= 1;
-        if self.left == 0 {
-            self.files = Vec::new();
-        }
-        (Arc::ptr_eq(&bytes, content) && file.mode() == mode).then_some(file)
-    }
-
-    /// The inode of the file written ahead for `path`.
-    #[cfg(test)]
-    pub fn inode_of(&self, path: &Path) -> Option<u64> {
-        let (_, written) = &self.files[self.find(path)?];
-        written.as_ref().map(|(file, _)| file.inode())
-    }
-
-    /// How many files are written ahead and not taken.
-    pub fn len(&self) -> usize {
-        self.left
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.left == 0
+        self.join();
     }
 }

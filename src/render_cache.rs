@@ -149,10 +149,11 @@ impl CachedState {
             {
                 return None;
             }
+            let (size, sha256) = content.digest().ok()?;
             files.push(CachedFile {
                 path: path.clone(),
-                size: content.bytes.len() as u64,
-                sha256: hex::encode(Sha256::digest(&content.bytes[..])),
+                size,
+                sha256: hex::encode(sha256),
                 mode: spec.mode,
             });
         }

@@ -559,7 +559,8 @@ impl Entry {
 
 /// An unnamed file in `dir`, within the process's budget (see
 /// `Entry::open_unnamed`). Nobody can open it by name, so it may carry its
-/// final permission bits from the start (less the umask).
+/// final permission bits from the start (less the umask). Open for reading
+/// too: a file written ahead is read back when it cannot be adopted.
 fn unnamed_in(dir: &OwnedFd, mode: u32) -> Option<UnnamedFd> {
     static PROC_FD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     if UNNAMED_OPEN.load(Ordering::Relaxed) >= unnamed_budget()
@@ -570,7 +571,7 @@ fn unnamed_in(dir: &OwnedFd, mode: u32) -> Option<UnnamedFd> {
     nix::fcntl::openat(
         dir,
         ".",
-        OFlag::O_WRONLY | OFlag::O_TMPFILE | OFlag::O_CLOEXEC,
+        OFlag::O_RDWR | OFlag::O_TMPFILE | OFlag::O_CLOEXEC,
         Mode::from_bits_truncate(mode & 0o777),
     )
     .ok()
@@ -737,6 +738,17 @@ impl Prestaged {
     /// The mode it was written with.
     pub fn mode(&self) -> u32 {
         self.mode
+    }
+
+    /// Its first `len` bytes, read back (the file's content when it was
+    /// written with `len` bytes).
+    pub fn read_back(&self, len: u64) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let len = usize::try_from(len).map_err(|_| std::io::Error::other("too large"))?;
+        let file = std::fs::File::from(self.fd.fd.try_clone()?);
+        let mut bytes = vec![0; len];
+        file.read_exact_at(&mut bytes, 0)?;
+        Ok(bytes)
     }
 
     #[cfg(test)]

@@ -5,7 +5,6 @@
 //! applies writes while it renders, `prestage`, have no name until the
 //! apply commits them).
 
-use std::cell::RefCell;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -16,7 +15,7 @@ use super::{Run, Stop};
 use crate::apply::{self, ApplyOptions, Outcome};
 use crate::desired::DesiredState;
 use crate::plan::{self, Plan};
-use crate::prestage::{PrestagedFiles, Prestager};
+use crate::prestage::Prestager;
 use crate::render_cache::{self, CacheKey, CachedState};
 use crate::report::Mode;
 use crate::resource::accounts;
@@ -93,7 +92,7 @@ impl Run<'_> {
 
     /// Observes, plans and checks or applies `desired`; stores the render
     /// cache entry of `cache_key` afterwards. What `prestager` wrote is
-    /// adopted where the plan writes the same; the rest goes.
+    /// adopted where the plan writes it to a missing path; the rest goes.
     fn converge_state(
         &self,
         desired: DesiredState,
@@ -148,11 +147,15 @@ impl Run<'_> {
         let mut desired = desired;
         let deferred = plan.deferred_files();
         desired.release_file_contents(&|p| deferred.contains(p));
-        let prestaged = prestager.map(Prestager::finish).unwrap_or_default();
+        // Every file the thread was offered is written ahead or left to
+        // the apply before the apply starts.
+        if let Some(p) = prestager {
+            p.finish();
+        }
         let outcomes = if opts.mode == Mode::Check || opts.dry_run {
             apply::check(&plan)
         } else {
-            self.apply(&plan, &desired, backends, prestaged)
+            self.apply(&plan, &desired, backends)
         };
         Ok(Converged {
             outcomes,
@@ -264,13 +267,7 @@ impl Run<'_> {
 
     /// Apply: every step of the plan, parents first; `stop` is polled
     /// between changes (the change in hand is finished, the rest skipped).
-    fn apply(
-        &self,
-        plan: &Plan,
-        desired: &DesiredState,
-        backends: Backends,
-        prestaged: PrestagedFiles,
-    ) -> Vec<Outcome> {
+    fn apply(&self, plan: &Plan, desired: &DesiredState, backends: Backends) -> Vec<Outcome> {
         let backup_dir = self
             .settings
             .state_dir
@@ -285,7 +282,6 @@ impl Run<'_> {
                 backup_dir,
                 stop: &stop,
                 backends,
-                prestaged: RefCell::new(prestaged),
             },
         );
         for o in outcomes

@@ -5,7 +5,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::accounts::{Accounts, WantedMeta};
-use super::node::{NewContent, NodeAction, NodeObservation, Previous};
+use super::node::{NodeAction, NodeObservation, Previous};
 use super::{Attribute, Drift, meta_drift};
 use crate::desired::FileSpec;
 
@@ -61,7 +61,7 @@ pub fn diff(
         return (drift, Some(NodeAction::Refuse(why.clone())));
     }
     let write = |uid, gid, mode, previous| NodeAction::WriteFile {
-        content: NewContent::new(content.bytes.clone()),
+        content: content.to_write(),
         uid,
         gid,
         mode,
@@ -82,14 +82,13 @@ pub fn diff(
             meta,
             content: have,
         } => {
-            let same = have.as_deref() == Some(&content.bytes[..]);
+            let bytes = match content.current() {
+                Ok(b) => b,
+                Err(why) => return (drift, Some(NodeAction::Refuse(why))),
+            };
+            let same = have.as_deref() == Some(&bytes[..]);
             if !same {
-                drift.push(content_drift(
-                    path,
-                    &content.bytes,
-                    have.as_deref(),
-                    spec.secret,
-                ));
+                drift.push(content_drift(path, &bytes, have.as_deref(), spec.secret));
             }
             meta_drift(want, &meta, accounts, &mut drift);
             let action = if !same {
@@ -199,11 +198,8 @@ mod tests {
 
     fn spec(content: Option<&str>, mode: Option<u32>, secret: bool) -> FileSpec {
         FileSpec {
-            content: content.map(|c| FileContent {
-                bytes: c.as_bytes().to_vec().into(),
-                origin: "content".into(),
-                undecryptable: None,
-            }),
+            content: content
+                .map(|c| FileContent::new(c.as_bytes().to_vec().into(), "content".into())),
             owner: None,
             group: None,
             mode,
@@ -281,7 +277,7 @@ mod tests {
             a,
             Some(NodeAction::WriteFile {
                 // The new content travels with the step.
-                content: NewContent::new(b"new\n".to_vec().into()),
+                content: crate::resource::node::NewContent::new(b"new\n".to_vec().into()),
                 uid: Some(0),
                 gid: Some(0),
                 mode: 0o640,

@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::safe_fs::{Entry, NodeKind, SafeFsError, WalkCache};
+use crate::prestage::Ahead;
+use crate::safe_fs::{Entry, NodeKind, Prestaged, SafeFsError, WalkCache};
 
 /// A node on disk, read without following symlinks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,40 +127,80 @@ impl Previous {
 /// (no copy) until the run lets go of them there, and given up by the step
 /// once the file is staged: a first apply of a thousand files holds each
 /// file's content only until it is written, not all of them to the end.
+/// A file written ahead of the plan (`prestage`) carries that file
+/// instead, and its bytes are read back only if it cannot be used.
 /// Debug shows the size only: the file may be a secret.
-pub struct NewContent(std::sync::Mutex<Option<Arc<[u8]>>>);
+pub struct NewContent(std::sync::Mutex<Option<Carried>>);
+
+#[derive(Clone, PartialEq, Eq)]
+enum Carried {
+    Bytes(Arc<[u8]>),
+    Ahead(Arc<Ahead>),
+}
 
 impl NewContent {
     pub fn new(bytes: Arc<[u8]>) -> NewContent {
-        NewContent(std::sync::Mutex::new(Some(bytes)))
+        NewContent(std::sync::Mutex::new(Some(Carried::Bytes(bytes))))
     }
 
-    /// The bytes, unless `release` gave them up.
-    pub fn get(&self) -> Option<Arc<[u8]>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// Content offered to be written ahead (`prestage`).
+    pub fn ahead(ahead: Arc<Ahead>) -> NewContent {
+        NewContent(std::sync::Mutex::new(Some(Carried::Ahead(ahead))))
+    }
+
+    fn carried(&self) -> std::sync::MutexGuard<'_, Option<Carried>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Gives up the bytes (they are written).
     pub fn release(&self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.carried().take();
+    }
+
+    /// Whether `release` gave the content up.
+    pub fn is_released(&self) -> bool {
+        self.carried().is_none()
     }
 
     /// The bytes, or why not: a step's content is written once.
     pub fn bytes(&self) -> Result<Arc<[u8]>, String> {
-        self.get()
-            .ok_or_else(|| "the new content was already written and let go".to_string())
+        let carried = self.carried().clone();
+        match carried {
+            Some(Carried::Bytes(b)) => Ok(b),
+            Some(Carried::Ahead(a)) => a.bytes(),
+            None => Err("the new content was already written and let go".to_string()),
+        }
+    }
+
+    /// The file written ahead with these bytes and `mode`, if any
+    /// (`Ahead::take`); give it back with `give_back` if it is not used.
+    pub fn take_ahead(&self, mode: u32) -> Option<Prestaged> {
+        match &*self.carried() {
+            Some(Carried::Ahead(a)) => a.take(mode),
+            _ => None,
+        }
+    }
+
+    /// A file `take_ahead` gave that was not used.
+    pub fn give_back(&self, file: Prestaged) {
+        if let Some(Carried::Ahead(a)) = &*self.carried() {
+            a.give_back(file);
+        }
     }
 }
 
 impl Clone for NewContent {
     fn clone(&self) -> NewContent {
-        NewContent(std::sync::Mutex::new(self.get()))
+        NewContent(std::sync::Mutex::new(self.carried().clone()))
     }
 }
 
 impl PartialEq for NewContent {
     fn eq(&self, other: &NewContent) -> bool {
-        self.get() == other.get()
+        // One at a time: a step compared with itself must not wait for
+        // its own lock.
+        let mine = self.carried().clone();
+        mine == *other.carried()
     }
 }
 
@@ -167,8 +208,9 @@ impl Eq for NewContent {}
 
 impl std::fmt::Debug for NewContent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.get() {
-            Some(b) => write!(f, "NewContent({} bytes)", b.len()),
+        match &*self.carried() {
+            Some(Carried::Bytes(b)) => write!(f, "NewContent({} bytes)", b.len()),
+            Some(Carried::Ahead(a)) => write!(f, "NewContent({a:?})"),
             None => write!(f, "NewContent(written)"),
         }
     }

@@ -430,7 +430,7 @@ pub fn load_with_secrets(
 }
 
 /// What `load_streaming` hands each file to.
-pub type OnFile<'a> = &'a dyn Fn(&Path, &FileSpec);
+pub type OnFile<'a> = &'a dyn Fn(&Path, &mut FileSpec);
 
 /// `load_with_secrets` that hands each file to `on_file` as soon as it is
 /// rendered (while no error has been found), for work that can start
@@ -534,12 +534,12 @@ impl Builder<'_> {
             let id = format!("file {path}");
             if let Some(p) = self.host_path(&loc, &path, &id, &mut kinds, "file")
                 && self.only.is_none_or(|only| only.contains(&p))
-                && let Some(spec) = self.file_with_secrets(&loc, &id)
+                && let Some(mut spec) = self.file_with_secrets(&loc, &id)
             {
                 if let Some(on_file) = self.on_file
                     && self.errors.is_empty()
                 {
-                    on_file(&p, &spec);
+                    on_file(&p, &mut spec);
                 }
                 files.push((p, spec));
             }
@@ -865,11 +865,13 @@ impl Builder<'_> {
                 bytes: plain.into(),
                 origin,
                 undecryptable: None,
+                ahead: None,
             }),
             Ok(Opened::Unread) => Some(FileContent {
                 bytes: Arc::from(&b""[..]),
                 origin,
                 undecryptable: None,
+                ahead: None,
             }),
             Err(e) if matches!(self.secrets, Secrets::Unread) => {
                 self.error_at(loc, spanned, id, format!("source '{path}': {e}"));
@@ -879,6 +881,7 @@ impl Builder<'_> {
                 bytes: Arc::from(&b""[..]),
                 origin,
                 undecryptable: Some(format!("cannot decrypt {path}: {e}")),
+                ahead: None,
             }),
         }
     }
@@ -908,6 +911,7 @@ impl Builder<'_> {
                 bytes: bytes.into(),
                 origin: "content".into(),
                 undecryptable: None,
+                ahead: None,
             };
             return Some(self.with_secret_use(c, used));
         }
@@ -952,6 +956,7 @@ impl Builder<'_> {
                 bytes: bytes.into(),
                 origin: format!("source:{path}"),
                 undecryptable: None,
+                ahead: None,
             });
         }
         let Ok(text) = String::from_utf8(bytes) else {
@@ -989,6 +994,7 @@ impl Builder<'_> {
                         bytes: out.into_bytes().into(),
                         origin: "content".into(),
                         undecryptable: None,
+                        ahead: None,
                     };
                     Some(self.with_secret_use(c, used))
                 }
@@ -1060,6 +1066,7 @@ impl Builder<'_> {
                     bytes: out.into(),
                     origin: format!("template:{path}"),
                     undecryptable: None,
+                    ahead: None,
                 };
                 let used = self.renderer.file_secret_use(path.as_str());
                 Some(self.with_secret_use(c, used))
