@@ -5,7 +5,9 @@
 //! A [`Prestager`] takes each file as soon as it is rendered and, on a
 //! thread of its own, writes it to an unnamed file (`O_TMPFILE`) in its
 //! directory (`safe_fs::PrestageDir::prestage`): invisible, and gone when
-//! dropped. From then on the file's rendered bytes are not held in memory:
+//! dropped. When the thread falls behind, the main thread writes a batch
+//! itself, and it writes the last ones with the thread once the branch is
+//! rendered. From then on the file's rendered bytes are not held in memory:
 //! the unnamed file holds them ([`Ahead`]), so a first apply never holds
 //! every rendered file at once. Once the plan is whole, the apply stage
 //! adopts such a file into its write batch instead of writing it again,
@@ -21,9 +23,9 @@
 //! may hold more unnamed files open (`safe_fs`' budget, shared with the
 //! batches).
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use sha2::{Digest, Sha256};
 
@@ -186,13 +188,83 @@ impl PartialEq for Ahead {
 
 impl Eq for Ahead {}
 
+/// Writes jobs, one directory walk per directory; a file allocates
+/// nothing here. One per thread that writes (the thread, and the main
+/// thread when it helps).
+struct Writer {
+    root: PathBuf,
+    walk: safe_fs::WalkCache,
+    dir: Option<(PathBuf, Option<safe_fs::PrestageDir>)>,
+}
+
+impl Writer {
+    fn new(root: &Path) -> Writer {
+        Writer {
+            root: root.to_path_buf(),
+            walk: safe_fs::WalkCache::default(),
+            dir: None,
+        }
+    }
+
+    fn write(&mut self, jobs: &mut [Job]) {
+        for job in jobs {
+            let (Some(parent), Some(name)) = (job.path.parent(), job.path.file_name()) else {
+                continue;
+            };
+            let Some(bytes) = job.ahead.to_write() else {
+                continue;
+            };
+            if self.dir.as_ref().is_none_or(|(p, _)| p != parent) {
+                let found = safe_fs::prestage_dir(&mut self.walk, &self.root, &job.path);
+                self.dir = Some((parent.to_path_buf(), found));
+            }
+            let Some((_, Some(d))) = &self.dir else {
+                continue;
+            };
+            if let Some(file) = d.prestage(name, &bytes, job.mode) {
+                job.ahead.written(file, &bytes);
+                job.written = Some(bytes);
+            }
+        }
+    }
+}
+
+/// Batches between the main thread and the thread.
+#[derive(Default)]
+struct Queue {
+    /// Handed over, not yet taken by a writer.
+    waiting: std::collections::VecDeque<Vec<Job>>,
+    /// Written by the thread, to be dropped on the main thread.
+    done: Vec<Vec<Job>>,
+    /// No more batches come.
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Signalled when a batch is handed over or the queue is closed.
+    handed: Condvar,
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// When this many batches wait for the thread, the main thread writes the
+/// next one itself: the thread is behind, and each waiting file's bytes
+/// are held until it is written.
+const MAX_WAITING: usize = 2;
+
 /// The thread writing rendered files ahead of the plan.
 pub struct Prestager {
-    send: Option<mpsc::Sender<Vec<Job>>>,
-    /// Jobs the thread is done with, to be dropped here.
-    done: mpsc::Receiver<Vec<Job>>,
+    shared: Arc<Shared>,
     /// Offered, not yet handed over.
-    pending: std::cell::RefCell<Vec<Job>>,
+    pending: RefCell<Vec<Job>>,
+    /// The main thread's own writer, for when it helps.
+    writer: RefCell<Writer>,
     thread: Option<std::thread::JoinHandle<()>>,
     allowed: Vec<PathBuf>,
     /// What an offered file's spec holds in place of its bytes.
@@ -205,54 +277,43 @@ impl Prestager {
     pub fn start(root: &Path, allowed: &[PathBuf]) -> Option<Prestager> {
         // Before the thread exists: see `reserve_descriptors`.
         safe_fs::reserve_descriptors(MAX_RESERVED);
-        let (send, receive) = mpsc::channel::<Vec<Job>>();
-        let (give_back, done) = mpsc::channel::<Vec<Job>>();
-        let root = root.to_path_buf();
+        let shared = Arc::new(Shared::default());
+        let theirs = shared.clone();
+        let mut writer = Writer::new(root);
         let thread = std::thread::Builder::new()
             .name("prestage".into())
             .spawn(move || {
-                // One walk per directory; a file allocates nothing here.
-                let mut walk = safe_fs::WalkCache::default();
-                let mut dir: Option<(PathBuf, Option<safe_fs::PrestageDir>)> = None;
-                for mut jobs in receive.iter() {
-                    for job in &mut jobs {
-                        let (Some(parent), Some(name)) = (job.path.parent(), job.path.file_name())
-                        else {
-                            continue;
-                        };
-                        let Some(bytes) = job.ahead.to_write() else {
-                            continue;
-                        };
-                        if dir.as_ref().is_none_or(|(p, _)| p != parent) {
-                            let found = safe_fs::prestage_dir(&mut walk, &root, &job.path);
-                            dir = Some((parent.to_path_buf(), found));
+                loop {
+                    let mut jobs = {
+                        let mut q = theirs.queue();
+                        loop {
+                            if let Some(jobs) = q.waiting.pop_front() {
+                                break jobs;
+                            }
+                            if q.closed {
+                                return;
+                            }
+                            q = theirs.handed.wait(q).unwrap_or_else(|e| e.into_inner());
                         }
-                        let Some((_, Some(d))) = &dir else {
-                            continue;
-                        };
-                        if let Some(file) = d.prestage(name, &bytes, job.mode) {
-                            job.ahead.written(file, &bytes);
-                            job.written = Some(bytes);
-                        }
-                    }
-                    // Gone with the main thread: freed here, then.
-                    let _ = give_back.send(jobs);
+                    };
+                    writer.write(&mut jobs);
+                    theirs.queue().done.push(jobs);
                 }
             })
             .ok()?;
         Some(Prestager {
-            send: Some(send),
-            done,
-            pending: std::cell::RefCell::new(Vec::with_capacity(HANDOFF)),
+            shared,
+            pending: RefCell::new(Vec::with_capacity(HANDOFF)),
+            writer: RefCell::new(Writer::new(root)),
             thread: Some(thread),
             allowed: allowed.to_vec(),
             empty: Arc::from(&b""[..]),
         })
     }
 
-    /// Offers a rendered file; the thread writes it when it qualifies (see
+    /// Offers a rendered file; it is written ahead when it qualifies (see
     /// the module's docs), and from then on the file's content is held by
-    /// the file written ahead. Never blocks.
+    /// the file written ahead.
     pub fn offer(&self, path: &Path, spec: &mut FileSpec) {
         let mode = spec.mode.unwrap_or(DEFAULT_MODE);
         let qualifies = spec.owner.is_none()
@@ -275,51 +336,71 @@ impl Prestager {
             mode,
             written: None,
         });
-        if pending.len() >= HANDOFF {
-            // The next batch reuses one the thread is done with (its
-            // files' bytes are freed here, by the clear).
-            let next = match self.done.try_recv() {
-                Ok(mut used) => {
-                    used.clear();
-                    used
-                }
-                Err(_) => Vec::with_capacity(HANDOFF),
-            };
-            let jobs = std::mem::replace(&mut *pending, next);
-            self.hand_over(jobs);
+        if pending.len() < HANDOFF {
+            return;
+        }
+        let (behind, done) = {
+            let mut q = self.shared.queue();
+            (q.waiting.len() >= MAX_WAITING, std::mem::take(&mut q.done))
+        };
+        // What the thread wrote is freed here (see `Job`), and one of its
+        // batches carries the next.
+        let mut next = None;
+        for mut used in done {
+            used.clear();
+            next = Some(used);
+        }
+        let next = next.unwrap_or_else(|| Vec::with_capacity(HANDOFF));
+        let mut jobs = std::mem::replace(&mut *pending, next);
+        if behind {
+            self.writer.borrow_mut().write(&mut jobs);
+        } else {
+            self.shared.queue().waiting.push_back(jobs);
+            self.shared.handed.notify_one();
         }
     }
 
-    fn hand_over(&self, jobs: Vec<Job>) {
-        if let Some(send) = &self.send {
-            // The thread stops only when dropped: a failed send loses a
-            // head start, nothing else (the bytes stay with the spec).
-            let _ = send.send(jobs);
-        }
-    }
-
-    /// Waits for the thread to write what it was offered.
+    /// Writes what was offered, with the thread, and waits for it.
     pub fn finish(mut self) {
+        let rest = std::mem::take(&mut *self.pending.borrow_mut());
+        if !rest.is_empty() {
+            self.shared.queue().waiting.push_back(rest);
+        }
+        self.shared.queue().closed = true;
+        self.shared.handed.notify_one();
+        // The main thread takes the newest batches while the thread works
+        // through the oldest.
+        loop {
+            let Some(mut jobs) = self.shared.queue().waiting.pop_back() else {
+                break;
+            };
+            self.writer.borrow_mut().write(&mut jobs);
+        }
         self.join();
     }
 
+    /// Stops the thread once it has written the batch in hand (no other
+    /// is written) and frees what it wrote here.
     fn join(&mut self) {
-        let jobs = std::mem::take(&mut *self.pending.borrow_mut());
-        if !jobs.is_empty() {
-            self.hand_over(jobs);
+        {
+            let mut q = self.shared.queue();
+            q.closed = true;
+            q.waiting.clear();
         }
-        drop(self.send.take());
+        self.shared.handed.notify_one();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        while self.done.try_recv().is_ok() {}
+        drop(std::mem::take(&mut self.shared.queue().done));
     }
 }
 
 impl Drop for Prestager {
-    /// Not finished (the branch did not render or plan): the thread ends;
-    /// what it wrote goes with the specs, never having had a name.
+    /// Not finished (the branch did not render): the thread ends, and
+    /// what was written goes with the specs, never having had a name.
     fn drop(&mut self) {
-        self.join();
+        if self.thread.is_some() {
+            self.join();
+        }
     }
 }

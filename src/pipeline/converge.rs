@@ -42,9 +42,9 @@ enum Rendered {
     /// The same commit as a run before, and the host still matches its
     /// cached digests: nothing to parse, render, observe or plan.
     InSync(CachedState),
-    /// The desired state, the cache entry to write once it is planned, and
-    /// the files written ahead while it rendered.
-    State(DesiredState, Option<CacheKey>, Option<Prestager>),
+    /// The desired state (its files written ahead while it rendered
+    /// included) and the cache entry to write once it is planned.
+    State(DesiredState, Option<CacheKey>),
     /// The same commit as a run before, but some files differ from its
     /// cached digests: the state of those files alone, and the files the
     /// cache found as they must be.
@@ -61,7 +61,7 @@ impl Run<'_> {
     ) -> Result<Converged, Stop> {
         let span = info_span!("converge", commit = commit.unwrap_or(""));
         let _guard = span.enter();
-        let (desired, cache_key, prestager) = match self.render(tree, commit)? {
+        let (desired, cache_key) = match self.render(tree, commit)? {
             Rendered::InSync(hit) => {
                 let outcomes = hit
                     .files
@@ -73,9 +73,9 @@ impl Run<'_> {
                     desired: None,
                 });
             }
-            Rendered::State(desired, key, prestager) => (desired, key, prestager),
+            Rendered::State(desired, key) => (desired, key),
             Rendered::Drifted(desired, in_sync) => {
-                let mut converged = self.converge_state(desired, None, None)?;
+                let mut converged = self.converge_state(desired, None)?;
                 converged.outcomes.extend(
                     in_sync
                         .iter()
@@ -87,17 +87,16 @@ impl Run<'_> {
                 return Ok(converged);
             }
         };
-        self.converge_state(desired, cache_key, prestager)
+        self.converge_state(desired, cache_key)
     }
 
     /// Observes, plans and checks or applies `desired`; stores the render
-    /// cache entry of `cache_key` afterwards. What `prestager` wrote is
+    /// cache entry of `cache_key` afterwards. A file written ahead is
     /// adopted where the plan writes it to a missing path; the rest goes.
     fn converge_state(
         &self,
         desired: DesiredState,
         cache_key: Option<CacheKey>,
-        prestager: Option<Prestager>,
     ) -> Result<Converged, Stop> {
         let opts = self.opts;
         let settings = self.settings;
@@ -147,11 +146,6 @@ impl Run<'_> {
         let mut desired = desired;
         let deferred = plan.deferred_files();
         desired.release_file_contents(&|p| deferred.contains(p));
-        // Every file the thread was offered is written ahead or left to
-        // the apply before the apply starts.
-        if let Some(p) = prestager {
-            p.finish();
-        }
         let outcomes = if opts.mode == Mode::Check || opts.dry_run {
             apply::check(&plan)
         } else {
@@ -205,6 +199,12 @@ impl Run<'_> {
             }),
             None => spec::load_with_secrets(tree, self.facts, &self.secrets),
         };
+        // Every file offered is written ahead (its bytes let go) or left to
+        // the apply before the cache entry and the plan are made: the bytes
+        // are not held beside them.
+        if let Some(p) = prestager {
+            p.finish();
+        }
         let desired = loaded.map_err(|errs| {
             for e in &errs.0 {
                 warn!(file = %e.file, line = e.line, column = e.column, error = %e.message, "branch does not render");
@@ -220,7 +220,7 @@ impl Run<'_> {
                 outside.iter().map(ToString::to_string).collect(),
             ));
         }
-        Ok(Rendered::State(desired, store, prestager))
+        Ok(Rendered::State(desired, store))
     }
 
     /// The files of a cached commit that differ from its digests, rendered
