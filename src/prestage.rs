@@ -404,3 +404,134 @@ impl Drop for Prestager {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::FileContent;
+
+    fn spec(body: &str) -> FileSpec {
+        FileSpec {
+            content: Some(FileContent::new(
+                body.as_bytes().to_vec().into(),
+                "content".into(),
+            )),
+            owner: None,
+            group: None,
+            mode: None,
+            notify: vec![],
+            notify_action: Default::default(),
+            notify_actions: Default::default(),
+            secret: false,
+            validate: vec![],
+        }
+    }
+
+    impl Prestager {
+        /// A prestager whose thread never takes a batch: the main thread
+        /// writes them all (when two wait, and at `finish`).
+        fn without_thread(root: &Path) -> Prestager {
+            Prestager {
+                shared: Arc::new(Shared::default()),
+                pending: RefCell::new(Vec::with_capacity(HANDOFF)),
+                writer: RefCell::new(Writer::new(root)),
+                thread: None,
+                allowed: vec![],
+                empty: Arc::from(&b""[..]),
+            }
+        }
+    }
+
+    /// Offers `n` files in two directories (one of them still to be made)
+    /// and checks that each is written ahead, holds its own bytes, and
+    /// nothing has a name.
+    fn offers_all(p: Prestager, root: &Path, n: usize) {
+        std::fs::create_dir(root.join("etc")).unwrap();
+        let mut specs: Vec<(PathBuf, FileSpec)> = (0..n)
+            .map(|i| {
+                let dir = if i % 2 == 0 { "etc" } else { "srv/new" };
+                (
+                    PathBuf::from(format!("/{dir}/f{i:04}.conf")),
+                    spec(&format!("file {i}\n")),
+                )
+            })
+            .collect();
+        for (path, spec) in specs.iter_mut() {
+            p.offer(path, spec);
+        }
+        p.finish();
+        for (i, (path, spec)) in specs.iter().enumerate() {
+            let content = spec.content.as_ref().unwrap();
+            assert!(content.bytes.is_empty(), "{}", path.display());
+            let ahead = content.ahead.as_ref().unwrap();
+            assert!(ahead.is_written(), "{}", path.display());
+            assert_eq!(
+                &ahead.bytes().unwrap()[..],
+                format!("file {i}\n").as_bytes()
+            );
+        }
+        assert_eq!(std::fs::read_dir(root.join("etc")).unwrap().count(), 0);
+        assert!(!root.join("srv").exists());
+    }
+
+    #[test]
+    fn every_file_offered_is_written_ahead_by_the_thread_or_the_main_thread() {
+        let root = tempfile::tempdir().unwrap();
+        let p = Prestager::start(root.path(), &[]).unwrap();
+        offers_all(p, root.path(), 10 * HANDOFF + 7);
+    }
+
+    #[test]
+    fn the_main_thread_writes_what_the_thread_does_not_take() {
+        let root = tempfile::tempdir().unwrap();
+        let p = Prestager::without_thread(root.path());
+        offers_all(p, root.path(), 10 * HANDOFF + 7);
+    }
+
+    #[test]
+    fn a_thread_behind_holds_at_most_two_batches_of_bytes() {
+        let root = tempfile::tempdir().unwrap();
+        let p = Prestager::without_thread(root.path());
+        let mut specs: Vec<(PathBuf, FileSpec)> = (0..5 * HANDOFF)
+            .map(|i| (PathBuf::from(format!("/f{i:03}")), spec("x\n")))
+            .collect();
+        for (path, spec) in specs.iter_mut() {
+            p.offer(path, spec);
+        }
+        assert_eq!(p.shared.queue().waiting.len(), MAX_WAITING);
+        let written = specs
+            .iter()
+            .filter(|(_, s)| {
+                s.content
+                    .as_ref()
+                    .unwrap()
+                    .ahead
+                    .as_ref()
+                    .unwrap()
+                    .is_written()
+            })
+            .count();
+        // Two batches wait; the other three were written as they came.
+        assert_eq!(written, 3 * HANDOFF);
+        p.finish();
+    }
+
+    #[test]
+    fn a_prestager_dropped_unfinished_writes_nothing_more() {
+        let root = tempfile::tempdir().unwrap();
+        let p = Prestager::without_thread(root.path());
+        let mut specs: Vec<(PathBuf, FileSpec)> = (0..HANDOFF + 1)
+            .map(|i| (PathBuf::from(format!("/f{i}")), spec("x\n")))
+            .collect();
+        for (path, spec) in specs.iter_mut() {
+            p.offer(path, spec);
+        }
+        drop(p);
+        // Nothing was written; every file keeps its bytes.
+        for (_, spec) in &specs {
+            let ahead = spec.content.as_ref().unwrap().ahead.clone().unwrap();
+            assert!(!ahead.is_written());
+            assert_eq!(&ahead.bytes().unwrap()[..], b"x\n");
+        }
+    }
+}
