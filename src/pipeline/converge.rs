@@ -201,8 +201,11 @@ impl Run<'_> {
         };
         // Every file offered is written ahead (its bytes let go) or left to
         // the apply before the cache entry and the plan are made: the bytes
-        // are not held beside them.
-        if let Some(p) = prestager {
+        // are not held beside them. A branch that does not render writes
+        // nothing more (dropped, the prestager only stops its thread).
+        if let Some(p) = prestager
+            && loaded.is_ok()
+        {
             p.finish();
         }
         let desired = loaded.map_err(|errs| {
