@@ -10,7 +10,13 @@
 //!     exit with CODE (default 0). FILE adds one argument per line after
 //!     ARGS (for argument lists too long for one string, such as 10,000
 //!     paths). Prints `min_ms median_ms max_rss_kib`; with `--cpu`, also
-//!     the median CPU time (user + system, from the same `rusage`) in ms.
+//!     the median CPU time (user + system, from the same `rusage`) in ms;
+//!     with `--anon`, last, the anonymous RSS in KiB (`RssAnon`) of one
+//!     more run (its own prepare first), read from `/proc` when the
+//!     process exits (traced with `PTRACE_O_TRACEEXIT`, which stops it
+//!     there before its memory goes) and not timed: what of the peak the
+//!     process owns (heap, stacks, relocated data) rather than shares
+//!     with the page cache (its code, the libraries).
 //!
 //! measure proxy LISTEN_PORT TARGET_PORT COUNT_FILE
 //!     A TCP proxy on 127.0.0.1 that forwards to TARGET_PORT and, after each
@@ -44,7 +50,15 @@ struct Rusage {
 
 unsafe extern "C" {
     fn wait4(pid: i32, status: *mut i32, options: i32, rusage: *mut Rusage) -> i32;
+    fn ptrace(request: i32, ...) -> i64;
 }
+
+const PTRACE_TRACEME: i32 = 0;
+const PTRACE_CONT: i32 = 7;
+const PTRACE_SETOPTIONS: i32 = 0x4200;
+const PTRACE_O_TRACEEXIT: usize = 0x40;
+const PTRACE_EVENT_EXIT: i32 = 6;
+const SIGTRAP: i32 = 5;
 
 fn die(msg: &str) -> ! {
     eprintln!("measure: {msg}");
@@ -81,6 +95,64 @@ fn run_once(argv: &[String]) -> (f64, i64, i32, f64) {
     (took, usage.maxrss, code, cpu(&usage.utime) + cpu(&usage.stime))
 }
 
+/// Runs one command traced, and returns its `RssAnon` (KiB) at exit.
+fn anon_at_exit(argv: &[String]) -> i64 {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    // SAFETY: between fork and exec the child only makes one syscall.
+    unsafe {
+        cmd.pre_exec(|| {
+            if ptrace(PTRACE_TRACEME, 0usize, 0usize, 0usize) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| die(&format!("{}: {e}", argv[0])));
+    let pid = child.id() as i32;
+    std::mem::forget(child);
+    let mut anon = None;
+    let mut traced = false;
+    let mut status = 0;
+    let mut usage = Rusage::default();
+    loop {
+        // SAFETY: our own (traced) child, valid out-pointers.
+        if unsafe { wait4(pid, &mut status, 0, &mut usage) } != pid {
+            die("wait4 failed");
+        }
+        if status & 0xff != 0x7f {
+            break; // exited or killed
+        }
+        let sig = (status >> 8) & 0xff;
+        let event = status >> 16;
+        let inject = if sig == SIGTRAP && event == PTRACE_EVENT_EXIT {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            anon = text
+                .lines()
+                .find_map(|l| l.strip_prefix("RssAnon:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok());
+            0
+        } else if !traced && sig == SIGTRAP {
+            // The stop after exec: from now on, stop again at exit.
+            // SAFETY: plain ptrace requests on our stopped tracee.
+            unsafe { ptrace(PTRACE_SETOPTIONS, pid, 0usize, PTRACE_O_TRACEEXIT) };
+            traced = true;
+            0
+        } else {
+            sig as usize // a signal for the process: delivered
+        };
+        // SAFETY: as above.
+        unsafe { ptrace(PTRACE_CONT, pid, 0usize, inject) };
+    }
+    anon.unwrap_or_else(|| die(&format!("{}: no exit stop seen", argv[0])))
+}
+
 fn sh(script: &str) {
     let ok = Command::new("sh")
         .arg("-c")
@@ -101,6 +173,7 @@ fn time(args: &[String]) {
     let mut argv: Vec<String> = Vec::new();
     let mut args_file: Option<String> = None;
     let mut with_cpu = false;
+    let mut with_anon = false;
     let mut i = 0;
     while i < args.len() {
         let next = |i: usize| {
@@ -116,6 +189,11 @@ fn time(args: &[String]) {
             "--args-file" => args_file = Some(next(i)),
             "--cpu" => {
                 with_cpu = true;
+                i += 1;
+                continue;
+            }
+            "--anon" => {
+                with_anon = true;
                 i += 1;
                 continue;
             }
@@ -157,13 +235,18 @@ fn time(args: &[String]) {
     } else {
         (times[runs / 2 - 1] + times[runs / 2]) / 2.0
     };
+    let mut line = format!("{:.2} {:.2} {}", times[0] * 1e3, median * 1e3, peak);
     if with_cpu {
         cpus.sort_by(f64::total_cmp);
-        let cpu = cpus[runs / 2];
-        println!("{:.2} {:.2} {} {:.2}", times[0] * 1e3, median * 1e3, peak, cpu * 1e3);
-    } else {
-        println!("{:.2} {:.2} {}", times[0] * 1e3, median * 1e3, peak);
+        line += &format!(" {:.2}", cpus[runs / 2] * 1e3);
     }
+    if with_anon {
+        if let Some(p) = &prepare {
+            sh(p);
+        }
+        line += &format!(" {}", anon_at_exit(&argv));
+    }
+    println!("{line}");
 }
 
 fn pump(mut from: TcpStream, mut to: TcpStream, count: &AtomicU64) {

@@ -16,7 +16,8 @@
 # Beside each, the floor: `sha256sum` over the same N files, the least any
 # checker must do (read them), and the ratio to it. Times are the minimum
 # and median of several runs of the whole process (spawn to exit, measured
-# by bench/measure.rs); RSS is the peak of each run (wait4's rusage).
+# by bench/measure.rs); RSS is the peak of each run (wait4's rusage), and
+# beside it the anonymous part (RssAnon) of one more run, read as it exits.
 # Then: the RSS of an idle `trueup agent` after 10 runs, the stripped
 # binary's size, and an unchanged-remote poll against a local `git daemon`.
 #
@@ -125,6 +126,8 @@ fi
 ms() { awk -v v="$1" 'BEGIN { if (v < 10) printf "%.2f ms", v; else if (v < 100) printf "%.1f ms", v; else if (v < 10000) printf "%.0f ms", v; else printf "%.1f s", v / 1000 }'; }
 mib() { awk -v v="$1" 'BEGIN { printf "%.1f MiB", v / 1024 }'; }
 mb() { awk -v v="$1" 'BEGIN { printf "%.1f MiB (%.1f MB)", v / 1024, v * 1.024 / 1000 }'; }
+# peak RSS with its anonymous part (RssAnon at exit; see bench/measure.rs)
+mba() { awk -v v="$1" -v a="$2" 'BEGIN { printf "%.1f MiB (%.1f MB; anon %.1f MiB)", v / 1024, v * 1.024 / 1000, a / 1024 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f×", a / b }'; }
 thousands() { printf "%'d" "$1" 2>/dev/null || printf '%d' "$1"; }
 
@@ -136,15 +139,15 @@ drift_list() {
   done
 }
 
-# time ARGS... -> "min median rss" (see bench/measure.rs)
+# time ARGS... -> "min median rss [cpu] [anon]" (see bench/measure.rs)
 timed() { "$measure" time "$@"; }
 
 table=$work/table
 printf '| files | run | time min (median) | sha256sum floor | ratio | peak RSS |\n' >"$table"
 printf '| ---: | --- | ---: | ---: | ---: | ---: |\n' >>"$table"
-row() { # files run min median floor rss
+row() { # files run min median floor rss anon
   printf '| %s | %s | %s (%s) | %s | %s | %s |\n' "$(thousands "$1")" "$2" "$(ms "$3")" "$(ms "$4")" \
-    "$(ms "$5")" "$(ratio "$3" "$5")" "$(mib "$6")" >>"$table"
+    "$(ms "$5")" "$(ratio "$3" "$5")" "$(mba "$6" "$7")" >>"$table"
 }
 
 t_count=
@@ -161,7 +164,7 @@ for n in $sizes; do
   fi
 
   log "N=$n: first apply"
-  read -r a_min a_med a_rss < <(timed --runs "$slow_runs" --warmup 0 --prepare "$reset" -- "$bin" apply "${common[@]}")
+  read -r a_min a_med a_rss a_anon < <(timed --runs "$slow_runs" --warmup 0 --anon --prepare "$reset" -- "$bin" apply "${common[@]}")
 
   (cd "$root" && find ./srv -type f | sort) >"$d/files"
   [ "$(wc -l <"$d/files")" = "$n" ] || { echo "N=$n: apply wrote $(wc -l <"$d/files") files" >&2; exit 1; }
@@ -169,23 +172,23 @@ for n in $sizes; do
   read -r f_min _ _ < <(cd "$root" && timed --runs "$runs" --warmup 2 --args-file "$d/files" -- sha256sum)
 
   log "N=$n: no-op check"
-  read -r c_min c_med c_rss < <(timed --runs "$runs" --warmup 2 -- "$bin" check "${common[@]}")
+  read -r c_min c_med c_rss c_anon < <(timed --runs "$runs" --warmup 2 --anon -- "$bin" check "${common[@]}")
 
   log "N=$n: 1% drift check"
   drift_list "$root" "$n" >"$d/drifted"
   # Edits by hand (sh, for measure's --prepare).
   drift="while read -r f; do printf 'edited by hand\\n' >>\"\$f\"; done <'$d/drifted'"
   sh -c "$drift"
-  read -r x_min x_med x_rss < <(timed --runs "$runs" --warmup 1 --exit 2 -- "$bin" check "${common[@]}")
+  read -r x_min x_med x_rss x_anon < <(timed --runs "$runs" --warmup 1 --exit 2 --anon -- "$bin" check "${common[@]}")
 
   log "N=$n: repair"
-  read -r r_min r_med r_rss < <(timed --runs "$runs" --warmup 1 \
+  read -r r_min r_med r_rss r_anon < <(timed --runs "$runs" --warmup 1 --anon \
     --prepare "$drift" -- "$bin" apply "${common[@]}")
 
-  row "$n" "first apply" "$a_min" "$a_med" "$f_min" "$a_rss"
-  row "$n" "no-op check" "$c_min" "$c_med" "$f_min" "$c_rss"
-  row "$n" "1% drift check" "$x_min" "$x_med" "$f_min" "$x_rss"
-  row "$n" "repair 1%" "$r_min" "$r_med" "$f_min" "$r_rss"
+  row "$n" "first apply" "$a_min" "$a_med" "$f_min" "$a_rss" "$a_anon"
+  row "$n" "no-op check" "$c_min" "$c_med" "$f_min" "$c_rss" "$c_anon"
+  row "$n" "1% drift check" "$x_min" "$x_med" "$f_min" "$x_rss" "$x_anon"
+  row "$n" "repair 1%" "$r_min" "$r_med" "$f_min" "$r_rss" "$r_anon"
 done
 
 # --- idle agent ---
@@ -375,36 +378,36 @@ for n in $peer_sizes $large; do
   settle="sync -f '$scratch' && sleep 6"
   treset="rm -rf '$troot' '$tstate' && mkdir -p '$troot' '$tstate' && $settle"
   log "peers N=$n: trueup first apply"
-  read -r ta_min ta_med ta_rss ta_cpu < <(timed --runs "$slow_runs" --warmup 0 --cpu --prepare "$treset" -- "$bin" apply "${tcommon[@]}")
+  read -r ta_min ta_med ta_rss ta_cpu ta_anon < <(timed --runs "$slow_runs" --warmup 0 --cpu --anon --prepare "$treset" -- "$bin" apply "${tcommon[@]}")
   first_cpu[$n]=$ta_cpu
   (cd "$troot" && find ./srv -type f | sort) >"$d/files"
   [ "$(wc -l <"$d/files")" = "$n" ] || { echo "peers N=$n: apply wrote $(wc -l <"$d/files") files" >&2; exit 1; }
   if ! printf '%s\n' $peer_sizes | grep -qx "$n"; then
     printf '| %s | first apply | %s (%s) | %s | | | | | |\n' "$(thousands "$n")" "$(ms "$ta_min")" "$(ms "$ta_med")" "$(ms "$ta_cpu")" >>"$ptable"
-    printf '| %s | %s / - / - | |\n' "$(thousands "$n")" "$(mb "$ta_rss")" >>"$prss"
+    printf '| %s | %s / - / - | |\n' "$(thousands "$n")" "$(mba "$ta_rss" "$ta_anon")" >>"$prss"
     continue
   fi
   largest_peer=$n
   log "peers N=$n: sha256sum floor"
   read -r f_min _ _ < <(cd "$troot" && timed --runs "$runs" --warmup 2 --args-file "$d/files" -- sha256sum)
   log "peers N=$n: trueup no-op check"
-  read -r tc_min tc_med tc_rss tc_cpu < <(timed --runs "$runs" --warmup 2 --cpu -- "$bin" check "${tcommon[@]}")
+  read -r tc_min tc_med tc_rss tc_cpu tc_anon < <(timed --runs "$runs" --warmup 2 --cpu --anon -- "$bin" check "${tcommon[@]}")
   tdrift=$(peer_drift "$troot" "$n")
   log "peers N=$n: trueup repair of 10"
-  read -r tr_min tr_med tr_rss tr_cpu < <(timed --runs "$runs" --warmup 1 --cpu --prepare "$tdrift" -- "$bin" apply "${tcommon[@]}")
+  read -r tr_min tr_med tr_rss tr_cpu tr_anon < <(timed --runs "$runs" --warmup 1 --cpu --anon --prepare "$tdrift" -- "$bin" apply "${tcommon[@]}")
 
   peer_cfengine_policy "$d/cf" "$n" "$croot"
   creset="rm -rf '$croot' && mkdir -p '$croot' && $settle"
   cf=(cf-agent -K -f "$d/cf/policy.cf")
   log "peers N=$n: CFEngine first apply"
-  read -r ca_min ca_med ca_rss ca_cpu < <(timed --runs "$slow_runs" --warmup 1 --cpu --prepare "$creset" -- "${cf[@]}")
+  read -r ca_min ca_med ca_rss ca_cpu ca_anon < <(timed --runs "$slow_runs" --warmup 1 --cpu --anon --prepare "$creset" -- "${cf[@]}")
   cmp -s "$croot/srv/peers/f00001.conf" "$troot/srv/peers/f00001.conf" ||
     log "peers N=$n: note: CFEngine's f00001.conf differs from trueup's"
   log "peers N=$n: CFEngine no-op run"
-  read -r cc_min cc_med cc_rss cc_cpu < <(timed --runs "$runs" --warmup 1 --cpu -- "${cf[@]}")
+  read -r cc_min cc_med cc_rss cc_cpu cc_anon < <(timed --runs "$runs" --warmup 1 --cpu --anon -- "${cf[@]}")
   cdrift=$(peer_drift "$croot" "$n")
   log "peers N=$n: CFEngine repair of 10"
-  read -r cr_min cr_med cr_rss cr_cpu < <(timed --runs "$runs" --warmup 1 --cpu --prepare "$cdrift" -- "${cf[@]}")
+  read -r cr_min cr_med cr_rss cr_cpu cr_anon < <(timed --runs "$runs" --warmup 1 --cpu --anon --prepare "$cdrift" -- "${cf[@]}")
   prow() { # LABEL T_MIN T_MED T_CPU C_MIN C_MED C_CPU
     printf '| %s | %s | %s (%s) | %s | %s (%s) | %s | %s | %s | %s |\n' "$(thousands "$n")" "$1" \
       "$(ms "$2")" "$(ms "$3")" "$(ms "$4")" "$(ms "$5")" "$(ms "$6")" "$(ms "$7")" \
@@ -413,8 +416,8 @@ for n in $peer_sizes $large; do
   prow "first apply" "$ta_min" "$ta_med" "$ta_cpu" "$ca_min" "$ca_med" "$ca_cpu"
   prow "no-op check" "$tc_min" "$tc_med" "$tc_cpu" "$cc_min" "$cc_med" "$cc_cpu"
   prow "repair 10 drifted" "$tr_min" "$tr_med" "$tr_cpu" "$cr_min" "$cr_med" "$cr_cpu"
-  printf '| %s | %s / %s / %s | %s / %s / %s |\n' "$(thousands "$n")" "$(mb "$ta_rss")" "$(mb "$tc_rss")" "$(mb "$tr_rss")" \
-    "$(mb "$ca_rss")" "$(mb "$cc_rss")" "$(mb "$cr_rss")" >>"$prss"
+  printf '| %s | %s / %s / %s | %s / %s / %s |\n' "$(thousands "$n")" "$(mba "$ta_rss" "$ta_anon")" "$(mba "$tc_rss" "$tc_anon")" "$(mba "$tr_rss" "$tr_anon")" \
+    "$(mba "$ca_rss" "$ca_anon")" "$(mba "$cc_rss" "$cc_anon")" "$(mba "$cr_rss" "$cr_anon")" >>"$prss"
 done
 
 echo
