@@ -4,7 +4,7 @@
 #   bench/run.sh [--sizes "100 1000 10000"] [--runs N] [--slow-runs N]
 #                [--templates shared|distinct] [--no-packages] [--no-build]
 #                [--keep] [--peers [--peers-only] [--peer-sizes "100 1000"]
-#                [--large N]]
+#                [--large N] [--first-runs N]]
 #
 # For each N it generates a host branch of N files rendered from a template
 # that uses facts and vars (bench/gen.sh) and times, against a scratch
@@ -43,7 +43,11 @@
 # ratio CFEngine / trueup. --large N (default 10000) adds trueup's first
 # apply of N files in the one directory, with the CPU ratio to the largest
 # peer size (linear would be N / that size). --peers-only skips the
-# tables above.
+# tables above. The first applies of the two tools take turns, N rounds of
+# one each (--first-runs, default 5): this shared machine's speed drifts
+# by tens of percent within minutes, and a first apply (6 s of settling
+# each) takes long enough for one tool's runs to meet a slow spell the
+# other's do not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -59,12 +63,14 @@ peers=0
 peers_only=0
 peer_sizes="100 1000"
 large=10000
+first_runs=5
 while [ $# -gt 0 ]; do
   case $1 in
     --peers) peers=1; shift ;;
     --peers-only) peers=1; peers_only=1; shift ;;
     --peer-sizes) peer_sizes=$2; shift 2 ;;
     --large) large=$2; shift 2 ;;
+    --first-runs) first_runs=$2; shift 2 ;;
     --sizes) sizes=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     --slow-runs) slow_runs=$2; shift 2 ;;
@@ -141,6 +147,11 @@ drift_list() {
 
 # time ARGS... -> "min median rss [cpu] [anon]" (see bench/measure.rs)
 timed() { "$measure" time "$@"; }
+# min_median VALUES...: "min median" of the numbers given.
+min_median() {
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
+    END { m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%s %s\n", v[1], m }'
+}
 
 table=$work/table
 printf '| files | run | time min (median) | sha256sum floor | ratio | peak RSS |\n' >"$table"
@@ -299,7 +310,10 @@ scratch=$pw
 fs_note="scratch roots under $work"
 if [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null && command -v losetup >/dev/null; then
   truncate -s 3G "$work/scratch.img"
-  mkfs.ext4 -q -F "$work/scratch.img"
+  # Initialised whole now: by default the kernel zeroes the inode tables
+  # and journal on a thread of its own for a while after the mount, under
+  # the first cells' runs.
+  mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$work/scratch.img"
   mkdir -p "$pw/fs"
   if mount -o loop "$work/scratch.img" "$pw/fs"; then
     mounted=$pw/fs scratch=$pw/fs fs_note="scratch roots on a fresh journaled ext4 (loop device)"
@@ -374,11 +388,42 @@ for n in $peer_sizes $large; do
   # Each reset writes the deletion out and waits 6 s: without a journal
   # (no root, see above) ext4 passes over inodes freed in the last 5 s when
   # it allocates new ones (find_inode_bit/recently_deleted in perf); with
-  # one, the wait costs nothing but time and keeps the runs alike.
-  settle="sync -f '$scratch' && sleep 6"
+  # one, the wait costs nothing but time and keeps the runs alike. It
+  # writes out every file system, not only the scratch one: CFEngine's
+  # run leaves its own databases (/var/cfengine) dirty, and the next
+  # run's fsyncs, through the loop device, would commit them on the host
+  # (the first applies take turns; a trueup run after a CFEngine one took
+  # up to twice as long).
+  settle="sync && sleep 6"
   treset="rm -rf '$troot' '$tstate' && mkdir -p '$troot' '$tstate' && $settle"
-  log "peers N=$n: trueup first apply"
-  read -r ta_min ta_med ta_rss ta_cpu ta_anon < <(timed --runs "$slow_runs" --warmup 0 --cpu --anon --prepare "$treset" -- "$bin" apply "${tcommon[@]}")
+  peer_cfengine_policy "$d/cf" "$n" "$croot"
+  creset="rm -rf '$croot' && mkdir -p '$croot' && $settle"
+  cf=(cf-agent -K -f "$d/cf/policy.cf")
+  if printf '%s\n' $peer_sizes | grep -qx "$n"; then
+    log "peers N=$n: first applies, trueup and CFEngine in turn"
+    # CFEngine's warm-up run, as each of its cells has one.
+    timed --runs 1 --warmup 0 --prepare "$creset" -- "${cf[@]}" >/dev/null
+    ta=() tac=() ca=() cac=() ta_rss=0 ca_rss=0
+    for _ in $(seq 1 "$first_runs"); do
+      read -r t _ r c < <(timed --runs 1 --warmup 0 --cpu --prepare "$treset" -- "$bin" apply "${tcommon[@]}")
+      ta+=("$t") tac+=("$c")
+      if [ "$r" -gt "$ta_rss" ]; then ta_rss=$r; fi
+      read -r t _ r c < <(timed --runs 1 --warmup 0 --cpu --prepare "$creset" -- "${cf[@]}")
+      ca+=("$t") cac+=("$c")
+      if [ "$r" -gt "$ca_rss" ]; then ca_rss=$r; fi
+    done
+    read -r ta_min ta_med < <(min_median "${ta[@]}")
+    read -r _ ta_cpu < <(min_median "${tac[@]}")
+    read -r ca_min ca_med < <(min_median "${ca[@]}")
+    read -r _ ca_cpu < <(min_median "${cac[@]}")
+    # The anonymous part: one more (untimed) run of each, which also
+    # leaves each root applied for the cells below.
+    read -r _ _ _ ta_anon < <(timed --runs 1 --warmup 0 --anon --prepare "$treset" -- "$bin" apply "${tcommon[@]}")
+    read -r _ _ _ ca_anon < <(timed --runs 1 --warmup 0 --anon --prepare "$creset" -- "${cf[@]}")
+  else
+    log "peers N=$n: trueup first apply"
+    read -r ta_min ta_med ta_rss ta_cpu ta_anon < <(timed --runs "$slow_runs" --warmup 0 --cpu --anon --prepare "$treset" -- "$bin" apply "${tcommon[@]}")
+  fi
   first_cpu[$n]=$ta_cpu
   (cd "$troot" && find ./srv -type f | sort) >"$d/files"
   [ "$(wc -l <"$d/files")" = "$n" ] || { echo "peers N=$n: apply wrote $(wc -l <"$d/files") files" >&2; exit 1; }
@@ -396,11 +441,6 @@ for n in $peer_sizes $large; do
   log "peers N=$n: trueup repair of 10"
   read -r tr_min tr_med tr_rss tr_cpu tr_anon < <(timed --runs "$runs" --warmup 1 --cpu --anon --prepare "$tdrift" -- "$bin" apply "${tcommon[@]}")
 
-  peer_cfengine_policy "$d/cf" "$n" "$croot"
-  creset="rm -rf '$croot' && mkdir -p '$croot' && $settle"
-  cf=(cf-agent -K -f "$d/cf/policy.cf")
-  log "peers N=$n: CFEngine first apply"
-  read -r ca_min ca_med ca_rss ca_cpu ca_anon < <(timed --runs "$slow_runs" --warmup 1 --cpu --anon --prepare "$creset" -- "${cf[@]}")
   cmp -s "$croot/srv/peers/f00001.conf" "$troot/srv/peers/f00001.conf" ||
     log "peers N=$n: note: CFEngine's f00001.conf differs from trueup's"
   log "peers N=$n: CFEngine no-op run"
