@@ -262,6 +262,8 @@ impl<'t> Renderer<'t> {
 
     fn render_registered(&self, name: &str, context: &Context) -> Result<String, TemplateFailure> {
         if let Some(rendered) = self.plain.get(name).and_then(|p| p.render(context.data())) {
+            // The name only: the text may hold a secret's value.
+            tracing::trace!(template = ?name, "rendered as plain text and references");
             return Ok(rendered);
         }
         let mut out = CappedOutput {
